@@ -1,0 +1,198 @@
+"""The protocol's invariants, each a named predicate tagged with its rule ID.
+
+State invariants look at one reachable state; step invariants look at one
+transition (state before, event, actions, state after).  They judge from the
+event and the actions, never from the row that produced them, so they catch a
+faulty table instead of repeating it.  ``DONE-REACHABLE`` is a property of the
+whole reachable graph and is checked by the explorer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dynamo_backend_protocol.model.machine import Step
+from dynamo_backend_protocol.model.state import RequestState
+from dynamo_backend_protocol.model.vocabulary import (
+    FORWARDS,
+    ActionKind,
+    ControlState,
+    EventKind,
+    FinishReason,
+    Mode,
+    StreamEnd,
+)
+
+LIVE = frozenset({ControlState.STREAMING, ControlState.CANCEL_PENDING, ControlState.ABORTED})
+_CHUNK_KINDS = frozenset({EventKind.TOKEN_CHUNK, EventKind.EMPTY_CHUNK, EventKind.TERMINAL})
+
+
+@dataclass(frozen=True)
+class StateInvariant:
+    rule: str
+    name: str
+    holds: Callable[[RequestState], bool]
+
+
+@dataclass(frozen=True)
+class StepInvariant:
+    rule: str
+    name: str
+    holds: Callable[[Step], bool]
+
+
+Invariant = StateInvariant | StepInvariant
+
+STATE_INVARIANTS: list[StateInvariant] = []
+STEP_INVARIANTS: list[StepInvariant] = []
+
+
+def state_invariant(rule: str) -> Callable[[Callable[[RequestState], bool]], Callable[[RequestState], bool]]:
+    def register(fn: Callable[[RequestState], bool]) -> Callable[[RequestState], bool]:
+        STATE_INVARIANTS.append(StateInvariant(rule, fn.__name__, fn))
+        return fn
+
+    return register
+
+
+def step_invariant(rule: str) -> Callable[[Callable[[Step], bool]], Callable[[Step], bool]]:
+    def register(fn: Callable[[Step], bool]) -> Callable[[Step], bool]:
+        STEP_INVARIANTS.append(StepInvariant(rule, fn.__name__, fn))
+        return fn
+
+    return register
+
+
+def _deferred(state: RequestState) -> bool:
+    """Decode, live, cancellation observed, first-token not yet seen, no abort yet."""
+    return (
+        state.mode is Mode.DECODE
+        and state.control in LIVE
+        and state.cancel is not None
+        and not state.first_token
+        and state.aborts == 0
+    )
+
+
+@state_invariant("ABORT-ONCE")
+def abort_at_most_once(state: RequestState) -> bool:
+    return state.aborts <= 1
+
+
+@step_invariant("ABORT-NEEDS-CANCEL")
+def abort_only_after_cancellation(step: Step) -> bool:
+    if ActionKind.CALL_ABORT not in step.actions:
+        return True
+    return step.after.cancel is not None and step.before.ended is None
+
+
+@state_invariant("ABORT-IMMEDIATE")
+def abort_immediate_outside_decode(state: RequestState) -> bool:
+    if state.mode is Mode.DECODE or state.cancel is None or state.control not in LIVE:
+        return True
+    return state.aborts >= 1
+
+
+@step_invariant("DECODE-DEFER")
+def decode_no_abort_before_first_token(step: Step) -> bool:
+    if step.before.mode is not Mode.DECODE or ActionKind.CALL_ABORT not in step.actions:
+        return True
+    return step.before.first_token or step.event.signals_first_token
+
+
+@step_invariant("DECODE-DEFER")
+def decode_first_token_releases_deferred_abort(step: Step) -> bool:
+    if not _deferred(step.before) or step.event.ends_stream or not step.event.signals_first_token:
+        return True
+    return ActionKind.CALL_ABORT in step.actions
+
+
+@step_invariant("DECODE-FIRST-TOKEN")
+def first_token_only_from_tokens_or_notice(step: Step) -> bool:
+    if step.before.first_token or not step.after.first_token:
+        return True
+    return step.event.signals_first_token
+
+
+@step_invariant("DECODE-DROP")
+def deferred_abort_dropped_when_stream_ends_first(step: Step) -> bool:
+    if not _deferred(step.before) or not step.event.ends_stream or step.event.signals_first_token:
+        return True
+    return ActionKind.CALL_ABORT not in step.actions
+
+
+@step_invariant("DECODE-TIE")
+def same_step_first_token_and_end_aborts(step: Step) -> bool:
+    if not _deferred(step.before) or not step.event.ends_stream or not step.event.signals_first_token:
+        return True
+    return step.actions.count(ActionKind.CALL_ABORT) == 1
+
+
+@step_invariant("STREAM-TERMINAL-LAST")
+def nothing_forwarded_after_terminal(step: Step) -> bool:
+    if step.before.ended is None:
+        return True
+    return not any(a in FORWARDS for a in step.actions)
+
+
+@step_invariant("STREAM-TERMINAL-LAST")
+def terminal_stops_reading(step: Step) -> bool:
+    if step.before.control not in LIVE or step.event.kind not in (EventKind.TERMINAL, EventKind.ERROR):
+        return True
+    return ActionKind.STOP_READING in step.actions and step.after.control is ControlState.DONE
+
+
+@step_invariant("STREAM-FORWARD-ORDER")
+def every_item_forwarded_once(step: Step) -> bool:
+    data = step.actions.count(ActionKind.FORWARD_DATA)
+    errors = step.actions.count(ActionKind.FORWARD_ERROR)
+    if step.before.control in LIVE and step.event.kind in _CHUNK_KINDS:
+        return data == 1 and errors == 0
+    if step.before.control in LIVE and step.event.kind is EventKind.ERROR:
+        return data == 0 and errors == 1
+    return data == 0 and errors == 0
+
+
+@step_invariant("STREAM-CANCELLED-TERMINAL")
+def cancelled_terminal_forwarded(step: Step) -> bool:
+    ev = step.event
+    if ev.kind is not EventKind.TERMINAL or ev.finish_reason is not FinishReason.CANCELLED:
+        return True
+    if step.before.control not in LIVE or step.before.cancel is None:
+        return True
+    return ActionKind.FORWARD_DATA in step.actions
+
+
+@step_invariant("STREAM-SETUP-FAILURE")
+def setup_failure_returns_error_only(step: Step) -> bool:
+    if step.event.kind is not EventKind.SETUP_FAILED:
+        return True
+    return step.actions == (ActionKind.RETURN_SETUP_ERROR,)
+
+
+@state_invariant("STREAM-SETUP-FAILURE")
+def setup_failure_leaves_nothing(state: RequestState) -> bool:
+    if state.ended is not StreamEnd.SETUP_FAILED:
+        return True
+    return state.aborts == 0 and not state.forwarded and not state.watching
+
+
+@state_invariant("WATCH-RELEASED")
+def watch_held_exactly_while_live(state: RequestState) -> bool:
+    return state.watching == (state.control in LIVE)
+
+
+@step_invariant("DONE-ABSORBING")
+def done_is_absorbing(step: Step) -> bool:
+    if step.before.control is not ControlState.DONE:
+        return True
+    return step.after is step.before and not step.actions
+
+
+DONE_REACHABLE = "DONE-REACHABLE"
+TABLE_WELL_FORMED = "TABLE-WELL-FORMED"
+
+
+def all_invariants() -> list[Invariant]:
+    return [*STATE_INVARIANTS, *STEP_INVARIANTS]

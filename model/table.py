@@ -1,0 +1,208 @@
+"""The request protocol as a transition table.
+
+Every rule that moves a request lives in :data:`REQUEST_TABLE`.  A row says:
+in these control states, on this kind of event, when this guard holds, go to
+this state, perform these actions, apply these effects, by this rule.  Events
+that the protocol forbids in a state are listed in :data:`FORBIDDEN` with the
+rule that forbids them.  The machine, the explorer, the diagrams and the
+teaching tool all read these two tables; nothing else decides.
+
+Mode-specific behaviour is expressed with guards (``decode``/``not decode``),
+never by copying rows per mode.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dynamo_backend_protocol.model.state import RequestState
+from dynamo_backend_protocol.model.vocabulary import (
+    ActionKind,
+    ControlState,
+    Event,
+    EventKind,
+    Mode,
+)
+
+
+@dataclass(frozen=True)
+class Guard:
+    """A named condition on the state (and event) that selects a row."""
+
+    name: str
+    test: Callable[[RequestState, Event], bool]
+    decode_specific: bool = False
+    """True when the guard tells decode mode apart; diagrams draw these distinctly."""
+
+    def __call__(self, state: RequestState, ev: Event) -> bool:
+        return self.test(state, ev)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _abort_deferred(state: RequestState, _: Event) -> bool:
+    return state.mode is Mode.DECODE and not state.first_token
+
+
+ALWAYS = Guard("always", lambda s, e: True)
+NOT_CANCELLED = Guard("not cancelled", lambda s, e: s.cancel is None)
+ALREADY_CANCELLED = Guard("already cancelled", lambda s, e: s.cancel is not None)
+ABORT_NOW = Guard(
+    "not decode or first-token seen", lambda s, e: not _abort_deferred(s, e), decode_specific=True
+)
+ABORT_DEFERRED = Guard("decode, before first-token", _abort_deferred, decode_specific=True)
+CANCELLED_ABORT_NOW = Guard(
+    "cancelled; not decode or first-token seen",
+    lambda s, e: s.cancel is not None and not _abort_deferred(s, e),
+    decode_specific=True,
+)
+CANCELLED_DEFERRED = Guard(
+    "cancelled; decode, before first-token",
+    lambda s, e: s.cancel is not None and _abort_deferred(s, e),
+    decode_specific=True,
+)
+NOTICE_COUNTS = Guard(
+    "decode, first notice", lambda s, e: s.mode is Mode.DECODE and not s.first_token, decode_specific=True
+)
+NOTICE_IGNORED = Guard(
+    "not decode, or already seen",
+    lambda s, e: s.mode is not Mode.DECODE or s.first_token,
+    decode_specific=True,
+)
+CARRIES_TOKENS = Guard("carries tokens", lambda s, e: e.with_tokens)
+NO_TOKENS = Guard("no tokens", lambda s, e: not e.with_tokens)
+
+
+class Effect(enum.Enum):
+    """A named update of the extended variables (derived ones excepted)."""
+
+    START_WATCH = "start watch"
+    NOTE_FIRST_TOKEN = "note first-token"
+    """Records first-token if the event signals it (a tokenless item does not)."""
+    RECORD_CANCEL = "record cancellation"
+
+
+@dataclass(frozen=True)
+class Transition:
+    sources: tuple[ControlState, ...]
+    trigger: EventKind
+    guard: Guard
+    target: ControlState | None
+    """None means: stay in the source state."""
+    actions: tuple[ActionKind, ...]
+    rule: str
+    effects: tuple[Effect, ...] = ()
+    ends: str | None = None
+    """The StreamEnd value this row ends the stream with, if any."""
+    ignored: bool = False
+    """A recorded no-op: the protocol allows the event here and it changes nothing."""
+
+    def label(self) -> str:
+        """``event [guard] / actions`` as drawn on a diagram edge."""
+        text = self.trigger.value
+        if self.guard is not ALWAYS:
+            text += f" [{self.guard.name}]"
+        if self.actions:
+            text += " / " + ", ".join(a.value for a in self.actions)
+        return text
+
+
+_I, _S, _CP, _A, _D = (
+    ControlState.IDLE,
+    ControlState.STREAMING,
+    ControlState.CANCEL_PENDING,
+    ControlState.ABORTED,
+    ControlState.DONE,
+)
+_FWD = ActionKind.FORWARD_DATA
+_ERR = ActionKind.FORWARD_ERROR
+_ABORT = ActionKind.CALL_ABORT
+_STOP = ActionKind.STOP_READING
+_RELEASE = ActionKind.RELEASE_WATCH
+_SETUP_ERR = ActionKind.RETURN_SETUP_ERROR
+
+_LIVE = (_S, _CP, _A)
+_LIVE_NOT_PENDING = (_S, _A)
+_CANCELS = (EventKind.STOP, EventKind.KILL)
+
+
+def _rows() -> tuple[Transition, ...]:
+    rows: list[Transition] = [
+        # Setting up the stream.
+        Transition((_I,), EventKind.SETUP, NOT_CANCELLED, _S, (), "STREAM-SETUP", (Effect.START_WATCH,)),
+        Transition((_I,), EventKind.SETUP, CANCELLED_ABORT_NOW, _A, (_ABORT,), "ABORT-IMMEDIATE",
+                   (Effect.START_WATCH,)),
+        Transition((_I,), EventKind.SETUP, CANCELLED_DEFERRED, _CP, (), "DECODE-DEFER", (Effect.START_WATCH,)),
+        Transition((_I,), EventKind.SETUP_FAILED, ALWAYS, _D, (_SETUP_ERR,), "STREAM-SETUP-FAILURE",
+                   ends="setup_failed"),
+        # Engine items on a live stream.
+        Transition(_LIVE_NOT_PENDING, EventKind.TOKEN_CHUNK, ALWAYS, None, (_FWD,), "STREAM-FORWARD-ORDER",
+                   (Effect.NOTE_FIRST_TOKEN,)),
+        Transition((_CP,), EventKind.TOKEN_CHUNK, ALWAYS, _A, (_ABORT, _FWD), "DECODE-DEFER",
+                   (Effect.NOTE_FIRST_TOKEN,)),
+        Transition(_LIVE, EventKind.EMPTY_CHUNK, ALWAYS, None, (_FWD,), "DECODE-FIRST-TOKEN"),
+        Transition(_LIVE_NOT_PENDING, EventKind.TERMINAL, ALWAYS, _D, (_FWD, _STOP, _RELEASE),
+                   "STREAM-TERMINAL-LAST", (Effect.NOTE_FIRST_TOKEN,), ends="terminal"),
+        Transition((_CP,), EventKind.TERMINAL, CARRIES_TOKENS, _D, (_ABORT, _FWD, _STOP, _RELEASE), "DECODE-TIE",
+                   (Effect.NOTE_FIRST_TOKEN,), ends="terminal"),
+        Transition((_CP,), EventKind.TERMINAL, NO_TOKENS, _D, (_FWD, _STOP, _RELEASE), "DECODE-DROP",
+                   ends="terminal"),
+        Transition(_LIVE_NOT_PENDING, EventKind.ERROR, ALWAYS, _D, (_ERR, _STOP, _RELEASE), "STREAM-TERMINAL-LAST",
+                   ends="error"),
+        Transition((_CP,), EventKind.ERROR, ALWAYS, _D, (_ERR, _STOP, _RELEASE), "DECODE-DROP", ends="error"),
+        Transition(_LIVE_NOT_PENDING, EventKind.END, ALWAYS, _D, (_RELEASE,), "STREAM-END-WITHOUT-TERMINAL",
+                   ends="exhausted"),
+        Transition((_CP,), EventKind.END, ALWAYS, _D, (_RELEASE,), "DECODE-DROP", ends="exhausted"),
+        # The consumer going away.
+        Transition(_LIVE_NOT_PENDING, EventKind.DROP, ALWAYS, _D, (_STOP, _RELEASE), "ABORT-NEEDS-CANCEL",
+                   ends="dropped"),
+        Transition((_CP,), EventKind.DROP, ALWAYS, _D, (_STOP, _RELEASE), "DECODE-DROP", ends="dropped"),
+        # Side-channel first-token.
+        Transition((_I, _S), EventKind.FIRST_TOKEN_NOTICE, NOTICE_COUNTS, None, (), "DECODE-FIRST-TOKEN",
+                   (Effect.NOTE_FIRST_TOKEN,)),
+        Transition((_I, _S), EventKind.FIRST_TOKEN_NOTICE, NOTICE_IGNORED, None, (), "DECODE-FIRST-TOKEN",
+                   ignored=True),
+        Transition((_CP,), EventKind.FIRST_TOKEN_NOTICE, ALWAYS, _A, (_ABORT,), "DECODE-DEFER",
+                   (Effect.NOTE_FIRST_TOKEN,)),
+        Transition((_A,), EventKind.FIRST_TOKEN_NOTICE, ALWAYS, None, (), "ABORT-ONCE", ignored=True),
+    ]
+    for cancel in _CANCELS:
+        rows += [
+            Transition((_I,), cancel, NOT_CANCELLED, None, (), "CANCEL-OBSERVED", (Effect.RECORD_CANCEL,)),
+            Transition((_I,), cancel, ALREADY_CANCELLED, None, (), "CANCEL-OBSERVED", ignored=True),
+            Transition((_S,), cancel, ABORT_NOW, _A, (_ABORT,), "ABORT-IMMEDIATE", (Effect.RECORD_CANCEL,)),
+            Transition((_S,), cancel, ABORT_DEFERRED, _CP, (), "DECODE-DEFER", (Effect.RECORD_CANCEL,)),
+            Transition((_CP, _A), cancel, ALWAYS, None, (), "CANCEL-OBSERVED", ignored=True),
+        ]
+    # Done is absorbing: what the client or a side channel does afterwards is ignored.
+    for kind in (*_CANCELS, EventKind.FIRST_TOKEN_NOTICE, EventKind.DROP):
+        rows.append(Transition((_D,), kind, ALWAYS, None, (), "DONE-ABSORBING", ignored=True))
+    return tuple(rows)
+
+
+REQUEST_TABLE: tuple[Transition, ...] = _rows()
+
+
+def _forbidden() -> dict[tuple[ControlState, EventKind], str]:
+    forbidden: dict[tuple[ControlState, EventKind], str] = {}
+    engine_items = (EventKind.TOKEN_CHUNK, EventKind.EMPTY_CHUNK, EventKind.TERMINAL, EventKind.ERROR,
+                    EventKind.END)
+    for kind in (*engine_items, EventKind.DROP):
+        forbidden[(_I, kind)] = "STREAM-EVENT-ORDER"
+    for state in (*_LIVE, _D):
+        forbidden[(state, EventKind.SETUP)] = "STREAM-EVENT-ORDER"
+        forbidden[(state, EventKind.SETUP_FAILED)] = "STREAM-EVENT-ORDER"
+    for kind in engine_items:
+        forbidden[(_D, kind)] = "STREAM-TERMINAL-LAST"
+    return forbidden
+
+
+FORBIDDEN: dict[tuple[ControlState, EventKind], str] = _forbidden()
+"""(state, event kind) pairs the protocol does not allow, with the rule that forbids them."""
+
+
+def rows_for(table: tuple[Transition, ...], state: ControlState, kind: EventKind) -> list[Transition]:
+    return [row for row in table if row.trigger is kind and state in row.sources]
