@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from dynamo_backend_protocol.model.machine import Step
 from dynamo_backend_protocol.model.state import RequestState
 from dynamo_backend_protocol.model.vocabulary import (
+    ENGINE_STREAM_KINDS,
     FORWARDS,
     ActionKind,
     ControlState,
@@ -188,6 +189,36 @@ def done_is_absorbing(step: Step) -> bool:
     if step.before.control is not ControlState.DONE:
         return True
     return step.after is step.before and not step.actions
+
+
+@step_invariant("STREAM-SETUP")
+def setup_starts_the_watch(step: Step) -> bool:
+    if step.event.kind is not EventKind.SETUP:
+        return True
+    return step.before.control is ControlState.IDLE and step.after.watching
+
+
+@step_invariant("STREAM-EVENT-ORDER")
+def engine_items_only_on_a_live_stream(step: Step) -> bool:
+    if step.event.kind not in ENGINE_STREAM_KINDS or step.before.control in LIVE:
+        return True
+    return step.ignored and not step.actions
+
+
+@step_invariant("STREAM-END-WITHOUT-TERMINAL")
+def stream_end_invents_nothing(step: Step) -> bool:
+    if step.event.kind is not EventKind.END or step.before.control not in LIVE:
+        return True
+    return step.after.control is ControlState.DONE and not any(a in FORWARDS for a in step.actions)
+
+
+@step_invariant("CANCEL-OBSERVED")
+def cancellation_recorded_once(step: Step) -> bool:
+    if step.before.cancel is not None:
+        return step.after.cancel is step.before.cancel
+    if step.event.kind in (EventKind.STOP, EventKind.KILL) and step.before.control is not ControlState.DONE:
+        return step.after.cancel is not None and step.after.cancel.value == step.event.kind.value
+    return step.after.cancel is None
 
 
 DONE_REACHABLE = "DONE-REACHABLE"
