@@ -1,2 +1,42 @@
 """The reference implementation: an asyncio adapter driven by the model, the
 engine API, the conformance kit and the command line."""
+
+from dynamo_backend_protocol.model import BackendError, DynamoError
+from dynamo_backend_protocol.model import Mode as DisaggregationMode
+from dynamo_backend_protocol.reference import chunks
+from dynamo_backend_protocol.reference.adapter import EngineAdapter, ResponseStream, TraceSink
+from dynamo_backend_protocol.reference.annotated import Annotated, as_dynamo_error
+from dynamo_backend_protocol.reference.chunks import (
+    Chunk,
+    cancelled,
+    error,
+    length,
+    stop,
+    token,
+    usage,
+)
+from dynamo_backend_protocol.reference.context import Context
+from dynamo_backend_protocol.reference.engine import EngineConfig, LLMEngine, start_engine
+
+__all__ = [
+    "Annotated",
+    "BackendError",
+    "Chunk",
+    "Context",
+    "DisaggregationMode",
+    "DynamoError",
+    "EngineAdapter",
+    "EngineConfig",
+    "LLMEngine",
+    "ResponseStream",
+    "TraceSink",
+    "as_dynamo_error",
+    "cancelled",
+    "chunks",
+    "error",
+    "length",
+    "start_engine",
+    "stop",
+    "token",
+    "usage",
+]

@@ -1,0 +1,96 @@
+"""What an engine item means to the protocol: which event it is, or why it is malformed.
+
+The adapter hands every item it reads to :func:`classify_item`; the answer is
+the event to fire, or a :class:`ChunkProblem` that the adapter reports as a
+typed error item.  Deciding what an item *is* is a protocol decision, so it
+lives here, not in the adapter.
+"""
+
+from __future__ import annotations
+
+from dynamo_backend_protocol.model.errors import BackendError, DynamoError
+from dynamo_backend_protocol.model.vocabulary import Event, EventKind, FinishReason, Mode, event
+
+TOKEN_CHUNK = event(EventKind.TOKEN_CHUNK)
+EMPTY_CHUNK = event(EventKind.EMPTY_CHUNK)
+ERROR = event(EventKind.ERROR)
+_TERMINALS: dict[tuple[str, bool], Event] = {
+    (reason.value, with_tokens): event(EventKind.TERMINAL, reason, with_tokens)
+    for reason in FinishReason
+    for with_tokens in (False, True)
+}
+_LENIENT_UNKNOWN_REASON = FinishReason.ERROR.value
+
+
+class ChunkProblem(DynamoError):
+    """A malformed engine item: which item (1-based position), which field, what is wrong."""
+
+    def __init__(self, position: int, field: str, problem: str) -> None:
+        self.position = position
+        self.field = field
+        self.problem = problem
+        super().__init__(BackendError.UNKNOWN, f"engine item #{position}: field {field!r} {problem}")
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def _token_problem(token_ids: object) -> str | None:
+    if type(token_ids) is not list:
+        return f"must be a list of non-negative ints, got {_describe(token_ids)}"
+    for offset, token_id in enumerate(token_ids):
+        if type(token_id) is not int or token_id < 0:
+            return f"must hold non-negative ints; element {offset} is {_describe(token_id)}"
+    return None
+
+
+def classify_item(item: object, position: int, mode: Mode, validate: bool = True) -> Event | ChunkProblem:
+    """The event an engine item stands for, or the problem that makes it malformed.
+
+    ``position`` counts the stream's items from 1.  With ``validate`` off only
+    what the protocol needs is read: an item is a terminal if it has a
+    ``finish_reason`` (an unknown reason counts as ``error``) and carries
+    tokens if ``token_ids`` is non-empty.
+    """
+    if type(item) is not dict:
+        if isinstance(item, DynamoError):
+            return ERROR
+        if not isinstance(item, dict):
+            return ChunkProblem(position, "<item>", f"must be a dict chunk, got {_describe(item)}")
+    token_ids = item.get("token_ids")
+    reason = item.get("finish_reason")
+    if validate:
+        if "token_ids" not in item:
+            return ChunkProblem(position, "token_ids", "is missing")
+        problem = _token_problem(token_ids)
+        if problem is not None:
+            return ChunkProblem(position, "token_ids", problem)
+        index = item.get("index", 0)
+        if type(index) is not int or index < 0:
+            return ChunkProblem(position, "index", f"must be a non-negative int, got {_describe(index)}")
+        if reason is not None:
+            if not isinstance(reason, str) or (reason, False) not in _TERMINALS:
+                valid = ", ".join(r.value for r in FinishReason)
+                return ChunkProblem(position, "finish_reason", f"must be one of {valid}, got {_describe(reason)}")
+            if (
+                mode is Mode.ENCODE
+                and reason != FinishReason.CANCELLED.value
+                and not isinstance(item.get("encoder_result"), dict)
+            ):
+                return ChunkProblem(
+                    position,
+                    "encoder_result",
+                    f"must be an object on an encode-mode {reason!r} terminal, "
+                    f"got {_describe(item.get('encoder_result'))}",
+                )
+    with_tokens = bool(token_ids)
+    if reason is None:
+        return TOKEN_CHUNK if with_tokens else EMPTY_CHUNK
+    terminal = _TERMINALS.get((reason, with_tokens)) if isinstance(reason, str) else None
+    if terminal is None:
+        terminal = _TERMINALS[(_LENIENT_UNKNOWN_REASON, with_tokens)]
+    return terminal

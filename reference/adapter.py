@@ -1,0 +1,328 @@
+"""The reference adapter: bridges an engine's stream to the runtime, driven by the model.
+
+For each request the adapter owns one :class:`RequestMachine`.  It turns what
+happens (the engine set up its stream, yielded an item, raised; the client
+stopped, killed or went away; the engine signalled first-token) into model
+events, and performs exactly the actions the machine returns: forward an
+item, forward an error, return the setup error, call ``engine.abort``, stop
+reading the engine, release the cancellation watch.  It decides nothing itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from typing import Any
+
+from dynamo_backend_protocol.model import (
+    DEFAULT_TABLE,
+    ActionKind,
+    CompiledTable,
+    ControlState,
+    DynamoError,
+    Event,
+    EventKind,
+    Mode,
+    RequestMachine,
+    Step,
+    event,
+)
+from dynamo_backend_protocol.model.chunks import ERROR, ChunkProblem, classify_item
+from dynamo_backend_protocol.reference.annotated import Annotated, as_dynamo_error
+from dynamo_backend_protocol.reference.context import Context, Signal
+from dynamo_backend_protocol.reference.engine import call_optional
+
+logger = logging.getLogger(__name__)
+
+TraceSink = Callable[[str, Sequence[Step]], None]
+"""Called once per request when it reaches Done, with the request id and its steps."""
+
+_SETUP = event(EventKind.SETUP)
+_SETUP_FAILED = event(EventKind.SETUP_FAILED)
+_END = event(EventKind.END)
+_DROP = event(EventKind.DROP)
+_SIGNAL_EVENTS: dict[Signal, Event] = {
+    "stop": event(EventKind.STOP),
+    "kill": event(EventKind.KILL),
+    "first_token": event(EventKind.FIRST_TOKEN_NOTICE),
+}
+_FORWARD_DATA = ActionKind.FORWARD_DATA
+_FORWARD_ERROR = ActionKind.FORWARD_ERROR
+_CALL_ABORT = ActionKind.CALL_ABORT
+_STOP_READING = ActionKind.STOP_READING
+_RELEASE_WATCH = ActionKind.RELEASE_WATCH
+_DONE = ControlState.DONE
+
+
+class EngineAdapter:
+    """Wraps an engine for the runtime.  ``await adapter.generate(request, context)``
+    returns the response stream of :class:`Annotated` items."""
+
+    def __init__(
+        self,
+        engine: Any,
+        mode: Mode = Mode.AGGREGATED,
+        *,
+        validate: bool = True,
+        trace_sink: TraceSink | None = None,
+        table: CompiledTable = DEFAULT_TABLE,
+    ) -> None:
+        self.engine = engine
+        self.mode = mode
+        self.validate = validate
+        self.trace_sink = trace_sink
+        self.table = table
+        self.abort_failures = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def generate(self, request: dict[str, Any], context: Context) -> ResponseStream:
+        """Set up the engine's stream.  A setup failure is raised as a :class:`DynamoError`."""
+        driver = _RequestDriver(self, context)
+        try:
+            produced = self.engine.generate(request, context)
+            if inspect.isawaitable(produced):
+                produced = await produced
+            stream = _as_async_iterator(produced)
+        except Exception as exc:
+            error = as_dynamo_error(exc)
+            driver.catch_up_with_context()
+            driver.perform(driver.fire(_SETUP_FAILED))
+            raise error from exc
+        driver.start(stream)
+        return ResponseStream(driver)
+
+    async def settle(self) -> None:
+        """Wait until every abort and engine-close this adapter started has finished."""
+        while self._tasks:
+            await asyncio.gather(*tuple(self._tasks), return_exceptions=True)
+
+    @property
+    def background_tasks(self) -> int:
+        return len(self._tasks)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _spawn_from_anywhere(
+        self, loop: asyncio.AbstractEventLoop, work: Callable[[], Coroutine[Any, Any, None]]
+    ) -> None:
+        """Spawn on ``loop`` even when called from a finalizer outside it."""
+        if loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._spawn(work())
+        else:
+            loop.call_soon_threadsafe(lambda: self._spawn(work()))
+
+    async def _abort(self, context: Context) -> None:
+        try:
+            await call_optional(self.engine, "abort", context)
+        except Exception:
+            # The abort is best effort; a failing abort must not break the stream.
+            self.abort_failures += 1
+            logger.warning("engine.abort raised for request %s", context.id(), exc_info=True)
+
+
+def _as_async_iterator(produced: object) -> AsyncIterator[Any]:
+    aiter_method = getattr(produced, "__aiter__", None)
+    if aiter_method is None:
+        raise TypeError(f"engine.generate must produce an async iterator, got {type(produced).__name__}")
+    iterator: AsyncIterator[Any] = aiter_method()
+    return iterator
+
+
+class _RequestDriver:
+    """Feeds one request's events to its machine and performs the returned actions."""
+
+    __slots__ = (
+        "_adapter",
+        "_closing",
+        "_listening",
+        "_loop",
+        "_thread",
+        "context",
+        "machine",
+        "stream",
+    )
+
+    def __init__(self, adapter: EngineAdapter, context: Context) -> None:
+        self._adapter = adapter
+        self.context = context
+        self.machine = RequestMachine(adapter.mode, adapter.table)
+        self.stream: AsyncIterator[Any] | None = None
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        self._listening = False
+        self._closing = False
+
+    # Events.
+
+    def fire(self, ev: Event) -> tuple[ActionKind, ...]:
+        actions = self.machine.fire(ev)
+        if self.machine.state.control is _DONE and self._adapter.trace_sink is not None:
+            self._adapter.trace_sink(self.context.id(), self.machine.history)
+        return actions
+
+    def catch_up_with_context(self) -> None:
+        """Fire what the context saw while the engine was setting up its stream."""
+        if self.context.first_token_notified():
+            self.perform(self.fire(_SIGNAL_EVENTS["first_token"]))
+        if self.context.is_killed():
+            self.perform(self.fire(_SIGNAL_EVENTS["kill"]))
+        elif self.context.is_stopped():
+            self.perform(self.fire(_SIGNAL_EVENTS["stop"]))
+
+    def start(self, stream: AsyncIterator[Any]) -> None:
+        self.stream = stream
+        self.catch_up_with_context()
+        self.perform(self.fire(_SETUP))
+        if self.machine.state.watching:
+            self.context.add_listener(self._on_signal)
+            self._listening = True
+
+    def _on_signal(self, signal: Signal) -> None:
+        if threading.get_ident() != self._thread:
+            self._loop.call_soon_threadsafe(self._on_signal_in_loop, signal)
+        else:
+            self._on_signal_in_loop(signal)
+
+    def _on_signal_in_loop(self, signal: Signal) -> None:
+        if self.machine.state.control is not _DONE:
+            self.perform(self.fire(_SIGNAL_EVENTS[signal]))
+
+    # Actions that need no await; stop-reading is awaited by the caller when it can.
+
+    def perform(self, actions: tuple[ActionKind, ...]) -> bool:
+        """Perform the non-forwarding actions; returns whether stop-reading is owed."""
+        owes_close = False
+        for action in actions:
+            if action is _CALL_ABORT:
+                self._adapter._spawn(self._adapter._abort(self.context))
+            elif action is _RELEASE_WATCH:
+                self._release_watch()
+            elif action is _STOP_READING:
+                owes_close = True
+        return owes_close
+
+    def _release_watch(self) -> None:
+        if self._listening:
+            self._listening = False
+            self.context.remove_listener(self._on_signal)
+
+    async def close_engine_stream(self) -> None:
+        stream, self.stream = self.stream, None
+        if stream is None or self._closing:
+            return
+        self._closing = True
+        aclose = getattr(stream, "aclose", None)
+        if aclose is None:
+            return
+        try:
+            await aclose()
+        except Exception:
+            logger.warning("closing the engine stream of request %s raised", self.context.id(), exc_info=True)
+
+    def abandon(self) -> None:
+        """The consumer dropped the stream without closing it: fire drop now, close later."""
+        if self.machine.state.control is _DONE:
+            return
+        if self.perform(self.fire(_DROP)) and self.stream is not None:
+            self._adapter._spawn_from_anywhere(self._loop, self.close_engine_stream)
+
+    async def dropped(self) -> None:
+        if self.machine.state.control is not _DONE and self.perform(self.fire(_DROP)):
+            await self.close_engine_stream()
+
+    # The stream.
+
+    async def run(self) -> AsyncIterator[Annotated]:
+        stream = self.stream
+        assert stream is not None
+        mode = self.machine.mode
+        validate = self._adapter.validate
+        fire = self.fire
+        position = 0
+        try:
+            while True:
+                error: DynamoError | None = None
+                item: Any = None
+                try:
+                    item = await stream.__anext__()
+                except StopAsyncIteration:
+                    if self.perform(fire(_END)):
+                        await self.close_engine_stream()
+                    return
+                except Exception as exc:
+                    error = as_dynamo_error(exc)
+                    ev = ERROR
+                else:
+                    position += 1
+                    classified = classify_item(item, position, mode, validate)
+                    if isinstance(classified, ChunkProblem):
+                        error, ev = classified, ERROR
+                    else:
+                        ev = classified
+                        if ev is ERROR:
+                            error = item
+                actions = fire(ev)
+                for index, action in enumerate(actions):
+                    if action is _FORWARD_DATA or action is _FORWARD_ERROR:
+                        out = Annotated(item) if action is _FORWARD_DATA else Annotated(error=error)
+                        try:
+                            yield out
+                        except GeneratorExit:
+                            # The consumer left mid-step: what the step still owes is owed anyway.
+                            if self.perform(actions[index + 1 :]):
+                                await self.close_engine_stream()
+                            raise
+                    elif self.perform((action,)):
+                        await self.close_engine_stream()
+                if self.machine.state.control is _DONE:
+                    return
+        except (GeneratorExit, asyncio.CancelledError):
+            await self.dropped()
+            raise
+
+
+class ResponseStream:
+    """The response stream of one request: an async iterator of :class:`Annotated`.
+
+    Dropping it (``aclose()``, or letting it be garbage-collected) is the
+    protocol's *drop* event.
+    """
+
+    __slots__ = ("_driver", "_items")
+
+    def __init__(self, driver: _RequestDriver) -> None:
+        self._driver = driver
+        self._items = driver.run()
+
+    def __aiter__(self) -> ResponseStream:
+        return self
+
+    def __anext__(self) -> Any:
+        return self._items.__anext__()
+
+    async def aclose(self) -> None:
+        await self._items.aclose()  # type: ignore[attr-defined]
+        await self._driver.dropped()
+
+    @property
+    def machine(self) -> RequestMachine:
+        return self._driver.machine
+
+    @property
+    def trace(self) -> list[Step]:
+        return self._driver.machine.history
+
+    def __del__(self) -> None:
+        self._driver.abandon()

@@ -1,0 +1,46 @@
+"""What the adapter hands downstream: a chunk or a typed error, never both."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dynamo_backend_protocol.model import BackendError, DynamoError
+
+
+class Annotated:
+    __slots__ = ("data", "error")
+
+    def __init__(self, data: dict[str, Any] | None = None, error: DynamoError | None = None) -> None:
+        self.data = data
+        self.error = error
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> Annotated:
+        return cls(data=data)
+
+    @classmethod
+    def from_error(cls, error: DynamoError) -> Annotated:
+        return cls(error=error)
+
+    def is_error(self) -> bool:
+        return self.error is not None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Annotated):
+            return NotImplemented
+        return self.data == other.data and self.error == other.error
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        if self.error is not None:
+            return f"Annotated(error={self.error!r})"
+        return f"Annotated(data={self.data!r})"
+
+
+def as_dynamo_error(exc: BaseException) -> DynamoError:
+    """Typed errors keep their kind; anything else becomes ``Unknown`` naming the exception."""
+    if isinstance(exc, DynamoError):
+        return exc
+    message = str(exc)
+    return DynamoError(BackendError.UNKNOWN, f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
