@@ -17,6 +17,7 @@ from dynamo_backend_protocol.reference.chunks import (
 )
 from dynamo_backend_protocol.reference.context import Context
 from dynamo_backend_protocol.reference.engine import EngineConfig, LLMEngine, start_engine
+from dynamo_backend_protocol.reference.trace_writer import JsonlTraceWriter
 
 __all__ = [
     "Annotated",
@@ -27,6 +28,7 @@ __all__ = [
     "DynamoError",
     "EngineAdapter",
     "EngineConfig",
+    "JsonlTraceWriter",
     "LLMEngine",
     "ResponseStream",
     "TraceSink",
