@@ -54,7 +54,8 @@ def classify_item(item: object, position: int, mode: Mode, validate: bool = True
     ``position`` counts the stream's items from 1.  With ``validate`` off only
     what the protocol needs is read: an item is a terminal if it has a
     ``finish_reason`` (an unknown reason counts as ``error``) and carries
-    tokens if ``token_ids`` is non-empty.
+    tokens if ``token_ids`` is non-empty.  This runs once per token, so the
+    common shape (a dict with one non-negative int token) is checked first.
     """
     if type(item) is not dict:
         if isinstance(item, DynamoError):
@@ -64,33 +65,46 @@ def classify_item(item: object, position: int, mode: Mode, validate: bool = True
     token_ids = item.get("token_ids")
     reason = item.get("finish_reason")
     if validate:
-        if "token_ids" not in item:
-            return ChunkProblem(position, "token_ids", "is missing")
-        problem = _token_problem(token_ids)
+        if reason is None and type(token_ids) is list and len(token_ids) == 1:
+            single = token_ids[0]
+            index = item.get("index", 0)
+            if type(single) is int and single >= 0 and type(index) is int and index >= 0:
+                return TOKEN_CHUNK
+        problem = _shape_problem(item, token_ids, reason, position, mode)
         if problem is not None:
-            return ChunkProblem(position, "token_ids", problem)
-        index = item.get("index", 0)
-        if type(index) is not int or index < 0:
-            return ChunkProblem(position, "index", f"must be a non-negative int, got {_describe(index)}")
-        if reason is not None:
-            if not isinstance(reason, str) or (reason, False) not in _TERMINALS:
-                valid = ", ".join(r.value for r in FinishReason)
-                return ChunkProblem(position, "finish_reason", f"must be one of {valid}, got {_describe(reason)}")
-            if (
-                mode is Mode.ENCODE
-                and reason != FinishReason.CANCELLED.value
-                and not isinstance(item.get("encoder_result"), dict)
-            ):
-                return ChunkProblem(
-                    position,
-                    "encoder_result",
-                    f"must be an object on an encode-mode {reason!r} terminal, "
-                    f"got {_describe(item.get('encoder_result'))}",
-                )
-    with_tokens = bool(token_ids)
+            return problem
     if reason is None:
-        return TOKEN_CHUNK if with_tokens else EMPTY_CHUNK
-    terminal = _TERMINALS.get((reason, with_tokens)) if isinstance(reason, str) else None
+        return TOKEN_CHUNK if token_ids else EMPTY_CHUNK
+    terminal = _TERMINALS.get((reason, bool(token_ids))) if type(reason) is str else None
     if terminal is None:
-        terminal = _TERMINALS[(_LENIENT_UNKNOWN_REASON, with_tokens)]
+        terminal = _TERMINALS[(_LENIENT_UNKNOWN_REASON, bool(token_ids))]
     return terminal
+
+
+def _shape_problem(
+    item: dict[str, object], token_ids: object, reason: object, position: int, mode: Mode
+) -> ChunkProblem | None:
+    if "token_ids" not in item:
+        return ChunkProblem(position, "token_ids", "is missing")
+    problem = _token_problem(token_ids)
+    if problem is not None:
+        return ChunkProblem(position, "token_ids", problem)
+    index = item.get("index")
+    if index is not None and (type(index) is not int or index < 0):
+        return ChunkProblem(position, "index", f"must be a non-negative int, got {_describe(index)}")
+    if reason is None:
+        return None
+    if type(reason) is not str or (reason, False) not in _TERMINALS:
+        valid = ", ".join(r.value for r in FinishReason)
+        return ChunkProblem(position, "finish_reason", f"must be one of {valid}, got {_describe(reason)}")
+    if (
+        mode is Mode.ENCODE
+        and reason != FinishReason.CANCELLED.value
+        and not isinstance(item.get("encoder_result"), dict)
+    ):
+        return ChunkProblem(
+            position,
+            "encoder_result",
+            f"must be an object on an encode-mode {reason!r} terminal, got {_describe(item.get('encoder_result'))}",
+        )
+    return None

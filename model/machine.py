@@ -72,6 +72,10 @@ class Step:
         }
 
 
+FORWARD_ONLY: tuple[ActionKind, ...] = (ActionKind.FORWARD_DATA,)
+"""Every step whose only action is forward-data carries this very tuple, so the
+adapter's per-token path can recognise it by identity."""
+
 _CANCEL_CAUSE = {EventKind.STOP: CancelCause.STOP, EventKind.KILL: CancelCause.KILL}
 
 
@@ -125,7 +129,8 @@ class CompiledTable:
             raise TableError(state, ev, f"has several rows that match ({names})")
         row = matching[0]
         after = self.intern(_apply(state, ev, row))
-        return Step(state, ev, after, row.actions, row.rule, row.ignored, row)
+        actions = FORWARD_ONLY if row.actions == FORWARD_ONLY else row.actions
+        return Step(state, ev, after, actions, row.rule, row.ignored, row)
 
 
 def _apply(state: RequestState, ev: Event, row: Transition) -> RequestState:

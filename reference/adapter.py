@@ -30,7 +30,8 @@ from dynamo_backend_protocol.model import (
     Step,
     event,
 )
-from dynamo_backend_protocol.model.chunks import ERROR, ChunkProblem, classify_item
+from dynamo_backend_protocol.model.chunks import ERROR, classify_item
+from dynamo_backend_protocol.model.machine import FORWARD_ONLY
 from dynamo_backend_protocol.reference.annotated import Annotated, as_dynamo_error
 from dynamo_backend_protocol.reference.context import Context, Signal
 from dynamo_backend_protocol.reference.engine import call_optional
@@ -247,33 +248,41 @@ class _RequestDriver:
     async def run(self) -> AsyncIterator[Annotated]:
         stream = self.stream
         assert stream is not None
-        mode = self.machine.mode
+        machine = self.machine
+        record = machine.history.append
+        mode = machine.mode
         validate = self._adapter.validate
-        fire = self.fire
+        next_item = stream.__anext__
         position = 0
         try:
             while True:
                 error: DynamoError | None = None
-                item: Any = None
                 try:
-                    item = await stream.__anext__()
+                    item = await next_item()
                 except StopAsyncIteration:
-                    if self.perform(fire(_END)):
+                    if self.perform(self.fire(_END)):
                         await self.close_engine_stream()
                     return
                 except Exception as exc:
-                    error = as_dynamo_error(exc)
-                    ev = ERROR
+                    item, error, ev = None, as_dynamo_error(exc), ERROR
                 else:
                     position += 1
                     classified = classify_item(item, position, mode, validate)
-                    if isinstance(classified, ChunkProblem):
-                        error, ev = classified, ERROR
-                    else:
+                    if type(classified) is Event:
                         ev = classified
                         if ev is ERROR:
                             error = item
-                actions = fire(ev)
+                    else:
+                        error, ev = classified, ERROR  # type: ignore[assignment]
+                # Per-token path: a step that only forwards and stays put is
+                # recorded without the general dispatch.  Same decision, fewer steps.
+                state = machine.state
+                step = state.successors.get(ev)
+                if step is not None and step.actions is FORWARD_ONLY and step.after is state:
+                    record(step)
+                    yield Annotated(item)
+                    continue
+                actions = self.fire(ev)
                 for index, action in enumerate(actions):
                     if action is _FORWARD_DATA or action is _FORWARD_ERROR:
                         out = Annotated(item) if action is _FORWARD_DATA else Annotated(error=error)
@@ -286,7 +295,7 @@ class _RequestDriver:
                             raise
                     elif self.perform((action,)):
                         await self.close_engine_stream()
-                if self.machine.state.control is _DONE:
+                if machine.state.control is _DONE:
                     return
         except (GeneratorExit, asyncio.CancelledError):
             await self.dropped()
