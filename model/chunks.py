@@ -48,6 +48,21 @@ def _token_problem(token_ids: object) -> str | None:
     return None
 
 
+_USAGE_COUNTERS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def _usage_problem(usage: object) -> str | None:
+    if usage is None:
+        return None
+    if not isinstance(usage, dict):
+        return f"must be an object, got {_describe(usage)}"
+    for counter in _USAGE_COUNTERS:
+        value = usage.get(counter)
+        if value is not None and (type(value) is not int or value < 0):
+            return f"{counter} must be a non-negative int, got {_describe(value)}"
+    return None
+
+
 def classify_item(item: object, position: int, mode: Mode, validate: bool = True) -> Event | ChunkProblem:
     """The event an engine item stands for, or the problem that makes it malformed.
 
@@ -65,7 +80,7 @@ def classify_item(item: object, position: int, mode: Mode, validate: bool = True
     token_ids = item.get("token_ids")
     reason = item.get("finish_reason")
     if validate:
-        if reason is None and type(token_ids) is list and len(token_ids) == 1:
+        if reason is None and type(token_ids) is list and len(token_ids) == 1 and "completion_usage" not in item:
             single = token_ids[0]
             index = item.get("index", 0)
             if type(single) is int and single >= 0 and type(index) is int and index >= 0:
@@ -92,6 +107,10 @@ def _shape_problem(
     index = item.get("index")
     if index is not None and (type(index) is not int or index < 0):
         return ChunkProblem(position, "index", f"must be a non-negative int, got {_describe(index)}")
+    if "completion_usage" in item:
+        usage_problem = _usage_problem(item["completion_usage"])
+        if usage_problem is not None:
+            return ChunkProblem(position, "completion_usage", usage_problem)
     if reason is None:
         return None
     if type(reason) is not str or (reason, False) not in _TERMINALS:

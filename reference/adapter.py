@@ -70,13 +70,22 @@ class EngineAdapter:
         validate: bool = True,
         trace_sink: TraceSink | None = None,
         table: CompiledTable = DEFAULT_TABLE,
+        abort_timeout: float | None = 10.0,
+        close_timeout: float | None = 5.0,
     ) -> None:
         self.engine = engine
         self.mode = mode
         self.validate = validate
         self.trace_sink = trace_sink
         self.table = table
+        self.abort_timeout = abort_timeout
+        """An ``engine.abort`` still running after this many seconds is cancelled (None: wait forever)."""
+        self.close_timeout = close_timeout
+        """Closing the engine's stream (its ``finally``) may take this long before it is cancelled."""
         self.abort_failures = 0
+        """Aborts that raised or overran ``abort_timeout``."""
+        self.close_failures = 0
+        """Engine streams whose closing raised or overran ``close_timeout``."""
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def generate(self, request: dict[str, Any], context: Context) -> ResponseStream:
@@ -126,7 +135,11 @@ class EngineAdapter:
 
     async def _abort(self, context: Context) -> None:
         try:
-            await call_optional(self.engine, "abort", context)
+            async with asyncio.timeout(self.abort_timeout):
+                await call_optional(self.engine, "abort", context)
+        except TimeoutError:
+            self.abort_failures += 1
+            logger.warning("engine.abort for request %s overran %ss; cancelled", context.id(), self.abort_timeout)
         except Exception:
             # The abort is best effort; a failing abort must not break the stream.
             self.abort_failures += 1
@@ -228,8 +241,18 @@ class _RequestDriver:
         if aclose is None:
             return
         try:
-            await aclose()
+            async with asyncio.timeout(self._adapter.close_timeout):
+                await aclose()
+        except TimeoutError:
+            self._adapter.close_failures += 1
+            logger.warning(
+                "closing the engine stream of request %s overran %ss; cancelled",
+                self.context.id(),
+                self._adapter.close_timeout,
+            )
         except Exception:
+            # e.g. a generator that yields while being closed ("ignored GeneratorExit").
+            self._adapter.close_failures += 1
             logger.warning("closing the engine stream of request %s raised", self.context.id(), exc_info=True)
 
     def abandon(self) -> None:
