@@ -1,0 +1,149 @@
+"""Drawing a :class:`DiagramPlan` with Graphviz: DOT text, SVG and PNG.
+
+DOT text needs only the ``graphviz`` Python package; SVG and PNG need the
+``dot`` program, and its absence is reported as :class:`DotNotInstalled`
+rather than a traceback.
+"""
+
+from __future__ import annotations
+
+import shutil
+from html import escape
+from typing import Literal
+
+# The graphviz package ships no type information; its few calls used here are
+# wrapped in typed functions below.
+import graphviz  # type: ignore[import-untyped, unused-ignore]
+from dynamo_backend_protocol.model.diagram_plan import DiagramPlan, EdgeLine, PlannedEdge, PlannedNode
+
+Format = Literal["dot", "svg", "png"]
+FORMATS: tuple[Format, ...] = ("dot", "svg", "png")
+
+_FONT = "Helvetica"
+_DECODE_COLOUR = "#1f5fbf"
+_HIGHLIGHT_EDGE = "#d9480f"
+_HIGHLIGHT_FILL = "#ffe8a3"
+_IGNORED_COLOUR = "#6b6b6b"
+
+INSTALL_HINT = "install it with `apt-get install graphviz` (or use --format dot)"
+
+
+class DotNotInstalled(Exception):
+    """SVG or PNG was asked for but Graphviz's ``dot`` program is not on PATH."""
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__(f"rendering {fmt} needs the Graphviz 'dot' program, which is not installed; {INSTALL_HINT}")
+
+
+def build_graph(plan: DiagramPlan) -> graphviz.Digraph:
+    graph = graphviz.Digraph(plan.name)
+    graph.attr(
+        label=_graph_label(plan),
+        labelloc="t",
+        fontname=_FONT,
+        rankdir="TB",
+        nodesep="0.5",
+        ranksep="0.7",
+        newrank="true",
+    )
+    graph.attr("node", fontname=_FONT, fontsize="13", shape="box", style="rounded", margin="0.15,0.08")
+    graph.attr("edge", fontname=_FONT, fontsize="10", arrowsize="0.8")
+    # The start marker sits on Idle's rank so the arrow into Idle stays short.
+    graph.node("start", label="", shape="point", width="0.15")
+    for node in plan.nodes:
+        _add_node(graph, node)
+    for rank, states in enumerate(plan.ranks):
+        with graph.subgraph(name=f"rank_{rank}") as same:
+            same.attr(rank="same")
+            if rank == 0:
+                same.node("start")
+            for state in states:
+                same.node(state.value)
+    initial = next(node for node in plan.nodes if node.initial)
+    graph.edge("start", initial.state.value, tooltip="a request starts in Idle when generate is called")
+    for edge in plan.edges:
+        _add_edge(graph, edge)
+    return graph
+
+
+def _graph_label(plan: DiagramPlan) -> str:
+    legend = "".join(f'<BR ALIGN="LEFT"/>{escape(line)}' for line in plan.legend)
+    return (
+        f'<<B>{escape(plan.title)}</B><BR/>'
+        f'<FONT POINT-SIZE="10" COLOR="{_IGNORED_COLOUR}">{legend}<BR ALIGN="LEFT"/></FONT>>'
+    )
+
+
+def _add_node(graph: graphviz.Digraph, node: PlannedNode) -> None:
+    colour = _DECODE_COLOUR if node.decode_only else "black"
+    style = ["rounded"]
+    if node.decode_only:
+        style.append("dashed")
+    if node.highlighted:
+        style.append("filled")
+    label = f'<B>{escape(node.state.value)}</B>'
+    if node.decode_only:
+        label += '<BR/><FONT POINT-SIZE="10">decode only</FONT>'
+    for line in node.ignores:
+        label += f'<BR/><FONT POINT-SIZE="10" COLOR="{_IGNORED_COLOUR}">ignores {escape(line)}</FONT>'
+    graph.node(
+        node.state.value,
+        label=f"<{label}>",
+        color=colour,
+        fontcolor=colour,
+        style=",".join(style),
+        fillcolor=_HIGHLIGHT_FILL if node.highlighted else "white",
+        peripheries="2" if node.absorbing else "1",
+        penwidth="2" if node.highlighted else "1",
+    )
+
+
+def _line_markup(line: EdgeLine, mixed: bool) -> str:
+    text = escape(line.text)
+    if line.remembers:
+        text += f" <I>(remembers: {escape(line.remembers)})</I>"
+    if line.decode_only and mixed:
+        text = f'<FONT COLOR="{_DECODE_COLOUR}">{text} [decode only]</FONT>'
+    if line.highlighted:
+        text = f"<B>{text}</B>"
+    return text + '<BR ALIGN="LEFT"/>'
+
+
+def _add_edge(graph: graphviz.Digraph, edge: PlannedEdge) -> None:
+    mixed = not edge.decode_only and any(line.decode_only for line in edge.lines)
+    label = "".join(_line_markup(line, mixed) for line in edge.lines)
+    colour = _DECODE_COLOUR if edge.decode_only else "black"
+    if edge.highlighted:
+        colour = _HIGHLIGHT_EDGE
+    graph.edge(
+        edge.source.value,
+        edge.target.value,
+        label=f"<{label}>",
+        color=colour,
+        fontcolor=_DECODE_COLOUR if edge.decode_only else "black",
+        style="dashed" if edge.decode_only else "solid",
+        penwidth="2.5" if edge.highlighted else "1",
+        tooltip="rules: " + ", ".join(edge.rules),
+    )
+
+
+def dot_source(plan: DiagramPlan) -> str:
+    source: str = build_graph(plan).source
+    return source
+
+
+def dot_available() -> bool:
+    return shutil.which("dot") is not None
+
+
+def render(dot_text: str, fmt: Format) -> bytes:
+    """DOT text as-is (UTF-8), or rendered by ``dot`` to SVG or PNG."""
+    if fmt == "dot":
+        return dot_text.encode("utf-8")
+    if not dot_available():
+        raise DotNotInstalled(fmt)
+    try:
+        rendered: bytes = graphviz.Source(dot_text).pipe(format=fmt)
+        return rendered
+    except graphviz.ExecutableNotFound:
+        raise DotNotInstalled(fmt) from None
