@@ -28,8 +28,12 @@ RULES: dict[str, str] = {
     "DONE-REACHABLE": "from every state some event sequence reaches Done",
     "TABLE-WELL-FORMED": "every event the protocol allows in a state matches exactly one row of the table",
     # Engine lifecycle.
-    "LIFECYCLE-START-FIRST": "generate and drain are only served after a successful start",
-    "LIFECYCLE-CLEANUP-AFTER-START": "cleanup runs after a start, successful or not, never concurrently with it",
+    "LIFECYCLE-START-FIRST": (
+        "start is called once, first; generate, abort and drain are served only after it succeeded, before cleanup"
+    ),
+    "LIFECYCLE-CLEANUP-AFTER-START": (
+        "cleanup runs after a start, successful or not, never concurrently with start or itself, and succeeds"
+    ),
     "LIFECYCLE-CLEANUP-IDEMPOTENT": "a second cleanup is a no-op that succeeds",
     "LIFECYCLE-NO-CLEANUP-WITHOUT-START": (
         "cleanup is not required when start was never invoked, and must succeed if called"
