@@ -20,12 +20,17 @@ Readability choices, each made once here:
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from dynamo_backend_protocol.model.reachability import ModeGraph, explore_graphs
 from dynamo_backend_protocol.model.table import ALWAYS, REQUEST_TABLE, Transition
 from dynamo_backend_protocol.model.vocabulary import ControlState, Mode
+
+StateId: TypeAlias = enum.Enum
+"""A control state of whichever machine is drawn (request or lifecycle)."""
 
 RANK_ORDER: tuple[tuple[ControlState, ...], ...] = (
     (ControlState.IDLE,),
@@ -53,8 +58,8 @@ class EdgeLine:
 
 @dataclass(frozen=True)
 class PlannedEdge:
-    source: ControlState
-    target: ControlState
+    source: StateId
+    target: StateId
     lines: tuple[EdgeLine, ...]
 
     @property
@@ -76,7 +81,7 @@ class PlannedEdge:
 
 @dataclass(frozen=True)
 class PlannedNode:
-    state: ControlState
+    state: StateId
     initial: bool
     absorbing: bool
     decode_only: bool
@@ -92,11 +97,11 @@ class DiagramPlan:
     title: str
     nodes: tuple[PlannedNode, ...]
     edges: tuple[PlannedEdge, ...]
-    ranks: tuple[tuple[ControlState, ...], ...]
+    ranks: tuple[tuple[StateId, ...], ...]
     """Groups of states drawn side by side, top to bottom; only drawn states."""
     legend: tuple[str, ...]
 
-    def node(self, state: ControlState) -> PlannedNode:
+    def node(self, state: StateId) -> PlannedNode:
         for node in self.nodes:
             if node.state is state:
                 return node
@@ -107,10 +112,14 @@ class DiagramPlan:
 class Highlight:
     """What a frame of the teaching tool emphasises."""
 
-    state: ControlState | None = None
-    row: Transition | None = None
-    source: ControlState | None = None
+    state: StateId | None = None
+    row: object | None = None
+    """The table row that fired (of either machine's table)."""
+    source: StateId | None = None
     """The state the highlighted row fired from (a row may have several sources)."""
+
+
+NO_HIGHLIGHT = Highlight()
 
 
 @dataclass(frozen=True)
@@ -141,7 +150,7 @@ class _Use:
         return " (" + ", ".join(m.value for m in Mode if m in self.drawn) + " only)"
 
 
-def plan_request_diagram(mode: Mode | None = None, highlight: Highlight = Highlight()) -> DiagramPlan:
+def plan_request_diagram(mode: Mode | None = None, highlight: Highlight = NO_HIGHLIGHT) -> DiagramPlan:
     """The diagram of ``mode``, or of every mode at once when ``mode`` is None."""
     drawn_modes = frozenset(Mode) if mode is None else frozenset({mode})
     graphs = explore_graphs()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import enum
 import sys
 from pathlib import Path
+from typing import TypeVar
 
 from dynamo_backend_protocol.model import ControlState, Mode
 from dynamo_backend_protocol.model.diagram_plan import DiagramPlan, Highlight, plan_request_diagram
@@ -12,6 +14,7 @@ from dynamo_backend_protocol.reference.cli_support import Subparsers, UsageError
 from dynamo_backend_protocol.reference.diagrams import FORMATS, DotNotInstalled, Format, dot_source, render
 
 MACHINES = ("request", "lifecycle")
+StateT = TypeVar("StateT", bound=enum.Enum)
 _SUFFIX_FORMATS: dict[str, Format] = {".dot": "dot", ".gv": "dot", ".svg": "svg", ".png": "png"}
 
 
@@ -58,11 +61,8 @@ def choose_format(explicit: Format | None, output: str | None) -> Format:
 
 def build_plan(machine: str, mode: Mode | None, highlight: str | None) -> DiagramPlan:
     if machine == "lifecycle":
-        raise UsageError(
-            "the lifecycle machine is not in the model yet (no dynamo_backend_protocol.model.lifecycle); "
-            "only --machine request can be drawn"
-        )
-    state = None if highlight is None else parse_state(highlight)
+        return build_lifecycle_plan(mode, highlight)
+    state = None if highlight is None else parse_state(highlight, ControlState)
     plan = plan_request_diagram(mode, Highlight(state=state))
     if state is not None and all(node.state is not state for node in plan.nodes):
         where = "any mode" if mode is None else f"mode {mode.value}"
@@ -70,12 +70,24 @@ def build_plan(machine: str, mode: Mode | None, highlight: str | None) -> Diagra
     return plan
 
 
-def parse_state(text: str) -> ControlState:
+def build_lifecycle_plan(mode: Mode | None, highlight: str | None) -> DiagramPlan:
+    if mode is not None:
+        raise UsageError("--mode does not apply to the lifecycle machine: it is the same in every mode")
+    # Imported here so the request diagram keeps working whatever state the
+    # lifecycle model is in.
+    from dynamo_backend_protocol.model.lifecycle import Phase
+    from dynamo_backend_protocol.model.lifecycle_diagram import plan_lifecycle_diagram
+
+    phase = None if highlight is None else parse_state(highlight, Phase)
+    return plan_lifecycle_diagram(Highlight(state=phase))
+
+
+def parse_state(text: str, states: type[StateT]) -> StateT:
     wanted = text.strip().lower()
-    for state in ControlState:
-        if state.value.lower() == wanted:
+    for state in states:
+        if str(state.value).lower() == wanted:
             return state
-    valid = ", ".join(state.value for state in ControlState)
+    valid = ", ".join(str(state.value) for state in states)
     raise UsageError(f"unknown state {text!r} for --highlight; valid states: {valid}")
 
 

@@ -60,7 +60,7 @@ def build_graph(plan: DiagramPlan) -> graphviz.Digraph:
             for state in states:
                 same.node(state.value)
     initial = next(node for node in plan.nodes if node.initial)
-    graph.edge("start", initial.state.value, tooltip="a request starts in Idle when generate is called")
+    graph.edge("start", initial.state.value, tooltip=f"initial state: {initial.state.value}")
     for edge in plan.edges:
         _add_edge(graph, edge)
     return graph

@@ -8,3 +8,5 @@ for mode in all agg prefill decode encode; do
     dynamo-backend-protocol diagram --mode "$mode" --format dot -o "request-$mode.dot"
     dynamo-backend-protocol diagram --mode "$mode" --format svg -o "request-$mode.svg"
 done
+dynamo-backend-protocol diagram --machine lifecycle --format dot -o lifecycle.dot
+dynamo-backend-protocol diagram --machine lifecycle --format svg -o lifecycle.svg
