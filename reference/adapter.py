@@ -20,6 +20,7 @@ from typing import Any
 from dynamo_backend_protocol.model import (
     DEFAULT_TABLE,
     ActionKind,
+    BackendError,
     CompiledTable,
     ControlState,
     DynamoError,
@@ -113,25 +114,9 @@ class EngineAdapter:
     def background_tasks(self) -> int:
         return len(self._tasks)
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
+    def _track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    def _spawn_from_anywhere(
-        self, loop: asyncio.AbstractEventLoop, work: Callable[[], Coroutine[Any, Any, None]]
-    ) -> None:
-        """Spawn on ``loop`` even when called from a finalizer outside it."""
-        if loop.is_closed():
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            self._spawn(work())
-        else:
-            loop.call_soon_threadsafe(lambda: self._spawn(work()))
 
     async def _abort(self, context: Context) -> None:
         try:
@@ -160,6 +145,7 @@ class _RequestDriver:
     __slots__ = (
         "_adapter",
         "_closing",
+        "_heard",
         "_listening",
         "_loop",
         "_thread",
@@ -177,6 +163,7 @@ class _RequestDriver:
         self._thread = threading.get_ident()
         self._listening = False
         self._closing = False
+        self._heard: set[Signal] = set()
 
     # Events.
 
@@ -187,13 +174,21 @@ class _RequestDriver:
         return actions
 
     def catch_up_with_context(self) -> None:
-        """Fire what the context saw while the engine was setting up its stream."""
-        if self.context.first_token_notified():
-            self.perform(self.fire(_SIGNAL_EVENTS["first_token"]))
-        if self.context.is_killed():
-            self.perform(self.fire(_SIGNAL_EVENTS["kill"]))
-        elif self.context.is_stopped():
-            self.perform(self.fire(_SIGNAL_EVENTS["stop"]))
+        """Fire the signals the context already shows but this request has not heard yet.
+
+        Signals from other threads reach the loop a turn later; an engine may
+        act on ``is_stopped()`` before that.  Catching up before setup and
+        before the stream ends keeps the model's view no later than the engine's.
+        """
+        for signal in self.context.signals():
+            self._hear(signal)
+
+    def _hear(self, signal: Signal) -> None:
+        if signal in self._heard:
+            return
+        self._heard.add(signal)
+        if self.machine.state.control is not _DONE:
+            self.perform(self.fire(_SIGNAL_EVENTS[signal]))
 
     def start(self, stream: AsyncIterator[Any]) -> None:
         self.stream = stream
@@ -210,8 +205,7 @@ class _RequestDriver:
             self._on_signal_in_loop(signal)
 
     def _on_signal_in_loop(self, signal: Signal) -> None:
-        if self.machine.state.control is not _DONE:
-            self.perform(self.fire(_SIGNAL_EVENTS[signal]))
+        self._hear(signal)
 
     # Actions that need no await; stop-reading is awaited by the caller when it can.
 
@@ -220,12 +214,23 @@ class _RequestDriver:
         owes_close = False
         for action in actions:
             if action is _CALL_ABORT:
-                self._adapter._spawn(self._adapter._abort(self.context))
+                self._start_task(lambda: self._adapter._abort(self.context))
             elif action is _RELEASE_WATCH:
                 self._release_watch()
             elif action is _STOP_READING:
                 owes_close = True
         return owes_close
+
+    def _start_task(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Start ``work`` on the request's loop, from its thread or any other (a
+        finalizer or a signal may run elsewhere, or while the loop is idle)."""
+        loop = self._loop
+        if loop.is_closed():
+            return
+        if threading.get_ident() == self._thread:
+            self._adapter._track(loop.create_task(work()))
+        else:
+            loop.call_soon_threadsafe(lambda: self._adapter._track(loop.create_task(work())))
 
     def _release_watch(self) -> None:
         if self._listening:
@@ -260,7 +265,7 @@ class _RequestDriver:
         if self.machine.state.control is _DONE:
             return
         if self.perform(self.fire(_DROP)) and self.stream is not None:
-            self._adapter._spawn_from_anywhere(self._loop, self.close_engine_stream)
+            self._start_task(self.close_engine_stream)
 
     async def dropped(self) -> None:
         if self.machine.state.control is not _DONE and self.perform(self.fire(_DROP)):
@@ -283,9 +288,15 @@ class _RequestDriver:
                 try:
                     item = await next_item()
                 except StopAsyncIteration:
+                    self.catch_up_with_context()
                     if self.perform(self.fire(_END)):
                         await self.close_engine_stream()
                     return
+                except asyncio.CancelledError:
+                    if _cancelled_from_outside():
+                        raise
+                    item, ev = None, ERROR
+                    error = DynamoError(BackendError.CANCELLED, "the engine's stream raised CancelledError")
                 except Exception as exc:
                     item, error, ev = None, as_dynamo_error(exc), ERROR
                 else:
@@ -305,6 +316,8 @@ class _RequestDriver:
                     record(step)
                     yield Annotated(item)
                     continue
+                if ev.ends_stream:
+                    self.catch_up_with_context()
                 actions = self.fire(ev)
                 for index, action in enumerate(actions):
                     if action is _FORWARD_DATA or action is _FORWARD_ERROR:
@@ -323,6 +336,13 @@ class _RequestDriver:
         except (GeneratorExit, asyncio.CancelledError):
             await self.dropped()
             raise
+
+
+def _cancelled_from_outside() -> bool:
+    """Whether a CancelledError is the consumer's task being cancelled (a drop),
+    rather than the engine raising it on its own (an engine failure)."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 class ResponseStream:

@@ -24,6 +24,7 @@ class Context:
         "_id",
         "_killed",
         "_listeners",
+        "_signals",
         "_stopped",
         "_waiters",
         "parent_span_id",
@@ -44,6 +45,7 @@ class Context:
         self._killed = False
         self._first_token = False
         self._listeners: list[Listener] = []
+        self._signals: list[Signal] = []
         self._waiters: list[asyncio.Future[bool]] = []
         self.trace_id = trace_id
         self.span_id = span_id
@@ -97,6 +99,10 @@ class Context:
     def first_token_notified(self) -> bool:
         return self._first_token
 
+    def signals(self) -> tuple[Signal, ...]:
+        """The signals given so far, in the order they happened (each at most once)."""
+        return tuple(self._signals)
+
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
@@ -105,6 +111,7 @@ class Context:
             self._listeners.remove(listener)
 
     def _signal(self, signal: Signal) -> None:
+        self._signals.append(signal)
         if signal != "first_token":
             for waiter in self._waiters:
                 if not waiter.done():
