@@ -170,6 +170,9 @@ class Prohibition:
     trigger: LifecycleEvent
     guard: LifecycleGuard
     rule: str
+    then: Phase | None = None
+    """For a forbidden *outcome*: the call is over all the same, so a monitor that keeps
+    watching continues from this phase (a cleanup that raised has still ended)."""
 
 
 _ALL = tuple(Phase)
@@ -189,9 +192,9 @@ LIFECYCLE_FORBIDDEN: tuple[Prohibition, ...] = (
     Prohibition((_S, _CU), _E.CLEANUP_CALLED, ALWAYS, CLEANUP_AFTER_START),
     Prohibition(_except(_CU), _E.CLEANUP_OK, ALWAYS, CLEANUP_AFTER_START),
     # A cleanup that raises breaks whichever rule promised it would succeed.
-    Prohibition((_CU,), _E.CLEANUP_RAISED, REPEATED_CLEANUP, CLEANUP_IDEMPOTENT),
-    Prohibition((_CU,), _E.CLEANUP_RAISED, FIRST_CLEANUP_WITHOUT_START, NO_CLEANUP_WITHOUT_START),
-    Prohibition((_CU,), _E.CLEANUP_RAISED, FIRST_CLEANUP_AFTER_START, CLEANUP_AFTER_START),
+    Prohibition((_CU,), _E.CLEANUP_RAISED, REPEATED_CLEANUP, CLEANUP_IDEMPOTENT, then=_DONE),
+    Prohibition((_CU,), _E.CLEANUP_RAISED, FIRST_CLEANUP_WITHOUT_START, NO_CLEANUP_WITHOUT_START, then=_DONE),
+    Prohibition((_CU,), _E.CLEANUP_RAISED, FIRST_CLEANUP_AFTER_START, CLEANUP_AFTER_START, then=_DONE),
     Prohibition(_except(_CU), _E.CLEANUP_RAISED, ALWAYS, CLEANUP_AFTER_START),
 )
 
@@ -199,10 +202,14 @@ LIFECYCLE_FORBIDDEN: tuple[Prohibition, ...] = (
 class LifecycleViolation(Exception):
     """An engine call (or outcome) the lifecycle does not allow in the current state."""
 
-    def __init__(self, state: LifecycleState, event: LifecycleEvent, rule: str) -> None:
+    def __init__(
+        self, state: LifecycleState, event: LifecycleEvent, rule: str, resume: LifecycleState | None = None
+    ) -> None:
         self.state = state
         self.event = event
         self.rule = rule
+        self.resume = resume
+        """Where a monitor continues from, if the prohibition says (else: unchanged)."""
         super().__init__(f"{event.value} is not allowed in {state.phase.value} (rule {rule}: {summary(rule)})")
 
 
@@ -237,7 +244,8 @@ def lifecycle_step(
     if not matching:
         for prohibition in forbidden:
             if prohibition.trigger is event and state.phase in prohibition.sources and prohibition.guard(state):
-                raise LifecycleViolation(state, event, prohibition.rule)
+                resume = None if prohibition.then is None else replace(state, phase=prohibition.then)
+                raise LifecycleViolation(state, event, prohibition.rule, resume)
         problem = "has no row" if not candidates else "has no row whose guard holds"
         raise LifecycleTableError(f"lifecycle table {problem} for {event.value} in {state.describe()}")
     if len(matching) > 1:
@@ -260,8 +268,9 @@ def _apply(state: LifecycleState, event: LifecycleEvent, row: LifecycleTransitio
 
 
 class LifecycleMachine:
-    """The lifecycle state of one engine.  :meth:`fire` raises on a forbidden event
-    and leaves the state unchanged, so later events are judged from where the engine really is."""
+    """The lifecycle state of one engine.  :meth:`fire` raises on a forbidden event and
+    leaves the state unchanged (or, for a forbidden outcome, moves to where the call left
+    the engine), so later events are judged from where the engine really is."""
 
     __slots__ = ("history", "state")
 
@@ -270,7 +279,12 @@ class LifecycleMachine:
         self.history: list[LifecycleStep] = []
 
     def fire(self, event: LifecycleEvent) -> LifecycleStep:
-        step = lifecycle_step(self.state, event)
+        try:
+            step = lifecycle_step(self.state, event)
+        except LifecycleViolation as violation:
+            if violation.resume is not None:
+                self.state = violation.resume
+            raise
         self.state = step.after
         self.history.append(step)
         return step

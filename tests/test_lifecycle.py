@@ -147,6 +147,16 @@ def test_a_violation_leaves_the_state_unchanged() -> None:
     machine.fire(E.GENERATE)
 
 
+def test_a_retry_after_a_raising_cleanup_is_judged_as_a_new_cleanup() -> None:
+    """A cleanup that raised has still ended: retrying it is not 'cleanup during cleanup'."""
+    machine = machine_after([*STARTED, E.CLEANUP_CALLED])
+    with pytest.raises(LifecycleViolation):
+        machine.fire(E.CLEANUP_RAISED)
+    machine.fire(E.CLEANUP_CALLED)
+    machine.fire(E.CLEANUP_OK)
+    assert machine.state.phase is Phase.CLEANED_UP
+
+
 def test_explorer_catches_a_row_that_serves_before_start() -> None:
     """A faulty row letting generate in before start is reported with a shortest counterexample."""
     faulty = (*LIFECYCLE_TABLE, LifecycleTransition((Phase.CONSTRUCTED,), E.GENERATE, LIFECYCLE_TABLE[0].guard,
