@@ -15,28 +15,47 @@ from dynamo_backend_protocol.reference.chunks import (
     token,
     usage,
 )
+from dynamo_backend_protocol.reference.conformance import assert_conforms, run_conformance
+from dynamo_backend_protocol.reference.conformance_checks import Failure as ConformanceCheck
+from dynamo_backend_protocol.reference.conformance_report import (
+    CheckResult,
+    CheckStatus,
+    ConformanceFailure,
+    ConformanceReport,
+)
+from dynamo_backend_protocol.reference.conformance_session import EngineFactoryError
 from dynamo_backend_protocol.reference.context import Context
 from dynamo_backend_protocol.reference.engine import EngineConfig, LLMEngine, start_engine
+from dynamo_backend_protocol.reference.sample_engine import SampleEngine
 from dynamo_backend_protocol.reference.trace_writer import JsonlTraceWriter
 
 __all__ = [
     "Annotated",
     "BackendError",
+    "CheckResult",
+    "CheckStatus",
     "Chunk",
+    "ConformanceCheck",
+    "ConformanceFailure",
+    "ConformanceReport",
     "Context",
     "DisaggregationMode",
     "DynamoError",
     "EngineAdapter",
     "EngineConfig",
+    "EngineFactoryError",
     "JsonlTraceWriter",
     "LLMEngine",
     "ResponseStream",
+    "SampleEngine",
     "TraceSink",
     "as_dynamo_error",
+    "assert_conforms",
     "cancelled",
     "chunks",
     "error",
     "length",
+    "run_conformance",
     "start_engine",
     "stop",
     "token",
