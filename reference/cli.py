@@ -10,7 +10,7 @@ from typing import Protocol
 
 from dynamo_backend_protocol.reference.cli_support import Subparsers, UsageError
 
-SUBCOMMANDS = ("check", "diagram", "explain", "trace")
+SUBCOMMANDS = ("check", "diagram", "explain", "trace", "conform")
 """Each name ``n`` is the module ``cli_n`` with ``register(subparsers)``."""
 
 
