@@ -106,7 +106,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     added = [ConformanceItem.from_parent(session, name=f"conformance[{spec.failure}]", spec=spec) for spec in CHECKS]
     items.extend(added)
     # Collection is over by now: report the items so the "collected N items" line counts them.
-    config.hook.pytest_collectreport(report=pytest.CollectReport("conformance", "passed", None, added))
+    config.hook.pytest_collectreport(report=pytest.CollectReport("conformance", "passed", None, list[Any](added)))
 
 
 class CheckFailed(Exception):
