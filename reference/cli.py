@@ -10,7 +10,7 @@ from typing import Protocol
 
 from dynamo_backend_protocol.reference.cli_support import Subparsers, UsageError
 
-SUBCOMMANDS = ("check", "diagram", "explain", "trace", "conform")
+SUBCOMMANDS = ("check", "conform", "diagram", "explain", "trace", "bench")
 """Each name ``n`` is the module ``cli_n`` with ``register(subparsers)``."""
 
 

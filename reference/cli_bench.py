@@ -11,6 +11,8 @@ import time
 
 from dynamo_backend_protocol.reference.bench import BenchReport, run_bench
 from dynamo_backend_protocol.reference.cli_support import Subparsers
+from dynamo_backend_protocol.reference.conformance import run_conformance
+from dynamo_backend_protocol.reference.sample_engine import SampleEngine
 
 TARGETS = (
     ("adapter_chunks_per_s", ">=", 1_000_000),
@@ -34,9 +36,6 @@ def register(subparsers: Subparsers) -> None:
 
 
 async def _conformance_seconds() -> float:
-    from dynamo_backend_protocol.reference.conformance import run_conformance
-    from dynamo_backend_protocol.reference.sample_engine import SampleEngine
-
     started = time.perf_counter()
     await run_conformance(SampleEngine)
     return time.perf_counter() - started
