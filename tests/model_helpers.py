@@ -1,0 +1,59 @@
+"""Small helpers shared by the model tests (not a conftest: import it explicitly)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from dynamo_backend_protocol.model import (
+    ALL_EVENTS,
+    DEFAULT_TABLE,
+    CompiledTable,
+    ControlState,
+    Mode,
+    ProtocolViolation,
+    RequestMachine,
+    RequestState,
+    Step,
+    parse_event,
+)
+from dynamo_backend_protocol.model.invariants import STATE_INVARIANTS, STEP_INVARIANTS
+
+
+def run(mode: Mode, names: Iterable[str], table: CompiledTable = DEFAULT_TABLE) -> RequestMachine:
+    """A fresh machine for ``mode`` after firing the named events in order."""
+    machine = RequestMachine(mode, table)
+    for name in names:
+        machine.fire(parse_event(name))
+    return machine
+
+
+def broken_state_rules(state: RequestState) -> set[str]:
+    """Rule IDs of the state invariants that ``state`` violates."""
+    return {inv.rule for inv in STATE_INVARIANTS if not inv.holds(state)}
+
+
+def broken_step_rules(step: Step) -> set[str]:
+    """Rule IDs of the step invariants that ``step`` violates."""
+    return {inv.rule for inv in STEP_INVARIANTS if not inv.holds(step)}
+
+
+def can_reach_done(table: CompiledTable, start: RequestState) -> bool:
+    """Whether some sequence of allowed events leads from ``start`` to Done.
+
+    ``start`` must be a state produced by ``table`` (each table owns its states).
+    """
+    seen = {start}
+    frontier = [start]
+    while frontier:
+        state = frontier.pop()
+        if state.control is ControlState.DONE:
+            return True
+        for ev in ALL_EVENTS:
+            try:
+                after = table.step(state, ev).after
+            except ProtocolViolation:
+                continue
+            if after not in seen:
+                seen.add(after)
+                frontier.append(after)
+    return False
