@@ -100,7 +100,13 @@ class CompiledTable:
                 self._rows[(state, kind)] = rows_for(table, state, kind)
 
     def intern(self, state: RequestState) -> RequestState:
-        return self._interned.setdefault(state, state)
+        """This table's own object for ``state``; a state made by another table is
+        copied, never adopted, since its step cache holds that table's answers."""
+        own = self._interned.get(state)
+        if own is None:
+            own = state.evolve()
+            self._interned[own] = own
+        return own
 
     def initial(self, mode: Mode) -> RequestState:
         return self.intern(initial_state(mode))

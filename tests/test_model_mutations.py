@@ -380,14 +380,9 @@ def test_aborted_waiting_forever_breaks_done_reachable() -> None:
     assert violated_rules(report) == {DONE_REACHABLE}
 
 
-# --------------------------------------------------------------------------- a known model bug
+# --------------------------------------------------------------------------- tables stay apart
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="model bug: CompiledTable.step interns a foreign state object together with the other "
-    "table's successor cache, so it answers with the other table's rows",
-)
 def test_a_table_never_answers_with_another_tables_cached_step() -> None:
     """A state produced by one table and stepped on another must follow the
     second table's rows; otherwise a mutant checked after the shipped table
