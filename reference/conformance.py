@@ -193,16 +193,21 @@ def _result(
     trouble: str,
     seconds: float,
 ) -> CheckResult:
+    def result(
+        status: CheckStatus, reason: str = "", took: float = 0.0, blocked_by: tuple[Failure, ...] = ()
+    ) -> CheckResult:
+        return CheckResult(spec.failure, spec.title, status, one_line(reason), took, blocked_by, spec.upstream)
+
     not_applicable = _not_applicable(spec, settings)
     if not_applicable is not None:
-        return CheckResult(spec.failure, spec.title, CheckStatus.SKIPPED, f"skipped: {not_applicable}")
+        return result(CheckStatus.SKIPPED, f"skipped: {not_applicable}")
     blockers = _blockers(spec, results)
     if blockers:
-        return CheckResult(spec.failure, spec.title, CheckStatus.SKIPPED, _skip_reason(blockers), blocked_by=blockers)
+        return result(CheckStatus.SKIPPED, _skip_reason(blockers), blocked_by=blockers)
     if spec.failure not in verdicts:
-        reason = trouble or "the kit gave no verdict for this check (a bug in the kit)"
-        return CheckResult(spec.failure, spec.title, CheckStatus.FAILED, one_line(reason), seconds)
+        no_verdict = "the kit gave no verdict for this check (a bug in the kit)"
+        return result(CheckStatus.FAILED, trouble or no_verdict, seconds)
     problem = verdicts[spec.failure]
     if problem is None:
-        return CheckResult(spec.failure, spec.title, CheckStatus.PASSED, "", seconds)
-    return CheckResult(spec.failure, spec.title, CheckStatus.FAILED, one_line(problem), seconds)
+        return result(CheckStatus.PASSED, "", seconds)
+    return result(CheckStatus.FAILED, problem, seconds)

@@ -67,7 +67,7 @@ CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec(F.STREAM_YIELDED_ERROR, "every item is a chunk, not an error", (F.NO_CHUNKS_YIELDED,), upstream=True),
     CheckSpec(F.CHUNK_AFTER_TERMINAL, "nothing follows the terminal chunk", (F.STREAM_YIELDED_ERROR,), upstream=True),
     CheckSpec(F.NO_TERMINAL_CHUNK, "the stream ends with a terminal chunk", (F.STREAM_YIELDED_ERROR,), upstream=True),
-    CheckSpec(F.CONCURRENT_GENERATE_FAILED, "8 concurrent requests all complete", _SINGLE_STREAM_OK, upstream=True),
+    CheckSpec(F.CONCURRENT_GENERATE_FAILED, "8 interleaved requests all complete", _SINGLE_STREAM_OK, upstream=True),
     CheckSpec(
         F.CANCELLATION_NOT_OBSERVED, "a stream stopped once live ends within the deadline", _SINGLE_STREAM_OK,
         upstream=True,

@@ -92,8 +92,6 @@ class RequestRun:
     cancelled_by_client: bool = False
     """The plan's stop or kill actually happened (the stream may have ended before its turn)."""
     dropped_by_client: bool = False
-    wait_after_cancel: float | None = None
-    """Seconds from the client's stop or kill to the end of the stream."""
     trace: list[Step] = field(default_factory=list)
     log: RequestLog | None = None
 
@@ -232,8 +230,6 @@ class _Client:
                 await self.stream.aclose()
                 break
             self.run.received.append(item)
-        if self.cancelled_at is not None:
-            self.run.wait_after_cancel = time.perf_counter() - self.cancelled_at
 
 
 def _ending_of(received: list[Annotated]) -> Ending:

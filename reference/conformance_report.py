@@ -36,6 +36,8 @@ class CheckResult:
     """Time of the probe that judged it (several checks may share one probe)."""
     blocked_by: tuple[Failure, ...] = ()
     """For a skipped check: the failed checks that kept it from running."""
+    upstream: bool = False
+    """Whether upstream's conformance kit has this check, under the same failure name."""
 
     @property
     def passed(self) -> bool:
@@ -56,6 +58,7 @@ class CheckResult:
             "status": str(self.status),
             "reason": self.reason,
             "seconds": round(self.seconds, 6),
+            "upstream": self.upstream,
         }
 
 

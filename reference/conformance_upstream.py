@@ -48,7 +48,7 @@ class RawRun:
             if isinstance(item, BaseException):
                 return f"item #{position} was an error: {describe_error(item)}"
         if self.raised is not None:
-            return f"the stream raised {describe_error(self.raised)} after {len(self.items)} item(s)"
+            return f"the stream raised {describe_error(self.raised)} (after {len(self.items)} item(s))"
         return None
 
 

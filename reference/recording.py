@@ -114,9 +114,6 @@ class RequestLog:
     aborts: list[AbortCall] = field(default_factory=list)
     signals: list[tuple[int, Signal]] = field(default_factory=list)
     setup_error: BaseException | None = None
-    raised: BaseException | None = None
-    finished: bool = False
-    """The engine's stream ran to its end (returned or raised)."""
     close_requested: bool = False
     stream: RecordedStream | None = None
 
@@ -150,15 +147,7 @@ class RecordedStream:
         return self
 
     async def __anext__(self) -> Any:
-        try:
-            item = await self.inner.__anext__()
-        except StopAsyncIteration:
-            self._log.finished = True
-            raise
-        except Exception as exc:
-            self._log.finished = True
-            self._log.raised = exc
-            raise
+        item = await self.inner.__anext__()
         self._log.items.append(ItemSeen(self._clock(), item))
         return item
 

@@ -202,6 +202,16 @@ def test_report_as_dict_is_json_with_one_entry_per_check() -> None:
     assert by_name["StartFailed"]["status"] == "passed" and by_name["StartFailed"]["reason"] == ""
 
 
+def test_the_upstream_kits_checks_are_flagged_as_upstream() -> None:
+    """The thirteen failure names of upstream's kit (PROTOCOL-NOTES) are marked so in the JSON."""
+    upstream = {"StartFailed", "EmptyModelInConfig", "GenerateFailed", "NoChunksYielded", "StreamYieldedError",
+                "ChunkAfterTerminal", "NoTerminalChunk", "ConcurrentGenerateFailed", "CancellationNotObserved",
+                "CancellationIgnored", "CleanupFailed", "SecondCleanupFailed", "CleanupWithoutStartFailed"}
+    checks = conform(SampleEngine, examples=0).as_dict()["checks"]
+    assert isinstance(checks, list)
+    assert {check["failure"] for check in checks if check["upstream"]} == upstream
+
+
 def test_reasons_are_single_lines() -> None:
     """Every reason fits on one line, whatever the engine's error text holds."""
 
