@@ -68,6 +68,7 @@ def schedules() -> st.SearchStrategy[Schedule]:
 async def run_schedule(settings: KitSettings, schedule: Schedule) -> list[Finding]:
     """Run one schedule on a fresh engine; every rule broken on the way."""
     async with adapter_session(settings) as session:
+        await session.warm_up()
         baseline = set(asyncio.all_tasks())
         runs = await asyncio.gather(
             *(session.drive(plan, f"request-{number}") for number, plan in enumerate(schedule.plans, start=1))

@@ -144,6 +144,24 @@ class SchedulerEngine:
                 await scheduler
 
 
+class LazySchedulerEngine(SchedulerEngine):
+    """Starts its scheduler on the first request (as some engines start their output handler),
+    and drains itself as the first step of cleanup."""
+
+    async def start(self, worker_id: int) -> dict[str, Any]:
+        return {"model": f"lazy-{worker_id}"}
+
+    async def generate(self, request: dict[str, Any], context: Any) -> AsyncIterator[dict[str, Any]]:
+        if self.scheduler is None:
+            self.scheduler = asyncio.get_running_loop().create_task(self._schedule())
+        async for chunk in super().generate(request, context):
+            yield chunk
+
+    async def cleanup(self) -> None:
+        await self.drain()
+        await super().cleanup()
+
+
 class SilentAbortSchedulerEngine(SchedulerEngine):
     """abort stops feeding the request but does not wake its stream."""
 
@@ -171,6 +189,13 @@ def test_a_sample_style_engine_without_encoder_result_fails_encode_naming_the_fi
 def test_a_scheduler_style_engine_with_abort_and_drain_passes(mode: Mode) -> None:
     """Background scheduler, per-request queues, abort, drain, careful cleanup: it conforms."""
     report = conform(SchedulerEngine, mode)
+    assert report.ok, report.render()
+
+
+def test_a_lazily_started_scheduler_and_a_self_draining_cleanup_are_fine() -> None:
+    """A long-lived task started on the first request is no leak, and calls an engine makes on itself
+    inside its own cleanup are its own business."""
+    report = conform(LazySchedulerEngine, Mode.AGGREGATED)
     assert report.ok, report.render()
 
 
