@@ -142,7 +142,8 @@ def _not_applicable(spec: CheckSpec, settings: KitSettings) -> str | None:
 
 
 def _blockers(spec: CheckSpec, results: dict[Failure, CheckResult]) -> tuple[Failure, ...]:
-    """The failed checks that keep ``spec`` from running (through skipped prerequisites too)."""
+    """The failed checks that keep ``spec`` from running (through skipped prerequisites too);
+    a prerequisite not judged yet blocks nothing."""
     blocking: list[Failure] = []
     for needed in spec.requires:
         result = results.get(needed)
@@ -160,13 +161,8 @@ def _skip_reason(blockers: tuple[Failure, ...]) -> str:
 
 async def _run_probe(probe: Probe, settings: KitSettings, results: dict[Failure, CheckResult]) -> None:
     specs = [SPECS[failure] for failure in probe.checks]
-    inside = set(probe.checks)
-    runnable = [
-        spec for spec in specs
-        if _not_applicable(spec, settings) is None
-        and not _blockers(CheckSpec(spec.failure, spec.title, tuple(r for r in spec.requires if r not in inside)),
-                          results)
-    ]
+    # Prerequisites this probe judges itself have no result yet, so only earlier probes can block here.
+    runnable = [spec for spec in specs if _not_applicable(spec, settings) is None and not _blockers(spec, results)]
     verdicts: Verdicts = {}
     trouble = ""
     started = time.perf_counter()
