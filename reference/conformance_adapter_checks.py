@@ -78,8 +78,9 @@ class AdapterSession:
 
 
 @contextlib.asynccontextmanager
-async def adapter_session(settings: KitSettings, *, start: bool = True) -> AsyncIterator[AdapterSession]:
-    async with engine_session(settings, record=True, start=start) as session:
+async def adapter_session(settings: KitSettings) -> AsyncIterator[AdapterSession]:
+    """A fresh, started engine behind a recorder, and an adapter in the kit's mode in front of it."""
+    async with engine_session(settings, record=True) as session:
         collector = TraceCollector(settings.trace_sink)
         yield AdapterSession(session, settings.adapter(session.recording(), collector), collector, settings)
 
@@ -87,9 +88,9 @@ async def adapter_session(settings: KitSettings, *, start: bool = True) -> Async
 async def _judged(
     settings: KitSettings, failure: Failure, judge: Judge, plans: list[tuple[RequestPlan, str]]
 ) -> Verdicts:
-    async with adapter_session(settings) as run:
-        runs = [await run.drive(plan, request_id) for plan, request_id in plans]
-        await run.settle()
+    async with adapter_session(settings) as session:
+        runs = [await session.drive(plan, request_id) for plan, request_id in plans]
+        await session.settle()
     for request in runs:
         finding = judge(request, settings.mode)
         if finding is not None:
@@ -194,12 +195,12 @@ async def probe_lifecycle(settings: KitSettings) -> Verdicts:
             started = False
         if started:
             collector = TraceCollector(settings.trace_sink)
-            run = AdapterSession(session, settings.adapter(recorder, collector), collector, settings)
-            await run.drive(RequestPlan(Action.FINISH), "conformance-life-1")
-            await run.drive(RequestPlan(Action.STOP, 1, STOPPABLE), "conformance-life-2")
-            await run.settle()
-            await run.drive(RequestPlan(Action.FINISH), "conformance-life-3")
-            await run.settle()
+            serving = AdapterSession(session, settings.adapter(recorder, collector), collector, settings)
+            await serving.drive(RequestPlan(Action.FINISH), "conformance-life-1")
+            await serving.drive(RequestPlan(Action.STOP, 1, STOPPABLE), "conformance-life-2")
+            await serving.settle()
+            await serving.drive(RequestPlan(Action.FINISH), "conformance-life-3")
+            await serving.settle()
             if recorder.has("drain"):
                 with contextlib.suppress(Exception):
                     await bounded(recorder.drain(), settings.stream_timeout, "drain")

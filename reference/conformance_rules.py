@@ -98,8 +98,10 @@ def no_abort_without_cancel(run: RequestRun, mode: Mode) -> Finding | None:
         return None
     self_stopped = any(signal in ("stop", "kill") for _, signal in log.signals)
     if self_stopped:
-        cause = "the client never cancelled it, yet its context was stopped: the engine called " \
-                "context.stop_generating() (or kill()) itself; just end the stream with a terminal chunk instead"
+        cause = (
+            "the client never cancelled it, yet its context was stopped: the engine called "
+            "context.stop_generating() (or kill()) itself; just end the stream with a terminal chunk instead"
+        )
     elif any(call.caller == "engine" for call in log.aborts):
         cause = "the engine's own code called self.abort"
     else:
