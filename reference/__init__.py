@@ -1,6 +1,8 @@
 """The reference implementation: an asyncio adapter driven by the model, the
 engine API, the conformance kit and the command line."""
 
+import logging
+
 from dynamo_backend_protocol.model import BackendError, DynamoError
 from dynamo_backend_protocol.model import Mode as DisaggregationMode
 from dynamo_backend_protocol.reference import chunks
@@ -28,6 +30,9 @@ from dynamo_backend_protocol.reference.context import Context
 from dynamo_backend_protocol.reference.engine import EngineConfig, LLMEngine, start_engine
 from dynamo_backend_protocol.reference.sample_engine import SampleEngine
 from dynamo_backend_protocol.reference.trace_writer import JsonlTraceWriter
+
+# A library does not decide where warnings go: silent unless the application configures logging.
+logging.getLogger("dynamo_backend_protocol").addHandler(logging.NullHandler())
 
 __all__ = [
     "Annotated",

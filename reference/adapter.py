@@ -144,7 +144,6 @@ class _RequestDriver:
 
     __slots__ = (
         "_adapter",
-        "_closing",
         "_heard",
         "_listening",
         "_loop",
@@ -162,7 +161,6 @@ class _RequestDriver:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         self._listening = False
-        self._closing = False
         self._heard: set[Signal] = set()
 
     # Events.
@@ -238,10 +236,11 @@ class _RequestDriver:
             self.context.remove_listener(self._on_signal)
 
     async def close_engine_stream(self) -> None:
-        stream, self.stream = self.stream, None
-        if stream is None or self._closing:
+        stream = self.stream
+        # A reader still inside the engine's generator closes it when it comes out.
+        if stream is None or getattr(stream, "ag_running", False):
             return
-        self._closing = True
+        self.stream = None
         aclose = getattr(stream, "aclose", None)
         if aclose is None:
             return
@@ -316,6 +315,10 @@ class _RequestDriver:
                     record(step)
                     yield Annotated(item)
                     continue
+                if machine.state.control is _DONE:
+                    # Dropped from another task while this read was pending.
+                    await self.close_engine_stream()
+                    return
                 if ev.ends_stream:
                     self.catch_up_with_context()
                 actions = self.fire(ev)
@@ -365,6 +368,11 @@ class ResponseStream:
         return self._items.__anext__()
 
     async def aclose(self) -> None:
+        """Drop the stream.  If another task is waiting for its next item, that
+        read ends the stream when it returns."""
+        if getattr(self._items, "ag_running", False):
+            self._driver.abandon()
+            return
         await self._items.aclose()  # type: ignore[attr-defined]
         await self._driver.dropped()
 
