@@ -6,10 +6,10 @@ invariants in :mod:`.invariants` say what must always hold, and
 :func:`explore_all` checks them on every reachable state.
 """
 
+from dynamo_backend_protocol.model.checking import InvariantResult
 from dynamo_backend_protocol.model.errors import BackendError, DynamoError
 from dynamo_backend_protocol.model.explorer import (
     ExplorationReport,
-    InvariantResult,
     ModeReport,
     explore,
     explore_all,

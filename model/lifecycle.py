@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import enum
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from dynamo_backend_protocol.model.explorer import InvariantResult
+from dynamo_backend_protocol.model.checking import InvariantResult, MachineSpec, check_machine
 from dynamo_backend_protocol.model.rules import summary
 
 START_FIRST = "LIFECYCLE-START-FIRST"
@@ -223,6 +222,7 @@ class LifecycleStep:
     event: LifecycleEvent
     after: LifecycleState
     rule: str
+    row: LifecycleTransition
 
 
 _START_OUTCOMES = {
@@ -252,7 +252,7 @@ def lifecycle_step(
         names = ", ".join(f"[{row.guard.name}]" for row in matching)
         raise LifecycleTableError(f"lifecycle table has several rows for {event.value} in {state.describe()}: {names}")
     row = matching[0]
-    return LifecycleStep(state, event, _apply(state, event, row), row.rule)
+    return LifecycleStep(state, event, _apply(state, event, row), row.rule, row)
 
 
 def _apply(state: LifecycleState, event: LifecycleEvent, row: LifecycleTransition) -> LifecycleState:
@@ -420,87 +420,22 @@ def explore_lifecycle(step: _Step = lifecycle_step) -> LifecycleReport:
     so tests can check that a faulty table is caught.
     """
     started = time.perf_counter()
-    results = {inv.name: InvariantResult(inv.rule, inv.name) for inv in LIFECYCLE_STATE_INVARIANTS}
-    results.update({inv.name: InvariantResult(inv.rule, inv.name) for inv in LIFECYCLE_STEP_INVARIANTS})
-    well_formed = InvariantResult(LIFECYCLE_TABLE_WELL_FORMED, "lifecycle_table_is_deterministic_and_complete")
-    reachable = InvariantResult(CLEANUP_AFTER_START, CLEANUP_REACHABLE)
-    initial = LifecycleState()
-    parent: dict[LifecycleState, tuple[LifecycleState, LifecycleEvent] | None] = {initial: None}
-    edges: dict[LifecycleState, list[LifecycleState]] = {}
-    queue: deque[LifecycleState] = deque([initial])
-    transitions = 0
-
-    def path_to(state: LifecycleState) -> list[str]:
-        names: list[str] = []
-        link = parent[state]
-        while link is not None:
-            state, event = link
-            names.append(event.value)
-            link = parent[state]
-        return names[::-1]
-
-    def fail(result: InvariantResult, path: list[str], detail: str) -> None:
-        if result.holds:
-            result.holds, result.counterexample, result.detail = False, path, detail
-
-    def state_clean(state: LifecycleState) -> bool:
-        broken = [inv for inv in LIFECYCLE_STATE_INVARIANTS if not inv.holds(state)]
-        for inv in broken:
-            fail(results[inv.name], path_to(state), f"reaches {state.describe()}")
-        return not broken
-
-    state_clean(initial)
-    while queue:
-        state = queue.popleft()
-        successors = edges.setdefault(state, [])
-        for event in LifecycleEvent:
-            try:
-                taken = step(state, event)
-            except LifecycleViolation:
-                continue
-            except LifecycleTableError as error:
-                fail(well_formed, [*path_to(state), event.value], str(error))
-                continue
-            transitions += 1
-            broken_steps = [inv for inv in LIFECYCLE_STEP_INVARIANTS if not inv.holds(taken)]
-            for inv in broken_steps:
-                detail = f"{event.value} in {state.describe()} -> {taken.after.describe()}"
-                fail(results[inv.name], [*path_to(state), event.value], detail)
-            successors.append(taken.after)
-            if taken.after not in parent:
-                parent[taken.after] = (state, event)
-                # A violating state is reported, not expanded.
-                if state_clean(taken.after) and not broken_steps:
-                    queue.append(taken.after)
-
-    _check_cleanup_reachable(parent, edges, reachable, path_to, fail)
-    return LifecycleReport(
-        states=len(parent),
-        transitions=transitions,
-        seconds=time.perf_counter() - started,
-        invariants=[*results.values(), well_formed, reachable],
+    run = check_machine(
+        MachineSpec(
+            initial=LifecycleState(),
+            events=tuple(LifecycleEvent),
+            step=step,
+            after=lambda taken: taken.after,
+            event_name=lambda event: event.value,
+            describe_state=LifecycleState.describe,
+            describe_step=lambda taken: f"{taken.event.value} in {taken.before.describe()} -> {taken.after.describe()}",
+            state_invariants=LIFECYCLE_STATE_INVARIANTS,
+            step_invariants=LIFECYCLE_STEP_INVARIANTS,
+            forbidden=(LifecycleViolation,),
+            malformed=(LifecycleTableError,),
+            well_formed=(LIFECYCLE_TABLE_WELL_FORMED, "lifecycle_table_is_deterministic_and_complete"),
+            finished=lambda state: state.phase is Phase.CLEANED_UP,
+            can_finish=(CLEANUP_AFTER_START, CLEANUP_REACHABLE),
+        )
     )
-
-
-def _check_cleanup_reachable(
-    parent: dict[LifecycleState, tuple[LifecycleState, LifecycleEvent] | None],
-    edges: dict[LifecycleState, list[LifecycleState]],
-    result: InvariantResult,
-    path_to: Callable[[LifecycleState], list[str]],
-    fail: Callable[[InvariantResult, list[str], str], None],
-) -> None:
-    reverse: dict[LifecycleState, list[LifecycleState]] = {}
-    for source, targets in edges.items():
-        for target in targets:
-            reverse.setdefault(target, []).append(source)
-    can_finish = {state for state in parent if state.phase is Phase.CLEANED_UP}
-    frontier = deque(can_finish)
-    while frontier:
-        for source in reverse.get(frontier.popleft(), []):
-            if source not in can_finish:
-                can_finish.add(source)
-                frontier.append(source)
-    for state in parent:
-        if state not in can_finish and state in edges:
-            fail(result, path_to(state), f"no call sequence cleans up from {state.describe()}")
-            return
+    return LifecycleReport(run.states, run.transitions, time.perf_counter() - started, run.invariants)

@@ -9,7 +9,7 @@ drawn.  Forbidden calls are not drawn either; the spec lists them.
 
 from __future__ import annotations
 
-from collections import deque
+from collections.abc import Iterator
 
 from dynamo_backend_protocol.model.diagram_plan import (
     NO_HIGHLIGHT,
@@ -29,6 +29,7 @@ from dynamo_backend_protocol.model.lifecycle import (
     Phase,
     lifecycle_step,
 )
+from dynamo_backend_protocol.model.walk import Walk
 
 LIFECYCLE_RANKS: tuple[tuple[Phase, ...], ...] = (
     (Phase.CONSTRUCTED,),
@@ -42,38 +43,24 @@ LIFECYCLE_RANKS: tuple[tuple[Phase, ...], ...] = (
 beside a running engine because both lead to cleanup."""
 
 
-def _row_for(state: LifecycleState, event: LifecycleEvent) -> LifecycleTransition | None:
-    """The row the lifecycle fires for ``event`` in ``state``, or None if forbidden."""
-    try:
-        lifecycle_step(state, event)
-    except LifecycleViolation:
-        return None
-    for row in LIFECYCLE_TABLE:
-        if row.trigger is event and state.phase in row.sources and row.guard(state):
-            return row
-    return None
-
-
 def _fired() -> tuple[set[Phase], list[tuple[LifecycleTransition, Phase]]]:
     """Every reachable phase, and every (row, source phase) some reachable state fires."""
-    initial = LifecycleState()
-    seen = {initial}
-    queue = deque([initial])
     fired: dict[tuple[int, Phase], tuple[LifecycleTransition, Phase]] = {}
-    while queue:
-        state = queue.popleft()
+
+    def expand(state: LifecycleState) -> Iterator[tuple[LifecycleEvent, LifecycleState, bool]]:
         for event in LifecycleEvent:
-            row = _row_for(state, event)
-            if row is None:
+            try:
+                taken = lifecycle_step(state, event)
+            except LifecycleViolation:
                 continue
-            fired.setdefault((id(row), state.phase), (row, state.phase))
-            after = lifecycle_step(state, event).after
-            if after not in seen:
-                seen.add(after)
-                queue.append(after)
+            fired.setdefault((id(taken.row), state.phase), (taken.row, state.phase))
+            yield event, taken.after, True
+
+    walk: Walk[LifecycleState, LifecycleEvent] = Walk(LifecycleState())
+    walk.run(expand, lambda state: True, max_states=10_000)
     order = {id(row): index for index, row in enumerate(LIFECYCLE_TABLE)}
     uses = sorted(fired.values(), key=lambda use: (order[id(use[0])], list(Phase).index(use[1])))
-    return {state.phase for state in seen}, uses
+    return {state.phase for state in walk.parent}, uses
 
 
 def plan_lifecycle_diagram(highlight: Highlight = NO_HIGHLIGHT) -> DiagramPlan:

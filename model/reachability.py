@@ -9,14 +9,15 @@ disagree with the machine.
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from dynamo_backend_protocol.model.explorer import MAX_STATES
 from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable, ProtocolViolation, Step
 from dynamo_backend_protocol.model.state import RequestState
 from dynamo_backend_protocol.model.table import Transition
 from dynamo_backend_protocol.model.vocabulary import ALL_EVENTS, ControlState, Event, Mode
+from dynamo_backend_protocol.model.walk import Walk
 
 
 @dataclass(frozen=True)
@@ -53,18 +54,16 @@ class ModeGraph:
 
 def explore_graph(mode: Mode, table: CompiledTable = DEFAULT_TABLE) -> ModeGraph:
     """Breadth-first walk from the initial state over every allowed event."""
-    initial = table.initial(mode)
-    seen: dict[RequestState, None] = {initial: None}
     steps: list[Step] = []
-    queue: deque[RequestState] = deque([initial])
-    while queue:
-        state = queue.popleft()
+
+    def expand(state: RequestState) -> Iterator[tuple[Event, RequestState, bool]]:
         for step in allowed_steps(state, table):
             steps.append(step)
-            if step.after not in seen:
-                seen[step.after] = None
-                queue.append(step.after)
-    return ModeGraph(mode, tuple(seen), tuple(steps))
+            yield step.event, step.after, True
+
+    walk: Walk[RequestState, Event] = Walk(table.initial(mode))
+    walk.run(expand, lambda state: True, MAX_STATES)
+    return ModeGraph(mode, tuple(walk.parent), tuple(steps))
 
 
 def allowed_steps(state: RequestState, table: CompiledTable = DEFAULT_TABLE) -> list[Step]:

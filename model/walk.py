@@ -1,0 +1,84 @@
+"""Breadth-first walks over a machine's reachable states, shared by every checker.
+
+The request explorer, the lifecycle explorer and the diagrams all need the
+same thing: every state reachable from the initial one, how each was first
+reached (so a counterexample is a shortest path), and the edges between them
+(so "can this state still finish?" has an answer).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable
+from typing import Generic, TypeVar
+
+S = TypeVar("S", bound=Hashable)
+E = TypeVar("E")
+
+
+class StateSpaceTooLarge(Exception):
+    """The walk passed its bound: a faulty table may grow a counter without end."""
+
+
+class Walk(Generic[S, E]):
+    """States in discovery order, each with the (state, event) it was first reached from."""
+
+    def __init__(self, initial: S) -> None:
+        self.initial = initial
+        self.parent: dict[S, tuple[S, E] | None] = {initial: None}
+        self.edges: dict[S, list[S]] = {}
+        self.transitions = 0
+
+    def run(
+        self,
+        expand: Callable[[S], Iterable[tuple[E, S, bool]]],
+        admit: Callable[[S], bool],
+        max_states: int,
+    ) -> None:
+        """Walk to a fixpoint.  ``expand`` yields ``(event, successor, clean)`` for
+        each allowed event; a successor is expanded in turn only if the step was
+        clean and ``admit`` accepts it (a state that breaks a rule is reported
+        by the caller, not explored further)."""
+        queue: deque[S] = deque([self.initial]) if admit(self.initial) else deque()
+        while queue:
+            state = queue.popleft()
+            successors = self.edges.setdefault(state, [])
+            for ev, after, clean in expand(state):
+                self.transitions += 1
+                successors.append(after)
+                if after in self.parent:
+                    continue
+                self.parent[after] = (state, ev)
+                if len(self.parent) > max_states:
+                    raise StateSpaceTooLarge(f"more than {max_states} reachable states")
+                if admit(after) and clean:
+                    queue.append(after)
+
+    def path_to(self, state: S) -> list[E]:
+        """The events of a shortest path from the initial state."""
+        events: list[E] = []
+        link = self.parent[state]
+        while link is not None:
+            state, ev = link
+            events.append(ev)
+            link = self.parent[state]
+        events.reverse()
+        return events
+
+    def first_stuck(self, finished: Callable[[S], bool]) -> S | None:
+        """The shallowest expanded state from which no path reaches a finished state."""
+        reverse: dict[S, list[S]] = {}
+        for source, targets in self.edges.items():
+            for target in targets:
+                reverse.setdefault(target, []).append(source)
+        can_finish = {state for state in self.parent if finished(state)}
+        frontier = deque(can_finish)
+        while frontier:
+            for source in reverse.get(frontier.popleft(), []):
+                if source not in can_finish:
+                    can_finish.add(source)
+                    frontier.append(source)
+        for state in self.parent:
+            if state not in can_finish and state in self.edges:
+                return state
+        return None
