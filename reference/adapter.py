@@ -14,7 +14,7 @@ import asyncio
 import inspect
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from dynamo_backend_protocol.model import (
@@ -102,6 +102,12 @@ class EngineAdapter:
             driver.catch_up_with_context()
             driver.perform(driver.fire(_SETUP_FAILED))
             raise error from exc
+        except asyncio.CancelledError:
+            # The caller gave up while the engine was setting up: no stream will
+            # exist, so the request ends as a failed setup and stays traced.
+            driver.catch_up_with_context()
+            driver.perform(driver.fire(_SETUP_FAILED))
+            raise
         driver.start(stream)
         return ResponseStream(driver)
 
@@ -364,7 +370,7 @@ class ResponseStream:
     def __aiter__(self) -> ResponseStream:
         return self
 
-    def __anext__(self) -> Any:
+    def __anext__(self) -> Awaitable[Annotated]:
         return self._items.__anext__()
 
     async def aclose(self) -> None:

@@ -106,6 +106,10 @@ class Context:
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
+    def has_listeners(self) -> bool:
+        """Whether some request still watches this context (none should, once it is over)."""
+        return bool(self._listeners)
+
     def remove_listener(self, listener: Listener) -> None:
         if listener in self._listeners:
             self._listeners.remove(listener)

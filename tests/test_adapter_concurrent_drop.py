@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -45,7 +46,7 @@ def test_aclose_while_another_task_awaits_the_next_item_ends_that_read_as_a_drop
         stream = await adapter.generate({"token_ids": [1]}, Context())
         first = await stream.__anext__()
         assert first.data is not None and first.data["token_ids"] == [1]
-        pending = asyncio.create_task(stream.__anext__())
+        pending = asyncio.ensure_future(stream.__anext__())
         await asyncio.sleep(0)  # the read is now inside the engine, waiting on the gate
 
         await stream.aclose()
@@ -62,5 +63,42 @@ def test_aclose_while_another_task_awaits_the_next_item_ends_that_read_as_a_drop
         assert engine.finally_ran == 1
         assert engine.aborts == 0, "a silent drop never aborts"
         assert adapter.close_failures == 0
+
+    asyncio.run(scenario())
+
+
+class SlowSetupEngine:
+    """A coroutine-style engine whose setup waits until the test releases it."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def generate(self, request: dict[str, Any], context: Context) -> AsyncIterator[dict[str, Any]]:
+        await self.release.wait()
+        return GatedEngine().generate(request, context)
+
+    async def cleanup(self) -> None:
+        return None
+
+
+def test_caller_cancelled_during_setup_ends_the_request_as_a_failed_setup() -> None:
+    """A caller that gives up while the engine sets up leaves no live request
+    behind: the request is traced and ends as a failed setup, without abort."""
+
+    async def scenario() -> None:
+        traced: list[list[str]] = []
+        adapter = EngineAdapter(
+            SlowSetupEngine(), trace_sink=lambda request, steps: traced.append([s.event.name for s in steps])
+        )
+        context = Context()
+        setting_up = asyncio.create_task(adapter.generate({"token_ids": [1]}, context))
+        await asyncio.sleep(0)
+        context.stop_generating()
+        setting_up.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await setting_up
+        await adapter.settle()
+        assert traced == [["stop", "setup_failed"]]
+        assert not context.has_listeners()
 
     asyncio.run(scenario())

@@ -196,7 +196,7 @@ async def test_ten_thousand_requests_leave_no_tasks_listeners_or_open_generators
         assert asyncio.all_tasks() == baseline, path.name
 
     # No public way to ask a Context whether anyone still listens: read its list.
-    listening = [c.id() for c in contexts if c._listeners]
+    listening = [c.id() for c in contexts if c.has_listeners()]
     assert listening == [], f"{len(listening)} contexts still have listeners"
     for path in routes:
         record = path.engine.record
