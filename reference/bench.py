@@ -19,22 +19,23 @@ from typing import Any
 from dynamo_backend_protocol.model import Mode, explore_all
 from dynamo_backend_protocol.model.invariants import STATE_INVARIANTS, STEP_INVARIANTS
 from dynamo_backend_protocol.reference.adapter import EngineAdapter, ResponseStream
+from dynamo_backend_protocol.reference.annotated import Annotated
 from dynamo_backend_protocol.reference.context import Context
 
 _TOKEN: dict[str, Any] = {"token_ids": [7], "index": 0}
-_LAST: dict[str, Any] = {"token_ids": [7], "index": 0, "finish_reason": "length"}
 
 
 class TrivialEngine:
-    """Yields ``count`` ready-made chunks without ever suspending."""
+    """Yields ``count`` one-token chunks without ever suspending; like any real
+    engine it builds a new chunk per token."""
 
     def __init__(self, count: int) -> None:
         self.count = count
 
     async def generate(self, request: dict[str, Any], context: Context) -> AsyncIterator[dict[str, Any]]:
-        for _ in range(self.count - 1):
-            yield _TOKEN
-        yield _LAST
+        for token_id in range(self.count - 1):
+            yield {"token_ids": [token_id], "index": 0}
+        yield {"token_ids": [0], "index": 0, "finish_reason": "length"}
 
     async def cleanup(self) -> None:
         return None
@@ -44,10 +45,10 @@ class YieldingEngine(TrivialEngine):
     """Gives the event loop a turn before every token, as real engines do."""
 
     async def generate(self, request: dict[str, Any], context: Context) -> AsyncIterator[dict[str, Any]]:
-        for _ in range(self.count - 1):
+        for token_id in range(self.count - 1):
             await asyncio.sleep(0)
-            yield _TOKEN
-        yield _LAST
+            yield {"token_ids": [token_id], "index": 0}
+        yield {"token_ids": [0], "index": 0, "finish_reason": "length"}
 
 
 async def _drain_bare(engine: TrivialEngine) -> float:
@@ -62,6 +63,20 @@ async def _drain_adapter(engine: TrivialEngine) -> float:
     started = time.perf_counter()
     stream = await adapter.generate({}, Context())
     async for _ in stream:
+        pass
+    return time.perf_counter() - started
+
+
+async def _pass_through(items: AsyncIterator[dict[str, Any]]) -> AsyncIterator[Annotated]:
+    async for item in items:
+        yield Annotated(item)
+
+
+async def _drain_floor(engine: TrivialEngine) -> float:
+    """The least any adapter can cost in Python: one async-generator layer that
+    wraps each chunk in an Annotated and checks nothing."""
+    started = time.perf_counter()
+    async for _ in _pass_through(engine.generate({}, Context())):
         pass
     return time.perf_counter() - started
 
@@ -226,6 +241,8 @@ class BenchReport:
     bare_yielding_chunks_per_s: float
     adapter_yielding_chunks_per_s: float
     ratio_yielding: float
+    floor_ratio_trivial: float
+    floor_ratio_yielding: float
     storm: StormResult
     explore_seconds: float
     conformance_seconds: float | None
@@ -238,6 +255,8 @@ class BenchReport:
             "bare_yielding_chunks_per_s": round(self.bare_yielding_chunks_per_s),
             "adapter_yielding_chunks_per_s": round(self.adapter_yielding_chunks_per_s),
             "ratio_yielding": round(self.ratio_yielding, 3),
+            "floor_ratio_trivial": round(self.floor_ratio_trivial, 3),
+            "floor_ratio_yielding": round(self.floor_ratio_yielding, 3),
             "storm": self.storm.as_dict(),
             "explore_seconds": round(self.explore_seconds, 4),
             "conformance_seconds": None if self.conformance_seconds is None else round(self.conformance_seconds, 3),
@@ -256,10 +275,12 @@ async def run_bench(quick: bool = False, conformance: Callable[[], Awaitable[flo
     trivial = TrivialEngine(chunks)
     bare = await _best_rate(lambda: _drain_bare(trivial), chunks, repeats)
     adapted = await _best_rate(lambda: _drain_adapter(trivial), chunks, repeats)
+    floor = await _best_rate(lambda: _drain_floor(trivial), chunks, repeats)
     yielding_chunks = chunks // 5
     yielding = YieldingEngine(yielding_chunks)
     bare_yielding = await _best_rate(lambda: _drain_bare(yielding), yielding_chunks, repeats)
     adapted_yielding = await _best_rate(lambda: _drain_adapter(yielding), yielding_chunks, repeats)
+    floor_yielding = await _best_rate(lambda: _drain_floor(yielding), yielding_chunks, repeats)
     storm = await cancellation_storm(2_000 if quick else 10_000)
     explore_seconds = min(_explore_seconds() for _ in range(3))
     conformance_seconds = None if conformance is None else await conformance()
@@ -270,6 +291,8 @@ async def run_bench(quick: bool = False, conformance: Callable[[], Awaitable[flo
         bare_yielding_chunks_per_s=bare_yielding,
         adapter_yielding_chunks_per_s=adapted_yielding,
         ratio_yielding=bare_yielding / adapted_yielding,
+        floor_ratio_trivial=bare / floor,
+        floor_ratio_yielding=bare_yielding / floor_yielding,
         storm=storm,
         explore_seconds=explore_seconds,
         conformance_seconds=conformance_seconds,

@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         shown = "n/a" if value is None else f"{value:,.4g}"
         print(f"  {'met ' if met else 'MISS'} {name:<26} {shown:>14}   target {relation} {bound:,.4g}")
     figures = report.as_dict()
+    print(f"  floor (one pass-through layer, no checks): ratio_trivial {figures['floor_ratio_trivial']}, "
+          f"ratio_yielding {figures['floor_ratio_yielding']}")
     print(f"  bare {figures['bare_chunks_per_s']:,} chunks/s; yielding engine bare "
           f"{figures['bare_yielding_chunks_per_s']:,}, adapter {figures['adapter_yielding_chunks_per_s']:,} chunks/s")
     return 0

@@ -26,7 +26,7 @@ def test_bench_json_reports_every_documented_key(capsys: pytest.CaptureFixture[s
     assert main(["bench", "--json", "--quick"]) == 0
     figures = json.loads(capsys.readouterr().out)
     for key in ("bare_chunks_per_s", "adapter_chunks_per_s", "ratio_trivial", "ratio_yielding",
-                "explore_seconds", "conformance_seconds"):
+                "floor_ratio_trivial", "floor_ratio_yielding", "explore_seconds", "conformance_seconds"):
         assert isinstance(figures[key], int | float) and figures[key] > 0, key
     assert set(figures["storm"]) == {
         "requests", "seconds", "bytes_per_request", "leaked_tasks", "abort_mismatches", "violations"
