@@ -9,6 +9,7 @@ counterexample; then check that every state can still finish.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
@@ -83,6 +84,37 @@ class CheckRun:
     states: int
     transitions: int
     invariants: list[InvariantResult]
+
+
+@dataclass
+class MachineReport:
+    """What exploring one machine found: its size, how long it took, every invariant."""
+
+    states: int
+    transitions: int
+    seconds: float
+    invariants: list[InvariantResult]
+
+    @property
+    def ok(self) -> bool:
+        return all(result.holds for result in self.invariants)
+
+    def violations(self) -> list[InvariantResult]:
+        return [result for result in self.invariants if not result.holds]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "states": self.states,
+            "transitions": self.transitions,
+            "seconds": round(self.seconds, 6),
+            "invariants": [result.as_dict() for result in self.invariants],
+        }
+
+
+def timed_check(spec: MachineSpec[S, E, T]) -> MachineReport:
+    started = time.perf_counter()
+    run = check_machine(spec)
+    return MachineReport(run.states, run.transitions, time.perf_counter() - started, run.invariants)
 
 
 def check_machine(spec: MachineSpec[S, E, T]) -> CheckRun:

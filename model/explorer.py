@@ -8,11 +8,10 @@ found for an invariant is a shortest one.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from dynamo_backend_protocol.model.checking import InvariantResult, MachineSpec, check_machine
+from dynamo_backend_protocol.model.checking import MachineReport, MachineSpec, timed_check
 from dynamo_backend_protocol.model.invariants import (
     DONE_REACHABLE,
     STATE_INVARIANTS,
@@ -34,27 +33,8 @@ MAX_STATES = 100_000
 
 
 @dataclass
-class ModeReport:
-    mode: Mode
-    states: int
-    transitions: int
-    seconds: float
-    invariants: list[InvariantResult]
-
-    @property
-    def ok(self) -> bool:
-        return all(result.holds for result in self.invariants)
-
-    def violations(self) -> list[InvariantResult]:
-        return [result for result in self.invariants if not result.holds]
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "states": self.states,
-            "transitions": self.transitions,
-            "seconds": round(self.seconds, 6),
-            "invariants": [result.as_dict() for result in self.invariants],
-        }
+class ModeReport(MachineReport):
+    mode: Mode = Mode.AGGREGATED
 
 
 @dataclass
@@ -70,8 +50,7 @@ class ExplorationReport:
 
 
 def explore(mode: Mode, table: CompiledTable = DEFAULT_TABLE) -> ModeReport:
-    started = time.perf_counter()
-    run = check_machine(
+    report = timed_check(
         MachineSpec(
             initial=table.initial(mode),
             events=ALL_EVENTS,
@@ -90,7 +69,7 @@ def explore(mode: Mode, table: CompiledTable = DEFAULT_TABLE) -> ModeReport:
             max_states=MAX_STATES,
         )
     )
-    return ModeReport(mode, run.states, run.transitions, time.perf_counter() - started, run.invariants)
+    return ModeReport(report.states, report.transitions, report.seconds, report.invariants, mode)
 
 
 def _describe_step(step: Step) -> str:

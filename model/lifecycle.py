@@ -17,11 +17,10 @@ clocks.
 from __future__ import annotations
 
 import enum
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from dynamo_backend_protocol.model.checking import InvariantResult, MachineSpec, check_machine
+from dynamo_backend_protocol.model.checking import MachineReport, MachineSpec, timed_check
 from dynamo_backend_protocol.model.rules import summary
 
 START_FIRST = "LIFECYCLE-START-FIRST"
@@ -386,27 +385,9 @@ CLEANUP_REACHABLE = "cleanup_reachable_from_every_state"
 
 
 @dataclass
-class LifecycleReport:
-    states: int
-    transitions: int
-    seconds: float
-    invariants: list[InvariantResult]
-
-    @property
-    def ok(self) -> bool:
-        return all(result.holds for result in self.invariants)
-
-    def violations(self) -> list[InvariantResult]:
-        return [result for result in self.invariants if not result.holds]
-
+class LifecycleReport(MachineReport):
     def as_dict(self) -> dict[str, object]:
-        return {
-            "ok": self.ok,
-            "states": self.states,
-            "transitions": self.transitions,
-            "seconds": round(self.seconds, 6),
-            "invariants": [result.as_dict() for result in self.invariants],
-        }
+        return {"ok": self.ok, **super().as_dict()}
 
 
 _Step = Callable[[LifecycleState, LifecycleEvent], LifecycleStep]
@@ -419,8 +400,7 @@ def explore_lifecycle(step: _Step = lifecycle_step) -> LifecycleReport:
     counterexample found for each is a shortest one.  ``step`` is replaceable
     so tests can check that a faulty table is caught.
     """
-    started = time.perf_counter()
-    run = check_machine(
+    report = timed_check(
         MachineSpec(
             initial=LifecycleState(),
             events=tuple(LifecycleEvent),
@@ -438,4 +418,4 @@ def explore_lifecycle(step: _Step = lifecycle_step) -> LifecycleReport:
             can_finish=(CLEANUP_AFTER_START, CLEANUP_REACHABLE),
         )
     )
-    return LifecycleReport(run.states, run.transitions, time.perf_counter() - started, run.invariants)
+    return LifecycleReport(report.states, report.transitions, report.seconds, report.invariants)
