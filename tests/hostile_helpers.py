@@ -29,12 +29,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec
 
+# Reading a response stream is the same here as in the adapter tests.
+from adapter_helpers import collect as collect
+from adapter_helpers import data_of as data_of
+from adapter_helpers import ended as ended
+from adapter_helpers import error_of as error_of
+from adapter_helpers import next_item as next_item
 from dynamo_backend_protocol.model import Mode, RequestMachine
 from dynamo_backend_protocol.model.invariants import STATE_INVARIANTS, STEP_INVARIANTS
 from dynamo_backend_protocol.reference import (
-    Annotated,
     Context,
-    DynamoError,
     EngineAdapter,
     EngineConfig,
     ResponseStream,
@@ -130,39 +134,6 @@ class Harness:
         assert not leaked, f"tasks left running: {leaked!r}"
         for machine in self.machines:
             assert_legal_history(machine)
-
-
-# --------------------------------------------------------------------------- reading the response stream
-
-
-async def collect(stream: ResponseStream) -> list[Annotated]:
-    return [item async for item in stream]
-
-
-async def next_item(stream: ResponseStream) -> Annotated:
-    item: Annotated = await anext(stream)
-    return item
-
-
-async def ended(stream: ResponseStream) -> bool:
-    """Whether the next read reports the end of the stream (reads one item otherwise)."""
-    try:
-        await anext(stream)
-    except StopAsyncIteration:
-        return True
-    return False
-
-
-def data_of(item: Annotated) -> Chunk:
-    assert item.error is None, f"expected a data item, got {item!r}"
-    assert item.data is not None
-    return item.data
-
-
-def error_of(item: Annotated) -> DynamoError:
-    assert item.data is None, f"expected an error item, got {item!r}"
-    assert item.error is not None
-    return item.error
 
 
 # --------------------------------------------------------------------------- engine bookkeeping
