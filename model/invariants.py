@@ -89,10 +89,11 @@ def abort_only_after_cancellation(step: Step) -> bool:
 
 
 @state_invariant("ABORT-IMMEDIATE")
-def abort_immediate_outside_decode(state: RequestState) -> bool:
-    if state.mode is Mode.DECODE or state.cancel is None or state.control not in LIVE:
+def abort_at_once_unless_deferred(state: RequestState) -> bool:
+    """A live, cancelled request has been aborted unless decode mode is still waiting for first-token."""
+    if state.cancel is None or state.control not in LIVE:
         return True
-    return state.aborts >= 1
+    return state.aborts >= 1 or (state.mode is Mode.DECODE and not state.first_token)
 
 
 @step_invariant("DECODE-DEFER")

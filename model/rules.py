@@ -16,7 +16,7 @@ RULES: dict[str, str] = {
     "CANCEL-OBSERVED": "stop and kill are observed once (a kill is also a stop); later ones change nothing",
     "ABORT-ONCE": "engine.abort is called at most once per request",
     "ABORT-NEEDS-CANCEL": "engine.abort is only called after stop or kill was observed on a live request",
-    "ABORT-IMMEDIATE": "outside decode mode, abort fires in the step that observes cancellation",
+    "ABORT-IMMEDIATE": "abort fires in the step that observes cancellation, unless decode mode defers it",
     # Decode-mode deferral.
     "DECODE-DEFER": "in decode mode abort never fires before first-token",
     "DECODE-FIRST-TOKEN": "first-token is a chunk with tokens or a side-channel notice, nothing else",

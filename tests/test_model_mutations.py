@@ -189,6 +189,16 @@ def test_decode_aborting_at_once_is_invisible_outside_decode() -> None:
     assert_clean(Mode.AGGREGATED, rows)
 
 
+def test_decode_deferring_after_first_token_breaks_abort_immediate() -> None:
+    """Bug: a decode request that already has its first token still defers the
+    abort (the engine keeps decoding for a client that left).  Minimum 3:
+    setup, token_chunk (first-token), stop."""
+    rows = mutate(
+        STREAMING, EventKind.STOP, "not decode or first-token seen", target=ControlState.STREAMING, actions=()
+    )
+    assert_caught(Mode.DECODE, rows, "ABORT-IMMEDIATE", 3)
+
+
 def test_second_stop_aborting_again_breaks_abort_once() -> None:
     """Bug: every stop calls abort.  Minimum 3 in agg: setup, stop (first
     abort, Aborted), stop (second abort)."""
