@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dynamo_backend_protocol.model.rules import summary
@@ -169,19 +170,26 @@ def _apply(state: RequestState, ev: Event, row: Transition) -> RequestState:
 DEFAULT_TABLE = CompiledTable()
 
 
+def _forget(step: Step) -> None:
+    return None
+
+
 class RequestMachine:
     """The protocol state of one request.
 
     Feed it events with :meth:`fire`; perform the actions it returns.  Every
-    fired event is kept in :attr:`history`, in order.
+    fired event is kept in :attr:`history`, in order, unless ``keep_history``
+    is off (a long-lived request then holds no memory per event).
     """
 
-    __slots__ = ("_table", "history", "state")
+    __slots__ = ("_table", "history", "keep_step", "state")
 
-    def __init__(self, mode: Mode, table: CompiledTable = DEFAULT_TABLE) -> None:
+    def __init__(self, mode: Mode, table: CompiledTable = DEFAULT_TABLE, keep_history: bool = True) -> None:
         self._table = table
         self.state = table.initial(mode)
         self.history: list[Step] = []
+        self.keep_step: Callable[[Step], None] = self.history.append if keep_history else _forget
+        """Records one step in the history (or forgets it); for callers that step the table themselves."""
 
     @property
     def mode(self) -> Mode:
@@ -197,7 +205,7 @@ class RequestMachine:
         if step is None:
             step = self._table.step(self.state, ev)
         self.state = step.after
-        self.history.append(step)
+        self.keep_step(step)
         return step.actions
 
     def allowed(self, ev: Event) -> bool:

@@ -73,7 +73,10 @@ class EngineAdapter:
         table: CompiledTable = DEFAULT_TABLE,
         abort_timeout: float | None = 10.0,
         close_timeout: float | None = 5.0,
+        keep_traces: bool = True,
     ) -> None:
+        if trace_sink is not None and not keep_traces:
+            raise ValueError("a trace_sink needs keep_traces=True: it is handed each request's trace")
         self.engine = engine
         self.mode = mode
         self.validate = validate
@@ -87,6 +90,8 @@ class EngineAdapter:
         """Aborts that raised or overran ``abort_timeout``."""
         self.close_failures = 0
         """Engine streams whose closing raised or overran ``close_timeout``."""
+        self.keep_traces = keep_traces
+        """Each request keeps its model steps (``ResponseStream.trace``); off, it keeps none."""
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def generate(self, request: dict[str, Any], context: Context) -> ResponseStream:
@@ -162,7 +167,7 @@ class _RequestDriver:
     def __init__(self, adapter: EngineAdapter, context: Context) -> None:
         self._adapter = adapter
         self.context = context
-        self.machine = RequestMachine(adapter.mode, adapter.table)
+        self.machine = RequestMachine(adapter.mode, adapter.table, keep_history=adapter.keep_traces)
         self.stream: AsyncIterator[Any] | None = None
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
@@ -282,7 +287,7 @@ class _RequestDriver:
         stream = self.stream
         assert stream is not None
         machine = self.machine
-        record = machine.history.append
+        record = machine.keep_step
         mode = machine.mode
         validate = self._adapter.validate
         next_item = stream.__anext__
