@@ -16,12 +16,12 @@ clocks.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from dynamo_backend_protocol.model.checking import MachineReport, MachineSpec, timed_check
 from dynamo_backend_protocol.model.rules import summary
+from dynamo_backend_protocol.model.vocabulary import Slug
 
 START_FIRST = "LIFECYCLE-START-FIRST"
 CLEANUP_AFTER_START = "LIFECYCLE-CLEANUP-AFTER-START"
@@ -30,7 +30,7 @@ NO_CLEANUP_WITHOUT_START = "LIFECYCLE-NO-CLEANUP-WITHOUT-START"
 LIFECYCLE_TABLE_WELL_FORMED = "TABLE-WELL-FORMED"
 
 
-class Phase(enum.Enum):
+class Phase(Slug):
     """The lifecycle's control states."""
 
     CONSTRUCTED = "Constructed"
@@ -41,21 +41,15 @@ class Phase(enum.Enum):
     CLEANING_UP = "CleaningUp"
     CLEANED_UP = "CleanedUp"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class StartOutcome(enum.Enum):
+class StartOutcome(Slug):
     NOT_CALLED = "not_called"
     PENDING = "pending"
     SUCCEEDED = "succeeded"
     RAISED = "raised"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class LifecycleEvent(enum.Enum):
+class LifecycleEvent(Slug):
     """A call on the engine, or how a call ended."""
 
     START_CALLED = "start_called"
@@ -67,9 +61,6 @@ class LifecycleEvent(enum.Enum):
     CLEANUP_CALLED = "cleanup_called"
     CLEANUP_OK = "cleanup_ok"
     CLEANUP_RAISED = "cleanup_raised"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 SERVING_EVENTS = frozenset({LifecycleEvent.GENERATE, LifecycleEvent.ABORT, LifecycleEvent.DRAIN})

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from dynamo_backend_protocol.model.errors import BackendError, DynamoError
 
 
-class Mode(enum.Enum):
+class Slug(enum.Enum):
+    """An enum that reads as its value wherever it is printed."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class Mode(Slug):
     """Disaggregation mode of the worker serving the request."""
 
     AGGREGATED = "agg"
@@ -40,11 +47,8 @@ class Mode(enum.Enum):
     def is_decode(self) -> bool:
         return self is Mode.DECODE
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class ControlState(enum.Enum):
+class ControlState(Slug):
     """Where a request is in its life, as the adapter sees it."""
 
     IDLE = "Idle"
@@ -58,29 +62,20 @@ class ControlState(enum.Enum):
     DONE = "Done"
     """The request is over; nothing more is read or forwarded."""
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class FinishReason(enum.Enum):
+class FinishReason(Slug):
     STOP = "stop"
     LENGTH = "length"
     CANCELLED = "cancelled"
     ERROR = "error"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class CancelCause(enum.Enum):
+class CancelCause(Slug):
     STOP = "stop"
     KILL = "kill"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class StreamEnd(enum.Enum):
+class StreamEnd(Slug):
     """How the request's stream ended."""
 
     TERMINAL = "terminal"
@@ -91,11 +86,8 @@ class StreamEnd(enum.Enum):
     """The consumer went away."""
     SETUP_FAILED = "setup_failed"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class EventKind(enum.Enum):
+class EventKind(Slug):
     SETUP = "setup"
     """The engine's stream was set up."""
     SETUP_FAILED = "setup_failed"
@@ -115,9 +107,6 @@ class EventKind(enum.Enum):
     """The engine called context.notify_first_token() from a side channel."""
     DROP = "drop"
     """The consumer dropped the response stream."""
-
-    def __str__(self) -> str:
-        return self.value
 
 
 ENGINE_STREAM_KINDS = frozenset(
@@ -217,7 +206,7 @@ def parse_event(text: str) -> Event:
     return found
 
 
-class ActionKind(enum.Enum):
+class ActionKind(Slug):
     """An output of the request machine, performed by the adapter."""
 
     FORWARD_DATA = "forward_data"
@@ -226,9 +215,6 @@ class ActionKind(enum.Enum):
     CALL_ABORT = "call_abort"
     STOP_READING = "stop_reading"
     RELEASE_WATCH = "release_watch"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 FORWARDS = frozenset({ActionKind.FORWARD_DATA, ActionKind.FORWARD_ERROR})
