@@ -12,25 +12,23 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 from dynamo_backend_protocol.model.walk import StateSpaceTooLarge, Walk
 
 S = TypeVar("S", bound=Hashable)
 E = TypeVar("E")
 T = TypeVar("T")
-X = TypeVar("X", contravariant=True)
+X = TypeVar("X")
 
 
-class NamedPredicate(Protocol[X]):
-    @property
-    def rule(self) -> str: ...
+@dataclass(frozen=True)
+class Invariant(Generic[X]):
+    """A named predicate on states or steps, tagged with the rule it enforces."""
 
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def holds(self) -> Callable[[X], bool]: ...
+    rule: str
+    name: str
+    holds: Callable[[X], bool]
 
 
 @dataclass
@@ -61,8 +59,8 @@ class MachineSpec(Generic[S, E, T]):
     event_name: Callable[[E], str]
     describe_state: Callable[[S], str]
     describe_step: Callable[[T], str]
-    state_invariants: Sequence[NamedPredicate[S]]
-    step_invariants: Sequence[NamedPredicate[T]]
+    state_invariants: Sequence[Invariant[S]]
+    step_invariants: Sequence[Invariant[T]]
     forbidden: tuple[type[Exception], ...]
     """Raised by ``step`` for an event the protocol does not allow: not a transition."""
     malformed: tuple[type[Exception], ...]
@@ -75,7 +73,7 @@ class MachineSpec(Generic[S, E, T]):
     max_states: int = 100_000
 
 
-def _names(predicates: Sequence[NamedPredicate[X]]) -> list[tuple[str, str]]:
+def _names(predicates: Sequence[Invariant[X]]) -> list[tuple[str, str]]:
     return [(predicate.rule, predicate.name) for predicate in predicates]
 
 

@@ -10,8 +10,9 @@ whole reachable graph and is checked by the explorer.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import TypeAlias
 
+from dynamo_backend_protocol.model.checking import Invariant
 from dynamo_backend_protocol.model.machine import Step
 from dynamo_backend_protocol.model.state import RequestState
 from dynamo_backend_protocol.model.vocabulary import (
@@ -29,21 +30,9 @@ LIVE = frozenset({ControlState.STREAMING, ControlState.CANCEL_PENDING, ControlSt
 _CHUNK_KINDS = frozenset({EventKind.TOKEN_CHUNK, EventKind.EMPTY_CHUNK, EventKind.TERMINAL})
 
 
-@dataclass(frozen=True)
-class StateInvariant:
-    rule: str
-    name: str
-    holds: Callable[[RequestState], bool]
+StateInvariant: TypeAlias = Invariant[RequestState]
+StepInvariant: TypeAlias = Invariant[Step]
 
-
-@dataclass(frozen=True)
-class StepInvariant:
-    rule: str
-    name: str
-    holds: Callable[[Step], bool]
-
-
-Invariant = StateInvariant | StepInvariant
 
 STATE_INVARIANTS: list[StateInvariant] = []
 STEP_INVARIANTS: list[StepInvariant] = []
@@ -226,5 +215,5 @@ DONE_REACHABLE = "DONE-REACHABLE"
 TABLE_WELL_FORMED = "TABLE-WELL-FORMED"
 
 
-def all_invariants() -> list[Invariant]:
+def all_invariants() -> list[StateInvariant | StepInvariant]:
     return [*STATE_INVARIANTS, *STEP_INVARIANTS]

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TypeAlias
 
-from dynamo_backend_protocol.model.checking import MachineReport, MachineSpec, timed_check
+from dynamo_backend_protocol.model.checking import Invariant, MachineReport, MachineSpec, timed_check
 from dynamo_backend_protocol.model.rules import summary
 from dynamo_backend_protocol.model.vocabulary import Slug
 
@@ -283,18 +284,8 @@ class LifecycleMachine:
 # --------------------------------------------------------------------------- invariants
 
 
-@dataclass(frozen=True)
-class LifecycleStateInvariant:
-    rule: str
-    name: str
-    holds: Callable[[LifecycleState], bool]
-
-
-@dataclass(frozen=True)
-class LifecycleStepInvariant:
-    rule: str
-    name: str
-    holds: Callable[[LifecycleStep], bool]
+LifecycleStateInvariant: TypeAlias = Invariant[LifecycleState]
+LifecycleStepInvariant: TypeAlias = Invariant[LifecycleStep]
 
 
 def _served_only_after_start(state: LifecycleState) -> bool:
