@@ -225,3 +225,16 @@ def test_installed_console_script_bad_mode_exits_2() -> None:
     assert result.returncode == 2
     assert result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_c_ends_the_command_with_one_line_and_exit_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user who interrupts a long conform or bench run sees one line, not a traceback."""
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_check, "explore_all", interrupted)
+    assert main(["check"]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
