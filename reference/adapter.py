@@ -301,6 +301,8 @@ class _RequestDriver:
                     self.catch_up_with_context()
                     if self.perform(self.fire(_END)):
                         await self.close_engine_stream()
+                    # The engine's generator has finished; hold nothing of it.
+                    self.stream = None
                     return
                 except asyncio.CancelledError:
                     if _cancelled_from_outside():

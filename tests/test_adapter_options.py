@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,13 +14,15 @@ from dynamo_backend_protocol.reference import Context, EngineAdapter, JsonlTrace
 
 
 class CountingEngine:
-    def __init__(self, tokens: int) -> None:
+    def __init__(self, tokens: int, terminal: bool = True) -> None:
         self.tokens = tokens
+        self.terminal = terminal
 
     async def generate(self, request: dict[str, Any], context: Context) -> AsyncIterator[dict[str, Any]]:
         for token_id in range(self.tokens):
             yield token(token_id)
-        yield length()
+        if self.terminal:
+            yield length()
 
     async def cleanup(self) -> None:
         return None
@@ -59,3 +62,32 @@ def test_a_trace_sink_without_traces_is_refused_at_construction() -> None:
     """Asking for traces to be written while keeping none is a contradiction; say so at once."""
     with pytest.raises(ValueError, match="keep_traces"):
         EngineAdapter(CountingEngine(1), trace_sink=JsonlTraceWriter(io.StringIO()), keep_traces=False)
+
+
+def test_a_finished_request_holds_no_reference_to_the_engine_generator() -> None:
+    """Whatever way a request ends, the engine's generator must be free to be
+    collected even while the client still holds the response stream."""
+
+    async def scenario() -> None:
+        for ending in ("terminal", "exhausted", "dropped"):
+            engine = CountingEngine(3, terminal=ending != "exhausted")
+            generators: list[weakref.ref[Any]] = []
+            original = engine.generate
+
+            def tracking(request: dict[str, Any], context: Context) -> AsyncIterator[dict[str, Any]]:
+                produced = original(request, context)
+                generators.append(weakref.ref(produced))
+                return produced
+
+            engine.generate = tracking  # type: ignore[method-assign]
+            adapter = EngineAdapter(engine)
+            stream = await adapter.generate({"token_ids": [1]}, Context())
+            if ending == "dropped":
+                await stream.__anext__()
+                await stream.aclose()
+            else:
+                _ = [item async for item in stream]
+            await adapter.settle()
+            assert generators[0]() is None, f"engine generator still referenced after {ending}"
+
+    asyncio.run(scenario())
