@@ -64,30 +64,34 @@ def test_a_trace_sink_without_traces_is_refused_at_construction() -> None:
         EngineAdapter(CountingEngine(1), trace_sink=JsonlTraceWriter(io.StringIO()), keep_traces=False)
 
 
-def test_a_finished_request_holds_no_reference_to_the_engine_generator() -> None:
+class TrackedEngine(CountingEngine):
+    """Keeps a weak reference to every generator it hands out."""
+
+    def __init__(self, tokens: int, terminal: bool = True) -> None:
+        super().__init__(tokens, terminal)
+        self.generators: list[weakref.ref[Any]] = []
+
+    def generate(self, request: dict[str, Any], context: Context) -> AsyncIterator[dict[str, Any]]:
+        produced = super().generate(request, context)
+        self.generators.append(weakref.ref(produced))
+        return produced
+
+
+@pytest.mark.parametrize("ending", ["terminal", "exhausted", "dropped"])
+def test_a_finished_request_holds_no_reference_to_the_engine_generator(ending: str) -> None:
     """Whatever way a request ends, the engine's generator must be free to be
     collected even while the client still holds the response stream."""
 
     async def scenario() -> None:
-        for ending in ("terminal", "exhausted", "dropped"):
-            engine = CountingEngine(3, terminal=ending != "exhausted")
-            generators: list[weakref.ref[Any]] = []
-            original = engine.generate
-
-            def tracking(request: dict[str, Any], context: Context) -> AsyncIterator[dict[str, Any]]:
-                produced = original(request, context)
-                generators.append(weakref.ref(produced))
-                return produced
-
-            engine.generate = tracking  # type: ignore[method-assign]
-            adapter = EngineAdapter(engine)
-            stream = await adapter.generate({"token_ids": [1]}, Context())
-            if ending == "dropped":
-                await stream.__anext__()
-                await stream.aclose()
-            else:
-                _ = [item async for item in stream]
-            await adapter.settle()
-            assert generators[0]() is None, f"engine generator still referenced after {ending}"
+        engine = TrackedEngine(3, terminal=ending != "exhausted")
+        adapter = EngineAdapter(engine)
+        stream = await adapter.generate({"token_ids": [1]}, Context())
+        if ending == "dropped":
+            await stream.__anext__()
+            await stream.aclose()
+        else:
+            _ = [item async for item in stream]
+        await adapter.settle()
+        assert engine.generators[0]() is None, f"engine generator still referenced after {ending}"
 
     asyncio.run(scenario())
