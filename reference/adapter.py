@@ -209,12 +209,9 @@ class _RequestDriver:
 
     def _on_signal(self, signal: Signal) -> None:
         if threading.get_ident() != self._thread:
-            self._loop.call_soon_threadsafe(self._on_signal_in_loop, signal)
+            self._loop.call_soon_threadsafe(self._hear, signal)
         else:
-            self._on_signal_in_loop(signal)
-
-    def _on_signal_in_loop(self, signal: Signal) -> None:
-        self._hear(signal)
+            self._hear(signal)
 
     # Actions that need no await; stop-reading is awaited by the caller when it can.
 
