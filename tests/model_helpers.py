@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dynamo_backend_protocol.model import (
     ALL_EVENTS,
     DEFAULT_TABLE,
+    ActionKind,
     CompiledTable,
     ControlState,
     Mode,
@@ -17,6 +18,14 @@ from dynamo_backend_protocol.model import (
     parse_event,
 )
 from dynamo_backend_protocol.model.invariants import STATE_INVARIANTS, STEP_INVARIANTS
+
+# Short names for the actions, so expected action tuples read like the table.
+FWD = ActionKind.FORWARD_DATA
+ERR = ActionKind.FORWARD_ERROR
+ABORT = ActionKind.CALL_ABORT
+STOP_READING = ActionKind.STOP_READING
+RELEASE = ActionKind.RELEASE_WATCH
+SETUP_ERR = ActionKind.RETURN_SETUP_ERROR
 
 
 def run(mode: Mode, names: Iterable[str], table: CompiledTable = DEFAULT_TABLE) -> RequestMachine:

@@ -27,14 +27,7 @@ from dynamo_backend_protocol.model import (
     event,
     parse_event,
 )
-from model_helpers import run
-
-FWD = ActionKind.FORWARD_DATA
-ERR = ActionKind.FORWARD_ERROR
-ABORT = ActionKind.CALL_ABORT
-STOP_READING = ActionKind.STOP_READING
-RELEASE = ActionKind.RELEASE_WATCH
-SETUP_ERR = ActionKind.RETURN_SETUP_ERROR
+from model_helpers import ABORT, ERR, FWD, RELEASE, SETUP_ERR, STOP_READING, run
 
 NOT_DECODE = [m for m in Mode if m is not Mode.DECODE]
 

@@ -17,7 +17,6 @@ import pytest
 from dynamo_backend_protocol.model import (
     FORBIDDEN,
     REQUEST_TABLE,
-    ActionKind,
     CompiledTable,
     ControlState,
     EventKind,
@@ -32,13 +31,17 @@ from dynamo_backend_protocol.model import (
 )
 from dynamo_backend_protocol.model.invariants import DONE_REACHABLE, TABLE_WELL_FORMED
 from dynamo_backend_protocol.model.table import Guard
-from model_helpers import broken_state_rules, broken_step_rules, can_reach_done, run
-
-FWD = ActionKind.FORWARD_DATA
-ABORT = ActionKind.CALL_ABORT
-STOP_READING = ActionKind.STOP_READING
-RELEASE = ActionKind.RELEASE_WATCH
-SETUP_ERR = ActionKind.RETURN_SETUP_ERROR
+from model_helpers import (
+    ABORT,
+    FWD,
+    RELEASE,
+    SETUP_ERR,
+    STOP_READING,
+    broken_state_rules,
+    broken_step_rules,
+    can_reach_done,
+    run,
+)
 
 IDLE = ControlState.IDLE
 STREAMING = ControlState.STREAMING
