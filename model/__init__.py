@@ -3,17 +3,12 @@
 Pure: no asyncio, no I/O, no clocks.  The protocol is the transition table in
 :mod:`.table`; :class:`RequestMachine` applies it to one request, the
 invariants in :mod:`.invariants` say what must always hold, and
-:func:`explore_all` checks them on every reachable state.
+:mod:`.explore` checks them on every reachable state.  The core modules here
+never import the readers of the table (:mod:`.explore`, :mod:`.teach`,
+:mod:`.traces`).
 """
 
-from dynamo_backend_protocol.model.checking import InvariantResult
 from dynamo_backend_protocol.model.errors import BackendError, DynamoError
-from dynamo_backend_protocol.model.explorer import (
-    ExplorationReport,
-    ModeReport,
-    explore,
-    explore_all,
-)
 from dynamo_backend_protocol.model.machine import (
     DEFAULT_TABLE,
     CompiledTable,
@@ -54,11 +49,8 @@ __all__ = [
     "DynamoError",
     "Event",
     "EventKind",
-    "ExplorationReport",
     "FinishReason",
-    "InvariantResult",
     "Mode",
-    "ModeReport",
     "ProtocolViolation",
     "RequestMachine",
     "RequestState",
@@ -68,8 +60,6 @@ __all__ = [
     "Transition",
     "UnknownEvent",
     "event",
-    "explore",
-    "explore_all",
     "initial_state",
     "parse_event",
 ]

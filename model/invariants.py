@@ -10,9 +10,9 @@ whole reachable graph and is checked by the explorer.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeAlias
+from dataclasses import dataclass
+from typing import Generic, TypeAlias, TypeVar
 
-from dynamo_backend_protocol.model.checking import Invariant
 from dynamo_backend_protocol.model.machine import Step
 from dynamo_backend_protocol.model.state import RequestState
 from dynamo_backend_protocol.model.vocabulary import (
@@ -25,6 +25,18 @@ from dynamo_backend_protocol.model.vocabulary import (
     Mode,
     StreamEnd,
 )
+
+X = TypeVar("X")
+
+
+@dataclass(frozen=True)
+class Invariant(Generic[X]):
+    """A named predicate on states or steps, tagged with the rule it enforces."""
+
+    rule: str
+    name: str
+    holds: Callable[[X], bool]
+
 
 LIVE = frozenset({ControlState.STREAMING, ControlState.CANCEL_PENDING, ControlState.ABORTED})
 _CHUNK_KINDS = frozenset({EventKind.TOKEN_CHUNK, EventKind.EMPTY_CHUNK, EventKind.TERMINAL})

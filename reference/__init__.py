@@ -18,17 +18,17 @@ from dynamo_backend_protocol.reference.chunks import (
     usage,
 )
 from dynamo_backend_protocol.reference.conformance import assert_conforms, run_conformance
-from dynamo_backend_protocol.reference.conformance_checks import Failure as ConformanceCheck
-from dynamo_backend_protocol.reference.conformance_report import (
+from dynamo_backend_protocol.reference.conformance.checks import Failure as ConformanceCheck
+from dynamo_backend_protocol.reference.conformance.report import (
     CheckResult,
     CheckStatus,
     ConformanceFailure,
     ConformanceReport,
 )
-from dynamo_backend_protocol.reference.conformance_session import EngineFactoryError
+from dynamo_backend_protocol.reference.conformance.sample_engine import SampleEngine
+from dynamo_backend_protocol.reference.conformance.session import EngineFactoryError
 from dynamo_backend_protocol.reference.context import Context
 from dynamo_backend_protocol.reference.engine import EngineConfig, LLMEngine, start_engine
-from dynamo_backend_protocol.reference.sample_engine import SampleEngine
 from dynamo_backend_protocol.reference.trace_writer import JsonlTraceWriter
 
 # A library does not decide where warnings go: silent unless the application configures logging.

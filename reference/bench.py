@@ -16,7 +16,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dynamo_backend_protocol.model import Mode, explore_all
+from dynamo_backend_protocol.model import (
+    Mode,
+)
+from dynamo_backend_protocol.model.explore import explore_all
 from dynamo_backend_protocol.model.invariants import STATE_INVARIANTS, STEP_INVARIANTS
 from dynamo_backend_protocol.reference.adapter import EngineAdapter, ResponseStream
 from dynamo_backend_protocol.reference.annotated import Annotated

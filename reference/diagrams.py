@@ -14,7 +14,7 @@ from typing import Literal
 # The graphviz package ships no type information; its few calls used here are
 # wrapped in typed functions below.
 import graphviz  # type: ignore[import-untyped, unused-ignore]
-from dynamo_backend_protocol.model.diagram_plan import DiagramPlan, EdgeLine, PlannedEdge, PlannedNode
+from dynamo_backend_protocol.model.teach.diagram_plan import DiagramPlan, EdgeLine, PlannedEdge, PlannedNode
 
 Format = Literal["dot", "svg", "png"]
 FORMATS: tuple[Format, ...] = ("dot", "svg", "png")

@@ -21,8 +21,11 @@ from pathlib import Path
 
 import dynamo_backend_protocol.model as model_package
 import pytest
-from dynamo_backend_protocol.model import Mode, explore
-from dynamo_backend_protocol.model.lifecycle import explore_lifecycle
+from dynamo_backend_protocol.model import (
+    Mode,
+)
+from dynamo_backend_protocol.model.explore import explore
+from dynamo_backend_protocol.model.explore.lifecycle import explore_lifecycle
 from dynamo_backend_protocol.model.rules import RULES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,8 +62,8 @@ def spec_rules() -> dict[str, SpecRule]:
 
 
 def _model_modules() -> Iterable[object]:
-    for info in pkgutil.iter_modules(model_package.__path__):
-        yield importlib.import_module(f"{model_package.__name__}.{info.name}")
+    for info in pkgutil.walk_packages(model_package.__path__, prefix=f"{model_package.__name__}."):
+        yield importlib.import_module(info.name)
 
 
 @cache
@@ -101,7 +104,7 @@ def mentions(text: str, rule: str) -> bool:
 
 @cache
 def _test_file_sources() -> dict[str, str]:
-    return {path.name: path.read_text() for path in sorted(TESTS.glob("test_*.py")) if path.name != "test_spec.py"}
+    return {path.name: path.read_text() for path in sorted(TESTS.rglob("test_*.py")) if path.name != "test_spec.py"}
 
 
 def function_source(path: Path, name: str) -> str | None:

@@ -1,0 +1,72 @@
+"""``check``: explore the request machine and the engine lifecycle exhaustively and report every invariant."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from dynamo_backend_protocol.model.explore import ExplorationReport, InvariantResult, explore_all
+from dynamo_backend_protocol.model.explore.lifecycle import LifecycleReport, explore_lifecycle
+from dynamo_backend_protocol.reference.cli.support import Subparsers, add_mode_option, parse_modes
+
+
+def register(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser("check", help="explore the protocol model and check every invariant")
+    add_mode_option(parser, allow_all=True, default=None)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = explore_all(parse_modes(args.mode))
+    # The lifecycle does not depend on the mode, so it is checked whatever --mode says.
+    lifecycle = explore_lifecycle()
+    ok = report.ok and lifecycle.ok
+    if args.json:
+        print(json.dumps(as_dict(report, lifecycle), indent=2))
+    else:
+        print(render(report, lifecycle))
+    return 0 if ok else 1
+
+
+def as_dict(report: ExplorationReport, lifecycle: LifecycleReport) -> dict[str, object]:
+    """The request machine's report, with ``ok`` covering the lifecycle too and a ``lifecycle`` key added."""
+    data = report.as_dict()
+    data["ok"] = report.ok and lifecycle.ok
+    data["lifecycle"] = lifecycle.as_dict()
+    return data
+
+
+def render(report: ExplorationReport, lifecycle: LifecycleReport | None = None) -> str:
+    lines: list[str] = []
+    for mode, mode_report in report.modes.items():
+        lines.append(
+            f"mode {mode.value}: {mode_report.states} states, {mode_report.transitions} transitions, "
+            f"{mode_report.seconds * 1000:.1f} ms"
+        )
+        lines.extend(_invariant_lines(mode_report.invariants))
+    ok = report.ok
+    scope = f"{len(report.modes)} mode(s)"
+    if lifecycle is not None:
+        lines.append(
+            f"engine lifecycle: {lifecycle.states} states, {lifecycle.transitions} transitions, "
+            f"{lifecycle.seconds * 1000:.1f} ms"
+        )
+        lines.extend(_invariant_lines(lifecycle.invariants))
+        ok = ok and lifecycle.ok
+        scope += " and the engine lifecycle"
+    verdict = "all invariants hold" if ok else "INVARIANTS VIOLATED"
+    lines.append(f"{verdict} in {scope}")
+    return "\n".join(lines)
+
+
+def _invariant_lines(results: list[InvariantResult]) -> list[str]:
+    lines: list[str] = []
+    for result in results:
+        mark = "holds   " if result.holds else "VIOLATED"
+        lines.append(f"  {mark} {result.rule:<34} {result.name}")
+        if not result.holds:
+            lines.append(f"           counterexample: {' -> '.join(result.counterexample or [])}")
+            if result.detail:
+                lines.append(f"           {result.detail}")
+    return lines

@@ -1,0 +1,153 @@
+"""``explain``: narrate a canonical scenario or any event sequence, step by step."""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+from dynamo_backend_protocol.model import Event, Mode, UnknownEvent, parse_event
+from dynamo_backend_protocol.model.teach.diagram_plan import Highlight, plan_request_diagram
+from dynamo_backend_protocol.model.teach.narrate import Narration, narrate
+from dynamo_backend_protocol.model.teach.scenarios import SCENARIOS, Scenario, UnknownScenario, scenario
+from dynamo_backend_protocol.reference.cli.support import Subparsers, UsageError, add_mode_option, parse_modes
+from dynamo_backend_protocol.reference.diagrams import (
+    FORMATS,
+    DotNotInstalled,
+    Format,
+    dot_available,
+    dot_source,
+    render,
+)
+
+_WIDTH = 100
+
+
+def register(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "explain",
+        help="narrate a protocol scenario or an event sequence step by step",
+        description=(
+            "Tell, step by step, what the protocol does with a canonical scenario (see --list) or with "
+            "any event sequence (--events setup,token_chunk,terminal:stop): the event, the state before "
+            "and after, the adapter's actions and the rules that decided it."
+        ),
+    )
+    parser.add_argument("scenario", nargs="?", metavar="SCENARIO", help="a scenario name from --list")
+    parser.add_argument("--list", action="store_true", help="list the canonical scenarios")
+    parser.add_argument("--events", metavar="E1,E2,...", help="narrate this comma-separated event sequence")
+    add_mode_option(parser, allow_all=True, default=None)
+    parser.add_argument("--frames", metavar="DIR", help="also write one diagram per step into DIR")
+    parser.add_argument(
+        "--format", choices=FORMATS, default="svg", help="format of the --frames diagrams (default: svg)"
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    chosen = [name for name, given in (("--list", args.list), ("SCENARIO", args.scenario), ("--events", args.events))
+              if given]
+    if len(chosen) != 1:
+        raise UsageError("give exactly one of SCENARIO, --list or --events (see explain --help)")
+    if args.list:
+        print(list_scenarios())
+        return 0
+    if args.frames is not None and args.format != "dot" and not dot_available():
+        raise UsageError(str(DotNotInstalled(args.format)))
+    if args.events is not None:
+        events = parse_events(args.events)
+        modes = [Mode.AGGREGATED] if args.mode is None else parse_modes(args.mode)
+        label, header = "events", ""
+    else:
+        found = find_scenario(args.scenario)
+        modes = scenario_modes(found, args.mode)
+        events = list(found.parsed_events())
+        label, header = found.name, scenario_header(found)
+    if header:
+        print(header)
+    for mode in modes:
+        told = narrate(events, mode)
+        print()
+        print(told.text())
+        if args.frames is not None:
+            write_frames(told, Path(args.frames), f"{label}-{mode.value}", args.format)
+    return 0
+
+
+def list_scenarios() -> str:
+    width = max(len(s.name) for s in SCENARIOS)
+    lines = []
+    for item in SCENARIOS:
+        modes = ", ".join(mode.value for mode in item.modes)
+        lines.append(f"{item.name:<{width}}  {item.title}  [{modes}]")
+    return "\n".join(lines)
+
+
+def find_scenario(name: str) -> Scenario:
+    try:
+        return scenario(name)
+    except UnknownScenario as unknown:
+        raise UsageError(str(unknown)) from None
+
+
+def scenario_modes(found: Scenario, mode_text: str | None) -> list[Mode]:
+    """The modes to narrate in: the scenario's first mode by default, each
+    applicable one for ``all``; a mode it does not apply to is refused."""
+    if mode_text is None:
+        return [found.modes[0]]
+    if mode_text.strip().lower() == "all":
+        return list(found.modes)
+    [mode] = parse_modes(mode_text)
+    if not found.applies_to(mode):
+        applies = ", ".join(m.value for m in found.modes)
+        raise UsageError(
+            f"scenario {found.name!r} does not apply in mode {mode.value}; it applies in: {applies}. "
+            f"{found.not_applicable}".strip()
+        )
+    return [mode]
+
+
+def parse_events(text: str) -> list[Event]:
+    names = [name.strip() for name in text.split(",")]
+    if not any(names):
+        raise UsageError("--events needs at least one event, e.g. --events setup,token_chunk,terminal:stop")
+    events: list[Event] = []
+    for position, name in enumerate(names, start=1):
+        try:
+            events.append(parse_event(name))
+        except UnknownEvent as unknown:
+            raise UsageError(f"--events item {position}: {unknown}") from None
+    return events
+
+
+def scenario_header(found: Scenario) -> str:
+    modes = ", ".join(mode.value for mode in found.modes)
+    body = textwrap.fill(found.description, width=_WIDTH)
+    return f"Scenario {found.name}: {found.title}\n{body}\nApplies in: {modes}."
+
+
+def write_frames(told: Narration, directory: Path, stem: str, fmt: Format) -> list[Path]:
+    """Frame 0 is the start; frame n shows step n's target state and fired edge
+    (a forbidden step lights only the state the request stays in)."""
+    highlights: list[tuple[str, Highlight]] = [(f"{stem}: start", Highlight(state=told.initial.control))]
+    for step in told.steps:
+        caption = f"{stem}: step {step.number}, {step.event.name}" + (" (not allowed)" if step.forbidden else "")
+        highlights.append((caption, Highlight(state=step.after.control, row=step.row, source=step.before.control)))
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot create {directory}: {error.strerror or error}") from None
+    written: list[Path] = []
+    for number, (caption, highlight) in enumerate(highlights):
+        path = directory / f"{stem}-{number:02d}.{fmt}"
+        plan = replace(plan_request_diagram(told.mode, highlight), title=caption)
+        try:
+            path.write_bytes(render(dot_source(plan), fmt))
+        except DotNotInstalled as missing:
+            raise UsageError(str(missing)) from None
+        except OSError as error:
+            raise UsageError(f"cannot write {path}: {error.strerror or error}") from None
+        written.append(path)
+    print(f"wrote {len(written)} frame(s) to {directory}/{stem}-NN.{fmt}")
+    return written

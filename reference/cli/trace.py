@@ -1,0 +1,221 @@
+"""``trace``: check a recorded JSON Lines trace against the model.
+
+Exit codes: 0 every request conforms; 1 some request diverges or some line is
+malformed; 2 the input cannot be read at all (missing, a directory, not text).
+The file is streamed line by line; see :mod:`model.trace_check` for what is
+kept per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from dynamo_backend_protocol.model.rules import summary as rule_summary
+from dynamo_backend_protocol.model.teach.narrate import describe_events
+from dynamo_backend_protocol.model.traces.check import (
+    Divergence,
+    Malformed,
+    RequestSummary,
+    TraceChecker,
+    TraceReport,
+)
+from dynamo_backend_protocol.model.vocabulary import ActionKind, ControlState
+from dynamo_backend_protocol.reference.cli.support import Subparsers, UsageError
+
+MAX_LINE_BYTES = 1 << 20
+"""A longer line is reported as malformed and skipped, so memory stays bounded."""
+
+
+class NotText(Exception):
+    """The input does not look like a text file at all."""
+
+
+def register(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "trace",
+        help="check a JSON Lines trace against the model (exit 0 conforms, 1 diverges, 2 unreadable)",
+        description=(
+            "Replay each request of a JSON Lines trace (one object per event with request, mode, event, "
+            "state, actions) through the model and report, per request, conformance or the first "
+            "divergence with its line number and rule. Use - for standard input."
+        ),
+    )
+    parser.add_argument("file", metavar="FILE", help="trace file, or - for standard input")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = check_file(args.file)
+    print(render_json(report) if args.json else render(report))
+    return 0 if report.ok else 1
+
+
+def check_file(path: str) -> TraceReport:
+    checker = TraceChecker()
+    try:
+        if path == "-":
+            _feed(checker, sys.stdin.buffer)
+        else:
+            with open(path, "rb") as stream:
+                _feed(checker, stream)
+    except NotText:
+        raise UsageError(f"{_name(path)} is not a text file") from None
+    except OSError as error:
+        raise UsageError(f"cannot read {_name(path)}: {error.strerror or error}") from None
+    return checker.report()
+
+
+def _name(path: str) -> str:
+    return "standard input" if path == "-" else path
+
+
+def _feed(checker: TraceChecker, stream: BinaryIO) -> None:
+    for number, text, problem in read_lines(stream):
+        if text is None:
+            checker.reject(number, problem or "unreadable line")
+        else:
+            checker.feed(number, text)
+
+
+def read_lines(stream: BinaryIO) -> Iterator[tuple[int, str | None, str | None]]:
+    """Yield ``(line number, text, None)`` or ``(line number, None, problem)``.
+
+    The first line decides whether this is text at all: undecodable bytes or a
+    NUL there raise :class:`NotText`; later, they make just that line malformed.
+    """
+    number = 0
+    while True:
+        raw = stream.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        number += 1
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            _skip_rest_of_line(stream)
+            yield number, None, f"line is longer than {MAX_LINE_BYTES} bytes"
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            if number == 1:
+                raise NotText from None
+            yield number, None, "line is not UTF-8 text"
+            continue
+        if "\x00" in text:
+            if number == 1:
+                raise NotText
+            yield number, None, "line contains a NUL byte"
+            continue
+        yield number, text, None
+
+
+def _skip_rest_of_line(stream: BinaryIO) -> None:
+    while True:
+        more = stream.readline(MAX_LINE_BYTES)
+        if not more or more.endswith(b"\n"):
+            return
+
+
+def _actions(actions: tuple[ActionKind, ...] | None) -> str:
+    if actions is None:
+        return "-"
+    return "[" + ", ".join(action.value for action in actions) + "]"
+
+
+def _divergence_lines(found: Divergence) -> list[str]:
+    lines = [f"  line {found.line}: event {found.event.name} in {found.before.value}: {found.reason}"]
+    if found.expected_state is not None:
+        lines.append(f"    expected: state {found.expected_state.value}, actions {_actions(found.expected_actions)}")
+    elif found.allowed:
+        lines.append(f"    allowed in {found.before.value}: {describe_events(found.allowed)}")
+    lines.append(f"    observed: state {found.observed_state.value}, actions {_actions(found.observed_actions)}")
+    if found.rule is not None:
+        lines.append(f"    rule {found.rule}: {rule_summary(found.rule)}")
+    return lines
+
+
+def _request_lines(summary: RequestSummary) -> list[str]:
+    mode = summary.mode.value if summary.mode is not None else "?"
+    head = f"request {summary.request} [{mode}]"
+    skipped = f" ({summary.skipped} later line(s) not checked)" if summary.skipped else ""
+    if summary.divergence is not None:
+        return [f"{head}: DIVERGES after {summary.checked} conforming line(s){skipped}",
+                *_divergence_lines(summary.divergence)]
+    if summary.malformed is not None:
+        found = summary.malformed
+        return [f"{head}: MALFORMED line {found.line}: {found.problem}{skipped}"]
+    assert summary.state is not None
+    control = summary.state.control
+    ending = "ends in Done" if control is ControlState.DONE else f"still in {control.value}"
+    return [f"{head}: conforms ({summary.checked} line(s), {ending})"]
+
+
+def render(report: TraceReport) -> str:
+    lines: list[str] = []
+    for summary in report.requests:
+        lines.extend(_request_lines(summary))
+    for orphan in report.orphans:
+        lines.append(f"line {orphan.line}: MALFORMED: {orphan.problem}")
+    hidden = report.orphan_count - len(report.orphans)
+    if hidden:
+        lines.append(f"... and {hidden} more malformed line(s) naming no request")
+    counts = report.counts()
+    total = len(report.requests)
+    if not report.lines:
+        lines.append("no trace records found")
+    verdict = "trace conforms" if report.ok else "TRACE DOES NOT CONFORM"
+    lines.append(
+        f"{verdict}: {total} request(s): {counts['conforms']} conform, {counts['diverges']} diverge, "
+        f"{counts['malformed']} malformed; {report.orphan_count} malformed line(s) naming no request"
+    )
+    return "\n".join(lines)
+
+
+def _malformed_dict(found: Malformed) -> dict[str, object]:
+    return {"line": found.line, "problem": found.problem, "request": found.request}
+
+
+def _summary_dict(summary: RequestSummary) -> dict[str, object]:
+    entry: dict[str, object] = {
+        "request": summary.request,
+        "mode": None if summary.mode is None else summary.mode.value,
+        "verdict": summary.verdict,
+        "first_line": summary.first_line,
+        "checked": summary.checked,
+        "skipped": summary.skipped,
+        "state": None if summary.state is None else summary.state.control.value,
+    }
+    if summary.divergence is not None:
+        found = summary.divergence
+        entry["divergence"] = {
+            "line": found.line,
+            "event": found.event.name,
+            "before": found.before.value,
+            "reason": found.reason,
+            "rule": found.rule,
+            "expected_state": None if found.expected_state is None else found.expected_state.value,
+            "expected_actions": None if found.expected_actions is None else [a.value for a in found.expected_actions],
+            "observed_state": found.observed_state.value,
+            "observed_actions": [a.value for a in found.observed_actions],
+            "allowed": [ev.name for ev in found.allowed],
+        }
+    if summary.malformed is not None:
+        entry["malformed"] = _malformed_dict(summary.malformed)
+    return entry
+
+
+def render_json(report: TraceReport) -> str:
+    return json.dumps(
+        {
+            "ok": report.ok,
+            "lines": report.lines,
+            "requests": [_summary_dict(summary) for summary in report.requests],
+            "malformed_without_request": [_malformed_dict(orphan) for orphan in report.orphans],
+            "malformed_without_request_count": report.orphan_count,
+        },
+        indent=2,
+    )

@@ -1,0 +1,243 @@
+"""Driving one request through the reference adapter the way a client would.
+
+A :class:`RequestPlan` says what the client does: read to the end, or stop,
+kill or drop the request after it has read so many chunks.  :func:`drive`
+carries the plan out and returns a :class:`RequestRun`: what the client
+received, how the stream ended, and what reached the engine for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dynamo_backend_protocol.model import DynamoError, Mode, Step
+from dynamo_backend_protocol.reference.adapter import EngineAdapter, ResponseStream, TraceSink
+from dynamo_backend_protocol.reference.annotated import Annotated
+from dynamo_backend_protocol.reference.conformance.recording import RecordingEngine, RequestLog
+from dynamo_backend_protocol.reference.context import Context
+
+PLAIN_MAX_TOKENS = 8
+CANCEL_MAX_TOKENS = 1000
+"""Asked of requests that get cancelled: the engine still has plenty to say when the cancellation
+comes, yet the number stays within any real model's context, so no engine rejects it."""
+
+
+def kit_request(mode: Mode, max_tokens: int) -> dict[str, Any]:
+    """A request shaped like the preprocessor's, with what the mode needs (decode: a prefill result)."""
+    request: dict[str, Any] = {
+        "model": "conformance-kit",
+        "token_ids": [101, 102, 103, 104],
+        "stop_conditions": {"max_tokens": max_tokens},
+        "sampling_options": {"temperature": 0.0},
+        "output_options": {},
+    }
+    if mode is Mode.DECODE:
+        request["prefill_result"] = {"disaggregated_params": {"prefill_worker": 0, "kv_blocks": [0, 1]}}
+    return request
+
+
+class Action(enum.Enum):
+    FINISH = "finish"
+    STOP = "stop"
+    KILL = "kill"
+    DROP = "drop"
+
+
+@dataclass(frozen=True)
+class RequestPlan:
+    action: Action
+    after_chunks: int = 0
+    """How many chunks the client reads before it acts (ignored for FINISH)."""
+    max_tokens: int = PLAIN_MAX_TOKENS
+    while_waiting: bool = False
+    """Act while the client waits for the next chunk (the engine is mid-await), not between reads."""
+
+    def describe(self) -> str:
+        if self.action is Action.FINISH:
+            what = "read to the end"
+        elif self.while_waiting:
+            what = f"{self.action.value} while waiting for chunk {self.after_chunks + 1}"
+        else:
+            when = "before reading" if self.after_chunks == 0 else f"after {_chunks(self.after_chunks)}"
+            what = f"{self.action.value} {when}"
+        return f"{what} (max_tokens {self.max_tokens})"
+
+
+def _chunks(count: int) -> str:
+    return f"{count} chunk" if count == 1 else f"{count} chunks"
+
+
+class Ending(enum.Enum):
+    TERMINAL = "ended with a terminal chunk"
+    ERROR_ITEM = "ended with an error item"
+    EXHAUSTED = "ended without a terminal chunk"
+    DROPPED = "was dropped by the client"
+    TIMED_OUT = "did not end in time"
+    SETUP_FAILED = "failed at setup"
+
+
+@dataclass
+class RequestRun:
+    request_id: str
+    plan: RequestPlan
+    received: list[Annotated] = field(default_factory=list)
+    ending: Ending = Ending.TIMED_OUT
+    setup_error: DynamoError | None = None
+    cancelled_by_client: bool = False
+    """The plan's stop or kill actually happened (the stream may have ended before its turn)."""
+    dropped_by_client: bool = False
+    trace: list[Step] = field(default_factory=list)
+    log: RequestLog | None = None
+
+    def terminal(self) -> dict[str, Any] | None:
+        if self.ending is Ending.TERMINAL and self.received and self.received[-1].data is not None:
+            return self.received[-1].data
+        return None
+
+    def finish_reason(self) -> object:
+        terminal = self.terminal()
+        return terminal.get("finish_reason") if terminal is not None else None
+
+    def describe_end(self) -> str:
+        """How the stream ended, for a reason: 'ended with finish_reason 'stop'', 'ended with an error item: ...'."""
+        if self.ending is Ending.TERMINAL:
+            return f"ended with finish_reason {self.finish_reason()!r}"
+        if self.ending is Ending.ERROR_ITEM and self.received and self.received[-1].error is not None:
+            return f"ended with an error item: {self.received[-1].error}"
+        if self.ending is Ending.EXHAUSTED:
+            return f"ended after {_chunks(len(self.received))} without a terminal chunk"
+        if self.ending is Ending.SETUP_FAILED:
+            return f"failed at setup: {self.setup_error}"
+        return str(self.ending.value)
+
+
+class TraceCollector:
+    """A trace sink keeping each finished request's steps, and passing them on to another sink."""
+
+    def __init__(self, forward: TraceSink | None = None) -> None:
+        self.traces: dict[str, list[Step]] = {}
+        self._forward = forward
+
+    def __call__(self, request: str, steps: Sequence[Step]) -> None:
+        self.traces[request] = list(steps)
+        if self._forward is not None:
+            self._forward(request, steps)
+
+
+@dataclass(frozen=True)
+class DriveLimits:
+    stream_timeout: float
+    cancel_deadline: float
+
+
+async def drive(
+    adapter: EngineAdapter,
+    recorder: RecordingEngine,
+    collector: TraceCollector,
+    plan: RequestPlan,
+    request_id: str,
+    limits: DriveLimits,
+) -> RequestRun:
+    run = RequestRun(request_id, plan)
+    context = Context(request_id)
+    try:
+        async with asyncio.timeout(limits.stream_timeout):
+            stream = await adapter.generate(kit_request(adapter.mode, plan.max_tokens), context)
+    except DynamoError as error:
+        run.setup_error, run.ending = error, Ending.SETUP_FAILED
+    except TimeoutError:
+        run.ending = Ending.TIMED_OUT
+    else:
+        await _consume(stream, context, plan, run, limits)
+    run.trace = collector.traces.get(request_id, [])
+    run.log = recorder.requests.get(request_id)
+    return run
+
+
+async def _consume(
+    stream: ResponseStream, context: Context, plan: RequestPlan, run: RequestRun, limits: DriveLimits
+) -> None:
+    await _Client(stream, context, plan, run, limits).consume()
+
+
+class _Client:
+    """Reads one response stream and carries out the plan's action when its turn comes."""
+
+    def __init__(
+        self, stream: ResponseStream, context: Context, plan: RequestPlan, run: RequestRun, limits: DriveLimits
+    ) -> None:
+        self.stream = stream
+        self.context = context
+        self.plan = plan
+        self.run = run
+        self.limits = limits
+        self.acted = plan.action is Action.FINISH
+        self.cancelled_at: float | None = None
+
+    def action_due(self) -> bool:
+        return not self.acted and len(self.run.received) == self.plan.after_chunks
+
+    async def act(self) -> bool:
+        """Stop, kill or drop; returns whether the client is done with the stream."""
+        self.acted = True
+        if self.plan.action is Action.DROP:
+            self.run.dropped_by_client, self.run.ending = True, Ending.DROPPED
+            await self.stream.aclose()
+            return True
+        self.cancelled_at = time.perf_counter()
+        self.run.cancelled_by_client = True
+        if self.plan.action is Action.STOP:
+            self.context.stop_generating()
+        else:
+            self.context.kill()
+        return False
+
+    def budget(self) -> float:
+        if self.cancelled_at is None:
+            return self.limits.stream_timeout
+        return max(self.cancelled_at + self.limits.cancel_deadline - time.perf_counter(), 0.0)
+
+    async def consume(self) -> None:
+        while True:
+            pending: asyncio.Future[Annotated] | None = None
+            if self.action_due():
+                if self.plan.while_waiting:
+                    # The read is under way (the engine is parked on whatever it awaits) when the action lands.
+                    pending = asyncio.ensure_future(self.stream.__anext__())
+                    for _ in range(3):
+                        await asyncio.sleep(0)
+                    if self.plan.action is Action.DROP:
+                        # A client that goes away mid-read: its read is cancelled.
+                        pending.cancel()
+                        with contextlib.suppress(BaseException):
+                            await pending
+                if await self.act():
+                    return
+            try:
+                async with asyncio.timeout(self.budget()):
+                    item: Annotated = await (pending if pending is not None else self.stream.__anext__())
+            except StopAsyncIteration:
+                self.run.ending = _ending_of(self.run.received)
+                break
+            except TimeoutError:
+                self.run.ending = Ending.TIMED_OUT
+                await self.stream.aclose()
+                break
+            self.run.received.append(item)
+
+
+def _ending_of(received: list[Annotated]) -> Ending:
+    if not received:
+        return Ending.EXHAUSTED
+    last = received[-1]
+    if last.error is not None:
+        return Ending.ERROR_ITEM
+    if last.data is not None and last.data.get("finish_reason") is not None:
+        return Ending.TERMINAL
+    return Ending.EXHAUSTED

@@ -1,0 +1,133 @@
+"""What a conformance run found: one result per check, as data, text and JSON."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from dynamo_backend_protocol.model import Mode
+from dynamo_backend_protocol.reference.conformance.checks import Failure
+
+
+class CheckStatus(enum.StrEnum):
+    PASSED = "passed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+_MARKS = {CheckStatus.PASSED: "[pass]", CheckStatus.FAILED: "[FAIL]", CheckStatus.SKIPPED: "[skip]"}
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """Reasons are single lines: whitespace runs (newlines included) collapse to one space."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    failure: Failure
+    """The failure name; also the check's identity."""
+    title: str
+    status: CheckStatus
+    reason: str = ""
+    """Why it failed or was skipped (one line); empty when it passed."""
+    seconds: float = 0.0
+    """Time of the probe that judged it (several checks may share one probe)."""
+    blocked_by: tuple[Failure, ...] = ()
+    """For a skipped check: the failed checks that kept it from running."""
+    upstream: bool = False
+    """Whether upstream's conformance kit has this check, under the same failure name."""
+
+    @property
+    def passed(self) -> bool:
+        return self.status is CheckStatus.PASSED
+
+    @property
+    def failed(self) -> bool:
+        return self.status is CheckStatus.FAILED
+
+    @property
+    def skipped(self) -> bool:
+        return self.status is CheckStatus.SKIPPED
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "failure": str(self.failure),
+            "title": self.title,
+            "status": str(self.status),
+            "reason": self.reason,
+            "seconds": round(self.seconds, 6),
+            "upstream": self.upstream,
+        }
+
+
+@dataclass
+class ConformanceReport:
+    engine: str
+    mode: Mode
+    checks: list[CheckResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """No check failed (skipped checks do not count against the engine)."""
+        return not self.failures()
+
+    def failures(self) -> list[CheckResult]:
+        return [result for result in self.checks if result.failed]
+
+    def result(self, failure: Failure | str) -> CheckResult:
+        for result in self.checks:
+            if result.failure == failure:
+                return result
+        raise KeyError(f"no conformance check named {failure!r}")
+
+    def count(self, status: CheckStatus) -> int:
+        return sum(1 for result in self.checks if result.status is status)
+
+    def summary(self) -> str:
+        verdict = "conforms" if self.ok else "DOES NOT CONFORM"
+        return (
+            f"{self.engine} {verdict} (mode {self.mode.value}): {self.count(CheckStatus.PASSED)} passed, "
+            f"{self.count(CheckStatus.FAILED)} failed, {self.count(CheckStatus.SKIPPED)} skipped "
+            f"in {self.seconds:.2f} s"
+        )
+
+    def raise_for_failures(self) -> None:
+        """Raise :class:`ConformanceFailure` (an AssertionError) if any check failed."""
+        if not self.ok:
+            raise ConformanceFailure(self)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "engine": self.engine,
+            "mode": self.mode.value,
+            "seconds": round(self.seconds, 6),
+            "passed": self.count(CheckStatus.PASSED),
+            "failed": self.count(CheckStatus.FAILED),
+            "skipped": self.count(CheckStatus.SKIPPED),
+            "checks": [result.as_dict() for result in self.checks],
+        }
+
+    def render(self) -> str:
+        """The table: status mark, failure name, duration, then what it checks or why it did not pass."""
+        width = max((len(result.failure) for result in self.checks), default=0)
+        lines = []
+        for result in self.checks:
+            took = f"{result.seconds * 1000:8.1f} ms" if not result.skipped else f"{'-':>8}   "
+            said = result.title if result.passed else result.reason
+            lines.append(f"{_MARKS[result.status]} {result.failure:<{width}} {took}  {said}")
+        lines.append(self.summary())
+        return "\n".join(lines)
+
+
+class ConformanceFailure(AssertionError):
+    """Some conformance checks failed; ``report`` has them all."""
+
+    def __init__(self, report: ConformanceReport) -> None:
+        self.report = report
+        lines = [report.summary()]
+        lines += [f"  {result.failure}: {result.reason}" for result in report.failures()]
+        super().__init__("\n".join(lines))

@@ -1,0 +1,189 @@
+"""Making, starting and tearing down the engines the kit checks, with every wait bounded.
+
+Each probe gets a pristine engine from the factory, so one check's damage
+cannot leak into the next; whatever tasks the engine left running are
+cancelled when the probe's session ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from dynamo_backend_protocol.model import DynamoError, Mode
+from dynamo_backend_protocol.reference.adapter import EngineAdapter, TraceSink
+from dynamo_backend_protocol.reference.conformance.recording import RecordingEngine
+from dynamo_backend_protocol.reference.engine import is_engine, missing_engine_methods, start_engine
+
+EngineFactory = Callable[[], Any]
+"""An engine class, or a zero-argument callable returning an engine (or an awaitable of one)."""
+
+WORKER_ID = 0
+T = TypeVar("T")
+
+
+class EngineFactoryError(TypeError):
+    """The factory cannot give the kit an engine: not callable, failing, or returning something else."""
+
+
+class KitTimeout(Exception):
+    """A wait on the engine overran its bound."""
+
+    def __init__(self, what: str, seconds: float) -> None:
+        self.what = what
+        self.seconds = seconds
+        super().__init__(f"{what} did not finish within {seconds:g} s")
+
+
+def describe_factory(factory: object) -> str:
+    """``module:QualName`` for a class or function; a partial shows its keywords: ``module:Engine(mode=decode)``."""
+    if isinstance(factory, functools.partial):
+        arguments = [str(a) for a in factory.args] + [f"{k}={v}" for k, v in factory.keywords.items()]
+        return f"{describe_factory(factory.func)}({', '.join(arguments)})"
+    module = getattr(factory, "__module__", None)
+    name = getattr(factory, "__qualname__", None) or getattr(factory, "__name__", None)
+    if isinstance(module, str) and isinstance(name, str):
+        return f"{module}:{name}"
+    return repr(factory)
+
+
+def check_factory(factory: object, label: str) -> None:
+    """Reject what can be recognised without calling it: not callable, an instance, a class that is no engine."""
+    if isinstance(factory, type):
+        if not is_engine(factory):
+            missing = ", ".join(missing_engine_methods(factory))
+            raise EngineFactoryError(f"{label} is a class without {missing}: not an engine")
+        return
+    if is_engine(factory):
+        raise EngineFactoryError(
+            f"{label} is an engine instance; pass its class or a zero-argument factory "
+            "so each check gets a fresh engine"
+        )
+    if not callable(factory):
+        raise EngineFactoryError(f"{label} is a {type(factory).__name__}, not an engine class or factory")
+
+
+async def make_engine(factory: EngineFactory, label: str) -> Any:
+    try:
+        engine = factory()
+        if inspect.isawaitable(engine):
+            engine = await engine
+    except Exception as exc:
+        raise EngineFactoryError(f"constructing the engine with {label}() raised {describe_error(exc)}") from exc
+    if not is_engine(engine):
+        missing = ", ".join(missing_engine_methods(engine))
+        raise EngineFactoryError(f"{label}() returned a {type(engine).__name__}, which lacks {missing}: not an engine")
+    return engine
+
+
+def describe_error(exc: BaseException) -> str:
+    """``BackendInvalidArgument: msg`` for typed errors, ``KeyError: 'prompt'`` for anything else."""
+    if isinstance(exc, DynamoError):
+        return str(exc)
+    text = str(exc) if not isinstance(exc, KeyError) else repr(exc.args[0]) if exc.args else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def bounded(work: Awaitable[T], seconds: float, what: str) -> T:
+    try:
+        async with asyncio.timeout(seconds):
+            return await work
+    except TimeoutError:
+        raise KitTimeout(what, seconds) from None
+
+
+@dataclass(frozen=True)
+class KitSettings:
+    factory: EngineFactory
+    label: str
+    mode: Mode
+    cancel_deadline: float
+    examples: int
+    stream_timeout: float = 10.0
+    """Bound on any single wait for the engine outside cancellation."""
+    fuzz_budget: float = 30.0
+    """Seconds the property-based phase may spend before it stops drawing new schedules."""
+    trace_sink: TraceSink | None = None
+
+    def adapter(self, engine: Any, trace_sink: TraceSink | None = None) -> EngineAdapter:
+        return EngineAdapter(engine, self.mode, trace_sink=trace_sink or self.trace_sink)
+
+
+@dataclass
+class EngineSession:
+    engine: Any
+    """The engine as the factory made it."""
+    recorder: RecordingEngine | None
+    start_called: bool = False
+    config: Any = None
+
+    @property
+    def target(self) -> Any:
+        """What the kit calls: the recorder when recording, else the engine itself."""
+        return self.recorder if self.recorder is not None else self.engine
+
+    def recording(self) -> RecordingEngine:
+        assert self.recorder is not None, "this session was opened without record=True"
+        return self.recorder
+
+    async def start(self, settings: KitSettings) -> Any:
+        self.start_called = True
+        self.config = await bounded(start_engine(self.target, WORKER_ID), settings.stream_timeout, "start")
+        return self.config
+
+
+@contextlib.asynccontextmanager
+async def engine_session(
+    settings: KitSettings, *, start: bool = True, record: bool = False, cleanup: bool = True
+) -> AsyncIterator[EngineSession]:
+    """A fresh engine; started unless ``start`` is False; cleaned up at the end (as a Worker would,
+    whether start succeeded or raised) unless ``cleanup`` is False; its leftover tasks cancelled."""
+    baseline = set(asyncio.all_tasks())
+    engine = await make_engine(settings.factory, settings.label)
+    session = EngineSession(engine, RecordingEngine(engine) if record else None)
+    try:
+        if start:
+            await session.start(settings)
+        yield session
+    finally:
+        if cleanup and session.start_called:
+            # The check under way has its verdict; a failing cleanup is CleanupFailed's business.
+            with contextlib.suppress(Exception):
+                await bounded(session.target.cleanup(), settings.stream_timeout, "cleanup")
+        await cancel_tasks(tasks_started_since(baseline))
+
+
+def tasks_started_since(baseline: set[asyncio.Task[Any]]) -> list[asyncio.Task[Any]]:
+    """Tasks still running that did not exist at ``baseline`` (the caller's own task excluded)."""
+    current = asyncio.current_task()
+    return [task for task in asyncio.all_tasks() if task not in baseline and task is not current and not task.done()]
+
+
+async def tasks_left_behind(baseline: set[asyncio.Task[Any]], grace: float = 0.05) -> list[asyncio.Task[Any]]:
+    """New tasks still running after ``grace`` seconds: a cancelled task needs a loop turn or two to finish."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + grace
+    while True:
+        alive = tasks_started_since(baseline)
+        if not alive or loop.time() >= until:
+            return alive
+        await asyncio.sleep(0.005)
+
+
+def describe_tasks(tasks: list[asyncio.Task[Any]]) -> str:
+    names = [getattr(task.get_coro(), "__qualname__", task.get_name()) for task in tasks]
+    return ", ".join(sorted(set(names)))
+
+
+async def cancel_tasks(tasks: list[asyncio.Task[Any]], grace: float = 1.0) -> None:
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,239 @@
+"""The ``check`` command: what a user sees when they ask whether the model holds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dynamo_backend_protocol.model import (
+    REQUEST_TABLE,
+    RULES,
+    ActionKind,
+    CompiledTable,
+    ControlState,
+    EventKind,
+    Mode,
+)
+from dynamo_backend_protocol.model.explore import ExplorationReport, explore_all
+from dynamo_backend_protocol.model.invariants import DONE_REACHABLE, TABLE_WELL_FORMED, all_invariants
+from dynamo_backend_protocol.reference.cli import check as cli_check
+from dynamo_backend_protocol.reference.cli import main
+
+ALL_MODE_SLUGS = {"agg", "prefill", "decode", "encode"}
+REQUEST_RULE_IDS = {inv.rule for inv in all_invariants()} | {DONE_REACHABLE, TABLE_WELL_FORMED}
+INVARIANT_KEYS = {"id", "name", "holds", "counterexample"}
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def check_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
+    code, out, err = run_cli(capsys, "check", "--json", *argv)
+    assert err == ""
+    data = json.loads(out)
+    assert isinstance(data, dict)
+    return code, data
+
+
+def assert_mode_shape(report: Any) -> None:
+    """One mode's report: exactly these keys with these types."""
+    assert isinstance(report, dict)
+    assert set(report) == {"states", "transitions", "seconds", "invariants"}
+    assert type(report["states"]) is int and report["states"] > 0
+    assert type(report["transitions"]) is int and report["transitions"] > 0
+    assert type(report["seconds"]) is float and report["seconds"] >= 0
+    invariants = report["invariants"]
+    assert isinstance(invariants, list)
+    assert len(invariants) >= 9
+    for item in invariants:
+        assert isinstance(item, dict)
+        assert set(item) == INVARIANT_KEYS
+        assert isinstance(item["id"], str) and item["id"] in RULES
+        assert isinstance(item["name"], str) and item["name"]
+        assert type(item["holds"]) is bool
+        assert item["counterexample"] is None or all(isinstance(e, str) for e in item["counterexample"])
+
+
+def test_check_json_reports_every_mode_and_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    """The shipped model holds: exit 0 and one JSON object covering the four
+    modes, each with its state counts and at least nine invariants, all holding."""
+    code, data = check_json(capsys)
+    assert code == 0
+    # "lifecycle" is the engine lifecycle model, checked alongside (any --mode).
+    assert set(data) == {"ok", "modes", "lifecycle"}
+    assert data["ok"] is True
+    assert set(data["modes"]) == ALL_MODE_SLUGS
+    for report in data["modes"].values():
+        assert_mode_shape(report)
+        assert all(item["holds"] and item["counterexample"] is None for item in report["invariants"])
+        assert {item["id"] for item in report["invariants"]} == REQUEST_RULE_IDS
+    lifecycle = data["lifecycle"]
+    assert set(lifecycle) == {"ok", "states", "transitions", "seconds", "invariants"}
+    assert lifecycle["ok"] is True
+    assert all(set(item) == INVARIANT_KEYS for item in lifecycle["invariants"])
+
+
+def test_check_json_decode_has_more_states_than_agg(capsys: pytest.CaptureFixture[str]) -> None:
+    """The JSON carries real numbers: decode's CancelPending makes its graph
+    larger than aggregated's."""
+    _, data = check_json(capsys)
+    assert data["modes"]["decode"]["states"] > data["modes"]["agg"]["states"]
+
+
+def test_check_mode_decode_reports_only_decode(capsys: pytest.CaptureFixture[str]) -> None:
+    """--mode narrows the request model check to one mode."""
+    code, data = check_json(capsys, "--mode", "decode")
+    assert code == 0
+    assert set(data["modes"]) == {"decode"}
+    assert_mode_shape(data["modes"]["decode"])
+
+
+@pytest.mark.parametrize(("text", "slug"), [("AGGREGATED", "agg"), (" Prefill ", "prefill"), ("encode", "encode")])
+def test_check_mode_accepts_every_documented_spelling(
+    capsys: pytest.CaptureFixture[str], text: str, slug: str
+) -> None:
+    """--mode parses like Mode.parse: case-insensitive, trimmed, with the alias."""
+    code, data = check_json(capsys, "--mode", text)
+    assert code == 0
+    assert set(data["modes"]) == {slug}
+
+
+def test_check_mode_all_reports_every_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    """--mode all is the same as no --mode."""
+    _, data = check_json(capsys, "--mode", "all")
+    assert set(data["modes"]) == ALL_MODE_SLUGS
+
+
+def test_check_bad_mode_is_one_line_on_stderr_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """A typo in --mode is a usage error: exit 2, nothing on stdout, one line on
+    stderr naming the bad value and the valid ones."""
+    code, out, err = run_cli(capsys, "check", "--mode", "disagg")
+    assert code == 2
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1
+    assert "disagg" in lines[0]
+    for slug in ALL_MODE_SLUGS:
+        assert slug in lines[0]
+
+
+def test_check_text_names_every_rule_id_in_every_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    """The human report lists, under each mode, every rule it checked by ID,
+    so a user can look each one up in the spec."""
+    code, out, err = run_cli(capsys, "check")
+    assert code == 0
+    assert err == ""
+    assert "VIOLATED" not in out
+    blocks: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in out.splitlines():
+        if line.startswith("mode "):
+            current = blocks.setdefault(line.split()[1].rstrip(":"), [])
+        elif not line.startswith("  "):
+            current = None
+        elif current is not None:
+            current.append(line)
+    assert set(blocks) == ALL_MODE_SLUGS
+    for mode_lines in blocks.values():
+        text = "\n".join(mode_lines)
+        for rule in REQUEST_RULE_IDS:
+            assert rule in text
+    for rule in RULES:
+        if rule.startswith("LIFECYCLE-"):
+            assert rule in out
+
+
+def _drop_aborts() -> CompiledTable:
+    """The shipped table with one bug: a silent drop in Streaming calls abort."""
+    rows = []
+    for row in REQUEST_TABLE:
+        if row.trigger is EventKind.DROP and ControlState.STREAMING in row.sources:
+            others = tuple(s for s in row.sources if s is not ControlState.STREAMING)
+            rows.append(replace(row, sources=(ControlState.STREAMING,), actions=(ActionKind.CALL_ABORT, *row.actions)))
+            if others:
+                rows.append(replace(row, sources=others))
+        else:
+            rows.append(row)
+    return CompiledTable(tuple(rows))
+
+
+@pytest.fixture
+def broken_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``check`` explore a table with a planted bug."""
+
+    def explore_broken(modes: list[Mode]) -> ExplorationReport:
+        return explore_all(modes, _drop_aborts())
+
+    monkeypatch.setattr(cli_check, "explore_all", explore_broken)
+
+
+@pytest.mark.usefixtures("broken_model")
+def test_check_text_shows_violation_with_counterexample_and_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """When a rule breaks the user sees VIOLATED, the rule ID and the shortest
+    event sequence (setup, then drop) and the command fails."""
+    code, out, _ = run_cli(capsys, "check", "--mode", "agg")
+    assert code == 1
+    violated = [line for line in out.splitlines() if "VIOLATED" in line]
+    assert any("ABORT-NEEDS-CANCEL" in line for line in violated)
+    assert "counterexample: setup -> drop" in out
+
+
+@pytest.mark.usefixtures("broken_model")
+def test_check_json_shows_violation_and_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """The JSON form says ok: false and carries the counterexample as a list."""
+    code, data = check_json(capsys, "--mode", "agg")
+    assert code == 1
+    assert data["ok"] is False
+    failures = [item for item in data["modes"]["agg"]["invariants"] if not item["holds"]]
+    assert {item["id"] for item in failures} == {"ABORT-NEEDS-CANCEL"}
+    assert failures[0]["counterexample"] == ["setup", "drop"]
+
+
+def test_installed_console_script_runs_check() -> None:
+    """The package installs a ``dynamo-backend-protocol`` entry point that runs
+    check for real, in a fresh process."""
+    script = Path(sys.executable).parent / "dynamo-backend-protocol"
+    assert script.exists(), f"console script not installed next to {sys.executable}"
+    result = subprocess.run(
+        [str(script), "check", "--json", "--mode", "decode"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["ok"] is True
+    assert set(data["modes"]) == {"decode"}
+
+
+def test_installed_console_script_bad_mode_exits_2() -> None:
+    """The real process also turns a bad --mode into exit 2 with one stderr line."""
+    script = Path(sys.executable).parent / "dynamo-backend-protocol"
+    result = subprocess.run(
+        [str(script), "check", "--mode", "nope"], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_c_ends_the_command_with_one_line_and_exit_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user who interrupts a long conform or bench run sees one line, not a traceback."""
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_check, "explore_all", interrupted)
+    assert main(["check"]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"

@@ -1,0 +1,293 @@
+"""The conformance kit judges engines correctly: each broken engine fails exactly its
+intended check (its dependents skipped, named below), and SampleEngine passes in every mode.
+
+The expected skips are written out from the checks' documented prerequisites
+(a check needs what it builds on to pass), not read back from the kit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from dynamo_backend_protocol.model import Mode, Step
+from dynamo_backend_protocol.reference import (
+    CheckStatus,
+    ConformanceCheck,
+    ConformanceFailure,
+    ConformanceReport,
+    EngineFactoryError,
+    SampleEngine,
+    assert_conforms,
+    run_conformance,
+)
+from dynamo_backend_protocol.reference.conformance import DEFAULT_EXAMPLES
+from dynamo_backend_protocol.reference.conformance import broken_engines as broken
+
+C = ConformanceCheck
+FAST_DEADLINE = 0.2
+"""Broken engines that never stop are given this long; keeps the suite quick."""
+
+DECODE_ONLY = {C.ABORT_BEFORE_FIRST_TOKEN}
+AFTER_ONE_STREAM = {
+    C.CONCURRENT_GENERATE_FAILED, C.CANCELLATION_NOT_OBSERVED, C.CANCELLATION_IGNORED, C.MALFORMED_CHUNK,
+    C.ABORTED_STREAM_NOT_ENDED, C.KILL_NOT_HANDLED_LIKE_STOP, C.ABORT_CALLED_TWICE, C.ABORT_ON_CLEAN_COMPLETION,
+    C.DROPPED_STREAM_NOT_CLOSED, C.SCHEDULE_FAILED,
+}
+"""Everything that needs one plain stream to work first."""
+STREAM_SHAPE = {C.CHUNK_AFTER_TERMINAL, C.NO_TERMINAL_CHUNK}
+AFTER_CANCELLATION = {C.ABORTED_STREAM_NOT_ENDED, C.KILL_NOT_HANDLED_LIKE_STOP, C.ABORT_CALLED_TWICE,
+                      C.SCHEDULE_FAILED}
+AFTER_WELL_FORMED = {C.ABORTED_STREAM_NOT_ENDED, C.KILL_NOT_HANDLED_LIKE_STOP, C.ABORT_CALLED_TWICE,
+                     C.ABORT_ON_CLEAN_COMPLETION, C.DROPPED_STREAM_NOT_CLOSED, C.SCHEDULE_FAILED}
+
+# failure -> (engine factory, mode, checks skipped besides the decode-only one outside decode, words in the reason)
+CASES: dict[ConformanceCheck, tuple[Any, Mode, set[ConformanceCheck], str]] = {
+    C.START_FAILED: (broken.StartFailsEngine, Mode.AGGREGATED,
+                     {C.EMPTY_MODEL_IN_CONFIG, C.GENERATE_FAILED, C.NO_CHUNKS_YIELDED, C.STREAM_YIELDED_ERROR,
+                      *STREAM_SHAPE, *AFTER_ONE_STREAM}, "model store unreachable"),
+    C.EMPTY_MODEL_IN_CONFIG: (broken.EmptyModelEngine, Mode.AGGREGATED, set(), "model is ''"),
+    C.GENERATE_FAILED: (broken.PromptKeyEngine, Mode.AGGREGATED,
+                        {C.NO_CHUNKS_YIELDED, C.STREAM_YIELDED_ERROR, *STREAM_SHAPE, *AFTER_ONE_STREAM},
+                        "KeyError: 'prompt'"),
+    C.NO_CHUNKS_YIELDED: (broken.SilentEngine, Mode.AGGREGATED,
+                          {C.STREAM_YIELDED_ERROR, *STREAM_SHAPE, *AFTER_ONE_STREAM}, "without an item"),
+    C.STREAM_YIELDED_ERROR: (broken.MidStreamErrorEngine, Mode.AGGREGATED, {*STREAM_SHAPE, *AFTER_ONE_STREAM},
+                             "sampler state lost"),
+    C.CHUNK_AFTER_TERMINAL: (broken.UsageAfterTerminalEngine, Mode.AGGREGATED, AFTER_ONE_STREAM,
+                             "came after the terminal"),
+    C.NO_TERMINAL_CHUNK: (broken.NoFinishReasonEngine, Mode.AGGREGATED, AFTER_ONE_STREAM, "none with a finish_reason"),
+    C.CONCURRENT_GENERATE_FAILED: (broken.SingleSlotEngine, Mode.AGGREGATED, {C.SCHEDULE_FAILED}, "engine busy"),
+    C.CANCELLATION_NOT_OBSERVED: (broken.NeverStopsEngine, Mode.AGGREGATED,
+                                  {C.CANCELLATION_IGNORED, *AFTER_CANCELLATION}, "context.is_stopped()"),
+    C.CANCELLATION_IGNORED: (broken.WrongCancelReasonEngine, Mode.AGGREGATED, AFTER_CANCELLATION,
+                             "'stop' instead of 'cancelled'"),
+    C.CLEANUP_FAILED: (broken.CleanupRaisesEngine, Mode.AGGREGATED, {C.SECOND_CLEANUP_FAILED},
+                       "did not acknowledge shutdown"),
+    C.SECOND_CLEANUP_FAILED: (broken.NonIdempotentCleanupEngine, Mode.AGGREGATED, set(), "already closed"),
+    C.CLEANUP_WITHOUT_START_FAILED: (broken.FragileCleanupEngine, Mode.AGGREGATED, set(), "never-started"),
+    C.MALFORMED_CHUNK: (broken.IntTokenEngine, Mode.AGGREGATED, AFTER_WELL_FORMED, "'token_ids' must be a list"),
+    C.ABORTED_STREAM_NOT_ENDED: (broken.StrandedByAbortEngine, Mode.AGGREGATED,
+                                 {C.KILL_NOT_HANDLED_LIKE_STOP, C.SCHEDULE_FAILED}, "engine.abort"),
+    C.KILL_NOT_HANDLED_LIKE_STOP: (broken.KillIgnoringEngine, Mode.AGGREGATED, {C.SCHEDULE_FAILED},
+                                   "context.kill()"),
+    C.ABORT_CALLED_TWICE: (broken.DoubleAbortEngine, Mode.AGGREGATED, {C.SCHEDULE_FAILED}, "self.abort"),
+    C.ABORT_ON_CLEAN_COMPLETION: (broken.SelfStoppingEngine, Mode.AGGREGATED, {C.SCHEDULE_FAILED},
+                                  "context.stop_generating()"),
+    C.ABORT_BEFORE_FIRST_TOKEN: (broken.EagerDecodeAbortEngine, Mode.DECODE, {C.SCHEDULE_FAILED},
+                                 "before its first token"),
+    C.DROPPED_STREAM_NOT_CLOSED: (broken.LeakyProducerEngine, Mode.AGGREGATED, {C.SCHEDULE_FAILED},
+                                  "LeakyProducerEngine._produce"),
+    C.LIFECYCLE_ORDER_VIOLATED: (broken.AbortTearsDownEngine, Mode.AGGREGATED, {C.SCHEDULE_FAILED},
+                                 "cleanup (by the engine itself, inside abort)"),
+    C.SCHEDULE_FAILED: (broken.LateStopEngine, Mode.AGGREGATED, set(), "after 2 chunks"),
+}
+
+
+def conform(factory: Any, mode: Mode = Mode.AGGREGATED, **options: Any) -> ConformanceReport:
+    options.setdefault("cancel_deadline", FAST_DEADLINE)
+    return asyncio.run(run_conformance(factory, mode=mode, **options))
+
+
+def with_status(report: ConformanceReport, status: CheckStatus) -> set[str]:
+    return {result.failure for result in report.checks if result.status is status}
+
+
+def test_every_failure_name_has_a_broken_engine_and_a_case() -> None:
+    """One deliberately broken engine per failure name, and this table covers them all."""
+    assert set(broken.BROKEN_ENGINES) == set(ConformanceCheck) == set(CASES)
+    assert all(broken.BROKEN_ENGINES[failure] is CASES[failure][0] for failure in CASES)
+
+
+@pytest.mark.parametrize("failure", list(CASES), ids=str)
+def test_broken_engine_fails_exactly_its_check(failure: ConformanceCheck) -> None:
+    """The engine fails only its intended check, with a reason naming the bug; exactly its dependents are skipped."""
+    engine, mode, dependents, words = CASES[failure]
+    report = conform(engine, mode)
+    assert with_status(report, CheckStatus.FAILED) == {failure}
+    expected_skips = dependents | (set() if mode is Mode.DECODE else DECODE_ONLY)
+    assert with_status(report, CheckStatus.SKIPPED) == expected_skips
+    assert words in report.result(failure).reason
+    assert not report.ok
+
+
+@pytest.mark.parametrize("mode", list(Mode), ids=str)
+def test_sample_engine_passes_every_check_in_every_mode(mode: Mode) -> None:
+    """The bundled engine conforms; only the decode-only check is skipped outside decode."""
+    report = asyncio.run(run_conformance(functools.partial(SampleEngine, mode=mode), mode=mode))
+    assert report.ok, report.render()
+    expected_skips = set() if mode is Mode.DECODE else DECODE_ONLY
+    assert with_status(report, CheckStatus.SKIPPED) == expected_skips
+    assert with_status(report, CheckStatus.PASSED) == set(ConformanceCheck) - expected_skips
+
+
+def test_a_skip_names_the_failure_to_fix_first() -> None:
+    """A check skipped because start failed says StartFailed, not something vaguer."""
+    report = conform(broken.StartFailsEngine, examples=0)
+    reason = report.result(C.CONCURRENT_GENERATE_FAILED).reason
+    assert "StartFailed" in reason
+
+
+def test_cleanup_after_a_start_that_raised_must_be_null_safe() -> None:
+    """When start raises, cleanup still runs; if it is not null-safe, CleanupFailed says so."""
+
+    class BrokenStartFragileCleanup(broken.FragileCleanupEngine):
+        async def start(self, worker_id: int) -> Any:
+            raise RuntimeError("GPU not found")
+
+    report = conform(BrokenStartFragileCleanup, examples=0)
+    # The same missing null check also breaks cleanup on a never-started engine.
+    assert with_status(report, CheckStatus.FAILED) == {C.START_FAILED, C.CLEANUP_FAILED, C.CLEANUP_WITHOUT_START_FAILED}
+    reason = report.result(C.CLEANUP_FAILED).reason
+    assert "start that raised" in reason and "GPU not found" in reason and "null-safe" in reason
+
+
+def test_zero_examples_skips_the_property_based_phase() -> None:
+    """``examples=0`` turns the schedules off, reported as skipped (not passed)."""
+    report = conform(SampleEngine, examples=0)
+    result = report.result(C.SCHEDULE_FAILED)
+    assert result.status is CheckStatus.SKIPPED and "0 examples" in result.reason
+
+
+def test_the_property_based_phase_draws_at_most_the_requested_examples() -> None:
+    """Each schedule runs on a fresh engine, so counting engines bounds the draws."""
+    made: list[int] = []
+
+    def counting() -> SampleEngine:
+        made.append(1)
+        return SampleEngine()
+
+    conform(counting, examples=0)
+    without = len(made)
+    made.clear()
+    conform(counting, examples=7)
+    assert 1 <= len(made) - without <= 7
+
+
+def test_the_property_based_phase_is_deterministic() -> None:
+    """Two runs on the same broken engine report the same shrunk schedule."""
+    first = conform(broken.LateStopEngine).result(C.SCHEDULE_FAILED).reason
+    second = conform(broken.LateStopEngine).result(C.SCHEDULE_FAILED).reason
+    assert first == second
+    assert first.startswith("schedule [request 1: ")
+
+
+def test_raise_for_failures_lists_every_failed_check() -> None:
+    """ConformanceFailure is an AssertionError carrying the report and naming the failures."""
+    report = conform(broken.NoFinishReasonEngine, examples=0)
+    with pytest.raises(ConformanceFailure) as caught:
+        report.raise_for_failures()
+    assert caught.value.report is report
+    assert "NoTerminalChunk" in str(caught.value)
+    assert isinstance(caught.value, AssertionError)
+
+
+def test_a_conforming_report_raises_nothing() -> None:
+    """raise_for_failures is silent when every check passed or was skipped."""
+    conform(SampleEngine, examples=0).raise_for_failures()
+
+
+def test_report_as_dict_is_json_with_one_entry_per_check() -> None:
+    """The JSON form lists every check with status, reason and duration."""
+    data = json.loads(json.dumps(conform(broken.NoFinishReasonEngine, examples=0).as_dict()))
+    assert data["ok"] is False and data["mode"] == "agg"
+    by_name = {check["failure"]: check for check in data["checks"]}
+    assert set(by_name) == {str(c) for c in ConformanceCheck}
+    assert by_name["NoTerminalChunk"]["status"] == "failed"
+    assert by_name["ConcurrentGenerateFailed"]["status"] == "skipped"
+    assert by_name["StartFailed"]["status"] == "passed" and by_name["StartFailed"]["reason"] == ""
+
+
+def test_the_upstream_kits_checks_are_flagged_as_upstream() -> None:
+    """The thirteen failure names of upstream's kit (PROTOCOL-NOTES) are marked so in the JSON."""
+    upstream = {"StartFailed", "EmptyModelInConfig", "GenerateFailed", "NoChunksYielded", "StreamYieldedError",
+                "ChunkAfterTerminal", "NoTerminalChunk", "ConcurrentGenerateFailed", "CancellationNotObserved",
+                "CancellationIgnored", "CleanupFailed", "SecondCleanupFailed", "CleanupWithoutStartFailed"}
+    checks = conform(SampleEngine, examples=0).as_dict()["checks"]
+    assert isinstance(checks, list)
+    assert {check["failure"] for check in checks if check["upstream"]} == upstream
+
+
+def test_reasons_are_single_lines() -> None:
+    """Every reason fits on one line, whatever the engine's error text holds."""
+
+    class MultiLineError(SampleEngine):
+        async def start(self, worker_id: int) -> Any:
+            raise RuntimeError("first line\nsecond line\n\tthird")
+
+    report = conform(MultiLineError, examples=0)
+    assert all("\n" not in result.reason for result in report.checks)
+    assert "first line second line third" in report.result(C.START_FAILED).reason
+
+
+def test_trace_sink_receives_every_adapter_request() -> None:
+    """Each request driven through the adapter reaches the trace sink, ended."""
+    traces: list[tuple[str, Sequence[Step]]] = []
+    conform(SampleEngine, examples=3, trace_sink=lambda request, steps: traces.append((request, list(steps))))
+    names = [request for request, _ in traces]
+    assert "conformance-well-formed" in names and "conformance-kill" in names
+    assert all(steps[-1].after.control.value == "Done" for _, steps in traces)
+
+
+def test_a_mode_may_be_given_by_name() -> None:
+    """``mode="decode"`` works like Mode.DECODE (parsing is the model's, aliases included)."""
+    factory = functools.partial(SampleEngine, mode=Mode.DECODE)
+    report = asyncio.run(run_conformance(factory, mode=" Decode ", cancel_deadline=FAST_DEADLINE, examples=0))
+    assert report.mode is Mode.DECODE and report.ok
+
+
+@pytest.mark.parametrize(
+    ("factory", "words"),
+    [
+        (42, "not an engine class or factory"),
+        (SampleEngine(), "engine instance"),
+        (dict, "without start, generate, cleanup"),
+        (lambda: object(), "lacks start, generate, cleanup"),
+        (type("NoCleanup", (), {"start": lambda self: None, "generate": lambda self, r, c: None}), "without cleanup"),
+        (functools.partial(SampleEngine, model_name=""), "model_name must not be empty"),
+    ],
+    ids=["int", "instance", "class-not-engine", "factory-returns-object", "class-missing-cleanup",
+         "factory-raises"],
+)
+def test_an_unusable_factory_is_refused_before_any_check(factory: Any, words: str) -> None:
+    """Not callable, an instance, or something that makes no engine: one typed error saying which."""
+    with pytest.raises(EngineFactoryError) as caught:
+        conform(factory)
+    assert words in str(caught.value)
+
+
+@pytest.mark.parametrize("options", [{"cancel_deadline": 0}, {"examples": -1}], ids=["deadline", "examples"])
+def test_bad_settings_are_refused(options: dict[str, Any]) -> None:
+    """A deadline must be positive and examples non-negative."""
+    with pytest.raises(ValueError, match=next(iter(options))):
+        conform(SampleEngine, **options)
+
+
+def test_assert_conforms_passes_silently_for_a_conforming_engine() -> None:
+    """The one-liner for a user's own suite."""
+    assert_conforms(SampleEngine, examples=0)
+
+
+def test_assert_conforms_raises_with_the_report_for_a_broken_engine() -> None:
+    """The failure names the check that failed."""
+    with pytest.raises(ConformanceFailure, match="NoChunksYielded"):
+        assert_conforms(broken.SilentEngine, examples=0)
+
+
+def test_assert_conforms_inside_an_event_loop_points_to_the_async_form() -> None:
+    """In an async test the blocking helper cannot run; the error says what to use."""
+
+    async def inside() -> None:
+        assert_conforms(SampleEngine)
+
+    with pytest.raises(RuntimeError, match="run_conformance"):
+        asyncio.run(inside())
+
+
+def test_default_examples_keep_the_bundled_run_quick() -> None:
+    """The default draws a bounded number of schedules (the CLI promise: well under 5 s)."""
+    assert 0 < DEFAULT_EXAMPLES <= 100
