@@ -18,6 +18,7 @@ from dynamo_backend_protocol.model.teach.diagram_plan import DiagramPlan, StateI
 from dynamo_backend_protocol.model.teach.lifecycle_diagram import plan_lifecycle_diagram
 from dynamo_backend_protocol.reference.cli import main
 from dynamo_backend_protocol.reference.diagrams import dot_source, render
+from optional_tools import require_commands
 
 DIAGRAMS = Path(__file__).resolve().parents[2] / "spec" / "diagrams"
 DRAWN = {"all": None, **{mode.value: mode for mode in Mode}}
@@ -75,7 +76,7 @@ def test_committed_svg_matches_the_model(stem: str) -> None:
     assert made_with is not None, "committed SVG lacks Graphviz's version comment"
     local = _dot_version()
     if local is None:
-        pytest.skip("Graphviz's dot is not installed")
+        require_commands("dot", install="apt-get install graphviz")
     if local != made_with.group(1):
         pytest.skip(f"committed SVG was drawn by Graphviz {made_with.group(1)}, this machine has {local}")
     assert committed == render(dot_source(plan(COMMITTED[stem])), "svg").decode("utf-8")
@@ -205,8 +206,8 @@ def test_cli_without_dot_says_how_to_install_it(
     assert "apt-get install graphviz" in err
 
 
-@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")
 def test_cli_infers_the_format_from_the_output_suffix(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    require_commands("dot", install="apt-get install graphviz")
     target = tmp_path / "machine.png"
     code, _, _ = run_cli(capsys, "-o", str(target))
     assert code == 0
