@@ -16,6 +16,7 @@ from dynamo_backend_protocol.reference.diagrams import (
     FORMATS,
     DotNotInstalled,
     Format,
+    RenderError,
     dot_available,
     dot_source,
     render,
@@ -144,8 +145,8 @@ def write_frames(told: Narration, directory: Path, stem: str, fmt: Format) -> li
         plan = replace(plan_request_diagram(told.mode, highlight), title=caption)
         try:
             path.write_bytes(render(dot_source(plan), fmt))
-        except DotNotInstalled as missing:
-            raise UsageError(str(missing)) from None
+        except RenderError as failed:
+            raise UsageError(str(failed)) from None
         except OSError as error:
             raise UsageError(f"cannot write {path}: {error.strerror or error}") from None
         written.append(path)
