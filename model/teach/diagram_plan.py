@@ -58,6 +58,8 @@ class EdgeLine:
     rules: tuple[str, ...]
     decode_only: bool
     highlighted: bool
+    fired_by: tuple[tuple[object, StateId], ...] = ()
+    """The (table row, source state) pairs this line stands for."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,14 @@ class DiagramPlan:
             if node.state is state:
                 return node
         raise KeyError(state)
+
+    def edge_of(self, row: object, source: StateId) -> PlannedEdge | None:
+        """The edge that draws ``row`` fired from ``source``; None for a row not
+        drawn as an edge (an ignored one, listed in its state)."""
+        for edge in self.edges:
+            if any(fired is row and at is source for line in edge.lines for fired, at in line.fired_by):
+                return edge
+        return None
 
 
 @dataclass(frozen=True)
@@ -252,7 +262,8 @@ def _edge_line(uses: Sequence[_Use], drawn_modes: frozenset[Mode], highlight: Hi
     text += first.suffix(drawn_modes)
     lit = any(use.row is highlight.row and use.source is highlight.source for use in uses)
     rules = tuple(dict.fromkeys(use.row.rule for use in uses))
-    return EdgeLine(text, _remembers(first), rules, first.decode_only(), lit)
+    fired_by = tuple((use.row, use.source) for use in uses)
+    return EdgeLine(text, _remembers(first), rules, first.decode_only(), lit, fired_by)
 
 
 def _remembers(use: _Use) -> str:
