@@ -185,16 +185,27 @@ def dot_available() -> bool:
     return shutil.which("dot") is not None
 
 
+DOT_SECONDS = 60
+"""Bound on one ``dot`` run; the request diagrams take well under a second."""
+
+
 def render(dot_text: str, fmt: Format) -> bytes:
     """DOT text as-is (UTF-8), or rendered by ``dot`` to SVG or PNG."""
     if fmt == "dot":
         return dot_text.encode("utf-8")
-    if not dot_available():
+    dot = shutil.which("dot")
+    if dot is None:
         raise DotNotInstalled(fmt)
+    # Run directly rather than through graphviz.Source.pipe: a dot that fails
+    # before reading its input made that raise BrokenPipeError, losing dot's message.
     try:
-        rendered: bytes = graphviz.Source(dot_text).pipe(format=fmt, quiet=True)
-        return rendered
-    except graphviz.ExecutableNotFound:
-        raise DotNotInstalled(fmt) from None
-    except subprocess.CalledProcessError as failed:
-        raise DotFailed(fmt, failed.returncode, failed.stderr or b"") from None
+        done = subprocess.run(
+            [dot, f"-T{fmt}"], input=dot_text.encode("utf-8"), capture_output=True, timeout=DOT_SECONDS, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise DotFailed(fmt, -1, f"no answer within {DOT_SECONDS} s".encode()) from None
+    except OSError as error:
+        raise DotFailed(fmt, -1, str(error).encode()) from None
+    if done.returncode != 0:
+        raise DotFailed(fmt, done.returncode, done.stderr)
+    return done.stdout

@@ -27,7 +27,7 @@ from dynamo_backend_protocol.model.rules import summary
 from dynamo_backend_protocol.model.state import RequestState
 from dynamo_backend_protocol.model.table import Transition
 from dynamo_backend_protocol.model.teach.narrate import STATE_MEANING, narrate_step
-from dynamo_backend_protocol.model.teach.scenarios import SCENARIOS
+from dynamo_backend_protocol.model.teach.scenarios import SCENARIOS, Scenario
 from dynamo_backend_protocol.model.vocabulary import ALL_EVENTS, Event, Mode
 
 
@@ -70,16 +70,6 @@ class PlayState:
 
 
 @dataclass(frozen=True)
-class PlayScenario:
-    name: str
-    title: str
-    description: str
-    events: tuple[str, ...]
-    aborts: int
-    """How many times engine.abort must have been called at the end."""
-
-
-@dataclass(frozen=True)
 class Playground:
     key: str
     """``agg``, ``decode``, ... or ``lifecycle``."""
@@ -87,7 +77,8 @@ class Playground:
     mode: Mode | None
     states: tuple[PlayState, ...]
     """The initial state first."""
-    scenarios: tuple[PlayScenario, ...]
+    scenarios: tuple[Scenario, ...]
+    """The teaching scenarios that apply to this machine's mode."""
 
     def state_after(self, events: list[str]) -> PlayState:
         """Where these events lead from the initial state; for tests and sanity checks."""
@@ -113,11 +104,7 @@ def request_playground(mode: Mode) -> Playground:
         )
         for state in graph.states
     )
-    scenarios = tuple(
-        PlayScenario(item.name, item.title, item.description, item.events, item.aborts[mode])
-        for item in SCENARIOS
-        if item.applies_to(mode)
-    )
+    scenarios = tuple(item for item in SCENARIOS if item.applies_to(mode))
     return Playground(mode.value, f"Request protocol, mode {mode.value}", mode, states, scenarios)
 
 

@@ -138,8 +138,15 @@ def machine_data(played: Playground, plan: DiagramPlan, texts: dict[str, int]) -
             "moves": moves,
         })
     scenarios = [
-        {"name": s.name, "title": s.title, "description": s.description, "events": list(s.events), "aborts": s.aborts}
-        for s in played.scenarios
+        {
+            "name": item.name,
+            "title": item.title,
+            "description": item.description,
+            "events": list(item.events),
+            "aborts": item.aborts[played.mode],
+        }
+        for item in played.scenarios
+        if played.mode is not None
     ]
     return {
         "key": played.key,
