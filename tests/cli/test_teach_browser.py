@@ -132,7 +132,9 @@ def test_back_forward_and_keys_walk_the_steps_taken(browser: WebDriver, page: Pa
     from selenium.webdriver.common.keys import Keys
 
     open_page(browser, page, "decode")
-    for event in ("setup", "stop", "token_chunk"):
+    browser.find_element(By.CSS_SELECTOR, 'button[data-event="setup"]').send_keys(Keys.ENTER)
+    assert shown(browser)[0] == "Streaming"
+    for event in ("stop", "token_chunk"):
         click(browser, event)
     assert lit(browser, "last") == ["edge-CancelPending-Aborted"]
     browser.find_element(By.ID, "back").click()
@@ -160,6 +162,19 @@ def test_a_loaded_scenario_replays_step_by_step(browser: WebDriver, page: Path) 
     for _ in range(3):
         browser.find_element(By.ID, "forward").click()
     assert shown(browser) == ("Aborted", "1", "DECODE-DEFER")
+
+
+def test_the_engine_lifecycle_can_be_played_too(browser: WebDriver, page: Path) -> None:
+    """generate before start is refused (LIFECYCLE-START-FIRST); start then succeeds into Running."""
+    from selenium.webdriver.common.by import By
+
+    open_page(browser, page, "lifecycle")
+    generate = browser.find_element(By.CSS_SELECTOR, 'button[data-event="generate"]')
+    assert not generate.is_enabled() and generate.get_attribute("data-rule") == "LIFECYCLE-START-FIRST"
+    for event in ("start_called", "start_ok"):
+        click(browser, event)
+    assert browser.find_element(By.ID, "state-name").text == "Running"
+    assert browser.find_element(By.CSS_SELECTOR, 'button[data-event="generate"]').is_enabled()
 
 
 def png_pixels(png: bytes) -> bytes:
