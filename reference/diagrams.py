@@ -25,6 +25,8 @@ _DECODE_COLOUR = "#1f5fbf"
 _HIGHLIGHT_EDGE = "#d9480f"
 _HIGHLIGHT_FILL = "#ffe8a3"
 _IGNORED_COLOUR = "#6b6b6b"
+_WRAP_AT = 40
+"""Characters after which a lone edge line is wrapped before its actions."""
 
 INSTALL_HINT = "install it with `apt-get install graphviz` (or use --format dot)"
 
@@ -160,6 +162,9 @@ def _line_markup(line: EdgeLine, mixed: bool) -> str:
 def _add_edge(graph: graphviz.Digraph, edge: PlannedEdge) -> None:
     mixed = not edge.decode_only and any(line.decode_only for line in edge.lines)
     label = "".join(_line_markup(line, mixed) for line in edge.lines)
+    if len(edge.lines) == 1 and len(edge.lines[0].text) > _WRAP_AT:
+        # One long line widened the whole picture; its actions go on a second line.
+        label = label.replace(" / ", '<BR ALIGN="LEFT"/>    / ', 1)
     colour = _DECODE_COLOUR if edge.decode_only else "black"
     if edge.highlighted:
         colour = _HIGHLIGHT_EDGE

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -223,6 +224,15 @@ def test_no_state_is_drawn_with_a_self_loop(stem: str) -> None:
 def test_rows_that_stay_in_their_state_are_listed_in_its_box() -> None:
     """Streaming forwards chunks without leaving; the reader sees that in its box."""
     assert "on token_chunk | empty_chunk / forward_data" in dot_line(dot_source(plan("agg")), "Streaming [")
+
+
+def test_the_all_modes_picture_is_not_a_banner() -> None:
+    """A picture much wider than a 16:9 slide shrinks its text to fit; long lone
+    labels are wrapped so the all-modes picture stays near slide proportions."""
+    require_commands("dot", install="apt-get install graphviz")
+    png = render(dot_source(plan("all")), "png")
+    width, height = struct.unpack(">II", png[16:24])
+    assert width / height < 2.2, (width, height)
 
 
 def test_the_all_modes_picture_reads_on_a_slide() -> None:
