@@ -177,6 +177,15 @@ def test_the_engine_lifecycle_can_be_played_too(browser: WebDriver, page: Path) 
     assert browser.find_element(By.CSS_SELECTOR, 'button[data-event="generate"]').is_enabled()
 
 
+def test_the_page_fetches_nothing(browser: WebDriver, page: Path) -> None:
+    """Offline means offline: after loading and a few clicks the browser has
+    requested no resource besides the page itself."""
+    open_page(browser, page, "decode")
+    for event in ("setup", "stop", "token_chunk"):
+        click(browser, event)
+    assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0
+
+
 def png_pixels(png: bytes) -> bytes:
     """The decompressed image data of a PNG (filter bytes included)."""
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
