@@ -25,8 +25,11 @@ _DECODE_COLOUR = "#1f5fbf"
 _HIGHLIGHT_EDGE = "#d9480f"
 _HIGHLIGHT_FILL = "#ffe8a3"
 _IGNORED_COLOUR = "#6b6b6b"
-_WRAP_AT = 40
-"""Characters after which a lone edge line is wrapped before its actions."""
+_WRAP_LONE_AT = 40
+_WRAP_GROUPED_AT = 60
+"""Characters after which an edge line is wrapped before its actions: a lone
+line sooner, since it alone sets its label's width; long lines widened the
+picture and ran into neighbouring edges."""
 
 INSTALL_HINT = "install it with `apt-get install graphviz` (or use --format dot)"
 
@@ -150,8 +153,10 @@ def _line_text(line: EdgeLine) -> str:
     return text
 
 
-def _line_markup(line: EdgeLine, mixed: bool) -> str:
+def _line_markup(line: EdgeLine, mixed: bool, wrap_at: int) -> str:
     text = _line_text(line)
+    if len(line.text) > wrap_at:
+        text = text.replace(" / ", '<BR ALIGN="LEFT"/>    / ', 1)
     if line.decode_only and mixed:
         text = f'<FONT COLOR="{_DECODE_COLOUR}">{text} [decode only]</FONT>'
     if line.highlighted:
@@ -161,10 +166,8 @@ def _line_markup(line: EdgeLine, mixed: bool) -> str:
 
 def _add_edge(graph: graphviz.Digraph, edge: PlannedEdge) -> None:
     mixed = not edge.decode_only and any(line.decode_only for line in edge.lines)
-    label = "".join(_line_markup(line, mixed) for line in edge.lines)
-    if len(edge.lines) == 1 and len(edge.lines[0].text) > _WRAP_AT:
-        # One long line widened the whole picture; its actions go on a second line.
-        label = label.replace(" / ", '<BR ALIGN="LEFT"/>    / ', 1)
+    wrap_at = _WRAP_LONE_AT if len(edge.lines) == 1 else _WRAP_GROUPED_AT
+    label = "".join(_line_markup(line, mixed, wrap_at) for line in edge.lines)
     colour = _DECODE_COLOUR if edge.decode_only else "black"
     if edge.highlighted:
         colour = _HIGHLIGHT_EDGE
