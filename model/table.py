@@ -14,7 +14,7 @@ never by copying rows per mode.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from dynamo_backend_protocol.model.state import RequestState
@@ -28,13 +28,67 @@ from dynamo_backend_protocol.model.vocabulary import (
 
 
 @dataclass(frozen=True)
+class Condition:
+    """One named fact about the state (or event) that guards are built from."""
+
+    name: str
+    opposite: str
+    """How the condition reads when it does not hold."""
+    test: Callable[[RequestState, Event], bool]
+
+    @property
+    def holds(self) -> Literal:
+        return Literal(self, True)
+
+    @property
+    def fails(self) -> Literal:
+        return Literal(self, False)
+
+
+@dataclass(frozen=True)
+class Literal:
+    """A condition, or its negation, as one term of a guard."""
+
+    condition: Condition
+    positive: bool
+
+    @property
+    def text(self) -> str:
+        return self.condition.name if self.positive else self.condition.opposite
+
+    def __call__(self, state: RequestState, ev: Event) -> bool:
+        return self.condition.test(state, ev) is self.positive
+
+
+Clause = tuple[Literal, ...]
+"""Literals joined by "or"."""
+
+
+@dataclass(frozen=True)
 class Guard:
-    """A named condition on the state (and event) that selects a row."""
+    """A named condition on the state (and event) that selects a row.
+
+    A guard built with :meth:`of` is a conjunction of clauses over named
+    conditions, so a reader can tell which of its conditions are constant in a
+    mode and read the guard without them (:meth:`specialised`).  A guard built
+    directly from a test is one opaque condition.
+    """
 
     name: str
     test: Callable[[RequestState, Event], bool]
-    decode_specific: bool = False
-    """True when the guard tells decode mode apart; diagrams draw these distinctly."""
+    clauses: tuple[Clause, ...] = ()
+
+    @classmethod
+    def of(cls, *clauses: Literal | Clause) -> Guard:
+        """The conjunction of ``clauses``; a tuple of literals is their disjunction."""
+        normal = tuple(clause if isinstance(clause, tuple) else (clause,) for clause in clauses)
+        joiner = "; " if any(len(clause) > 1 for clause in normal) else ", "
+        name = joiner.join(" or ".join(lit.text for lit in clause) for clause in normal)
+
+        def test(state: RequestState, ev: Event) -> bool:
+            return all(any(lit(state, ev) for lit in clause) for clause in normal)
+
+        return cls(name, test, normal)
 
     def __call__(self, state: RequestState, ev: Event) -> bool:
         return self.test(state, ev)
@@ -42,38 +96,50 @@ class Guard:
     def __str__(self) -> str:
         return self.name
 
+    def conjunction(self) -> tuple[Clause, ...]:
+        if self.clauses:
+            return self.clauses
+        return ((Condition(self.name, f"not {self.name}", self.test).holds,),)
 
-def _abort_deferred(state: RequestState, _: Event) -> bool:
-    return state.mode is Mode.DECODE and not state.first_token
+    def specialised(self, points: Collection[tuple[RequestState, Event]]) -> str | None:
+        """The guard as it reads where it is only ever tested at ``points``: a
+        condition constant there is replaced by its value.  None when the guard
+        then always holds (it decides nothing there)."""
+        kept: list[Clause] = []
+        for clause in self.conjunction():
+            remaining: list[Literal] = []
+            satisfied = False
+            for lit in clause:
+                values = {lit(state, ev) for state, ev in points}
+                if values == {True}:
+                    satisfied = True
+                    break
+                if values != {False}:
+                    remaining.append(lit)
+            if not satisfied:
+                kept.append(tuple(remaining))
+        if not kept:
+            return None
+        joiner = "; " if any(len(clause) > 1 for clause in kept) else ", "
+        return joiner.join(" or ".join(lit.text for lit in clause) for clause in kept)
 
+
+DECODE = Condition("decode", "not decode", lambda s, e: s.mode is Mode.DECODE)
+FIRST_TOKEN_SEEN = Condition("first-token seen", "before first-token", lambda s, e: s.first_token)
+CANCELLED = Condition("cancelled", "not cancelled", lambda s, e: s.cancel is not None)
+CARRIES_TOKENS_NOW = Condition("carries tokens", "no tokens", lambda s, e: e.with_tokens)
 
 ALWAYS = Guard("always", lambda s, e: True)
-NOT_CANCELLED = Guard("not cancelled", lambda s, e: s.cancel is None)
-ALREADY_CANCELLED = Guard("already cancelled", lambda s, e: s.cancel is not None)
-ABORT_NOW = Guard(
-    "not decode or first-token seen", lambda s, e: not _abort_deferred(s, e), decode_specific=True
-)
-ABORT_DEFERRED = Guard("decode, before first-token", _abort_deferred, decode_specific=True)
-CANCELLED_ABORT_NOW = Guard(
-    "cancelled; not decode or first-token seen",
-    lambda s, e: s.cancel is not None and not _abort_deferred(s, e),
-    decode_specific=True,
-)
-CANCELLED_DEFERRED = Guard(
-    "cancelled; decode, before first-token",
-    lambda s, e: s.cancel is not None and _abort_deferred(s, e),
-    decode_specific=True,
-)
-NOTICE_COUNTS = Guard(
-    "decode, first notice", lambda s, e: s.mode is Mode.DECODE and not s.first_token, decode_specific=True
-)
-NOTICE_IGNORED = Guard(
-    "not decode, or already seen",
-    lambda s, e: s.mode is not Mode.DECODE or s.first_token,
-    decode_specific=True,
-)
-CARRIES_TOKENS = Guard("carries tokens", lambda s, e: e.with_tokens)
-NO_TOKENS = Guard("no tokens", lambda s, e: not e.with_tokens)
+NOT_CANCELLED = Guard.of(CANCELLED.fails)
+ALREADY_CANCELLED = Guard.of(CANCELLED.holds)
+ABORT_NOW = Guard.of((DECODE.fails, FIRST_TOKEN_SEEN.holds))
+ABORT_DEFERRED = Guard.of(DECODE.holds, FIRST_TOKEN_SEEN.fails)
+CANCELLED_ABORT_NOW = Guard.of(CANCELLED.holds, (DECODE.fails, FIRST_TOKEN_SEEN.holds))
+CANCELLED_DEFERRED = Guard.of(CANCELLED.holds, DECODE.holds, FIRST_TOKEN_SEEN.fails)
+NOTICE_COUNTS = Guard.of(DECODE.holds, FIRST_TOKEN_SEEN.fails)
+NOTICE_IGNORED = Guard.of((DECODE.fails, FIRST_TOKEN_SEEN.holds))
+CARRIES_TOKENS = Guard.of(CARRIES_TOKENS_NOW.holds)
+NO_TOKENS = Guard.of(CARRIES_TOKENS_NOW.fails)
 
 
 class Effect(enum.Enum):

@@ -8,13 +8,14 @@ rather than a traceback.
 from __future__ import annotations
 
 import shutil
+import subprocess
 from html import escape
 from typing import Literal
 
 # The graphviz package ships no type information; its few calls used here are
 # wrapped in typed functions below.
 import graphviz  # type: ignore[import-untyped, unused-ignore]
-from dynamo_backend_protocol.model.teach.diagram_plan import DiagramPlan, EdgeLine, PlannedEdge, PlannedNode
+from dynamo_backend_protocol.model.teach.diagram_plan import DiagramPlan, EdgeLine, PlannedEdge, PlannedNode, StateId
 
 Format = Literal["dot", "svg", "png"]
 FORMATS: tuple[Format, ...] = ("dot", "svg", "png")
@@ -24,15 +25,32 @@ _DECODE_COLOUR = "#1f5fbf"
 _HIGHLIGHT_EDGE = "#d9480f"
 _HIGHLIGHT_FILL = "#ffe8a3"
 _IGNORED_COLOUR = "#6b6b6b"
+_WRAP_LONE_AT = 40
+_WRAP_GROUPED_AT = 60
+"""Characters after which an edge line is wrapped before its actions: a lone
+line sooner, since it alone sets its label's width; long lines widened the
+picture and ran into neighbouring edges."""
 
 INSTALL_HINT = "install it with `apt-get install graphviz` (or use --format dot)"
 
 
-class DotNotInstalled(Exception):
+class RenderError(Exception):
+    """A diagram could not be rendered; the message is one line for the user."""
+
+
+class DotNotInstalled(RenderError):
     """SVG or PNG was asked for but Graphviz's ``dot`` program is not on PATH."""
 
     def __init__(self, fmt: str) -> None:
         super().__init__(f"rendering {fmt} needs the Graphviz 'dot' program, which is not installed; {INSTALL_HINT}")
+
+
+class DotFailed(RenderError):
+    """Graphviz's ``dot`` ran but did not produce the picture."""
+
+    def __init__(self, fmt: str, status: int, stderr: bytes) -> None:
+        said = " ".join(stderr.decode("utf-8", "replace").split()) or "no message"
+        super().__init__(f"Graphviz 'dot' failed rendering {fmt} (exit status {status}): {said}")
 
 
 def build_graph(plan: DiagramPlan) -> graphviz.Digraph:
@@ -42,16 +60,20 @@ def build_graph(plan: DiagramPlan) -> graphviz.Digraph:
         labelloc="t",
         fontname=_FONT,
         rankdir="TB",
-        nodesep="0.5",
-        ranksep="0.7",
+        nodesep="0.4",
+        ranksep="0.6",
         newrank="true",
     )
-    graph.attr("node", fontname=_FONT, fontsize="13", shape="box", style="rounded", margin="0.15,0.08")
-    graph.attr("edge", fontname=_FONT, fontsize="10", arrowsize="0.8")
+    # Sizes chosen to read on a slide: 12 pt edge text, 15 pt state names.
+    graph.attr("node", fontname=_FONT, fontsize="15", shape="box", style="rounded", margin="0.15,0.08")
+    graph.attr("edge", fontname=_FONT, fontsize="12", arrowsize="0.8")
     # The start marker sits on Idle's rank so the arrow into Idle stays short.
     graph.node("start", label="", shape="point", width="0.15")
+    # A row that stays in its state is listed inside the state's box: drawn as
+    # a self-loop, its label ran into the loop's arrowhead and widened the picture.
+    in_place = {edge.source: edge for edge in plan.edges if edge.is_loop}
     for node in plan.nodes:
-        _add_node(graph, node)
+        _add_node(graph, node, in_place.get(node.state))
     for rank, states in enumerate(plan.ranks):
         with graph.subgraph(name=f"rank_{rank}") as same:
             same.attr(rank="same")
@@ -62,19 +84,32 @@ def build_graph(plan: DiagramPlan) -> graphviz.Digraph:
     initial = next(node for node in plan.nodes if node.initial)
     graph.edge("start", initial.state.value, tooltip=f"initial state: {initial.state.value}")
     for edge in plan.edges:
-        _add_edge(graph, edge)
+        if not edge.is_loop:
+            _add_edge(graph, edge)
     return graph
+
+
+def element_id(edge: PlannedEdge) -> str:
+    """The SVG id of what draws ``edge``: its arrow, or for a row that stays in
+    its state, the state's box."""
+    if edge.is_loop:
+        return node_id(edge.source)
+    return f"edge-{edge.source.value}-{edge.target.value}" + ("-decode" if edge.decode_only else "")
+
+
+def node_id(state: StateId) -> str:
+    return f"state-{state.value}"
 
 
 def _graph_label(plan: DiagramPlan) -> str:
     legend = "".join(f'<BR ALIGN="LEFT"/>{escape(line)}' for line in plan.legend)
     return (
         f'<<B>{escape(plan.title)}</B><BR/>'
-        f'<FONT POINT-SIZE="10" COLOR="{_IGNORED_COLOUR}">{legend}<BR ALIGN="LEFT"/></FONT>>'
+        f'<FONT POINT-SIZE="12" COLOR="{_IGNORED_COLOUR}">{legend}<BR ALIGN="LEFT"/></FONT>>'
     )
 
 
-def _add_node(graph: graphviz.Digraph, node: PlannedNode) -> None:
+def _add_node(graph: graphviz.Digraph, node: PlannedNode, in_place: PlannedEdge | None) -> None:
     colour = _DECODE_COLOUR if node.decode_only else "black"
     style = ["rounded"]
     if node.decode_only:
@@ -83,11 +118,15 @@ def _add_node(graph: graphviz.Digraph, node: PlannedNode) -> None:
         style.append("filled")
     label = f'<B>{escape(node.state.value)}</B>'
     if node.decode_only:
-        label += '<BR/><FONT POINT-SIZE="10">decode only</FONT>'
-    for line in node.ignores:
-        label += f'<BR/><FONT POINT-SIZE="10" COLOR="{_IGNORED_COLOUR}">ignores {escape(line)}</FONT>'
+        label += '<BR/><FONT POINT-SIZE="12">decode only</FONT>'
+    if in_place is not None:
+        for stays in in_place.lines:
+            label += f'<BR/><FONT POINT-SIZE="12">{_in_place_markup(stays, node.decode_only)}</FONT>'
+    for ignored in node.ignores:
+        label += f'<BR/><FONT POINT-SIZE="12" COLOR="{_IGNORED_COLOUR}">ignores {escape(ignored)}</FONT>'
     graph.node(
         node.state.value,
+        id=node_id(node.state),
         label=f"<{label}>",
         color=colour,
         fontcolor=colour,
@@ -98,10 +137,26 @@ def _add_node(graph: graphviz.Digraph, node: PlannedNode) -> None:
     )
 
 
-def _line_markup(line: EdgeLine, mixed: bool) -> str:
+def _in_place_markup(line: EdgeLine, node_is_decode_only: bool) -> str:
+    text = _line_text(line)
+    colour = _DECODE_COLOUR if line.decode_only or node_is_decode_only else "black"
+    if line.decode_only and not node_is_decode_only:
+        text += " [decode only]"
+    text = f'<FONT COLOR="{colour}">on {text}</FONT>'
+    return f"<B>{text}</B>" if line.highlighted else text
+
+
+def _line_text(line: EdgeLine) -> str:
     text = escape(line.text)
     if line.remembers:
         text += f" <I>(remembers: {escape(line.remembers)})</I>"
+    return text
+
+
+def _line_markup(line: EdgeLine, mixed: bool, wrap_at: int) -> str:
+    text = _line_text(line)
+    if len(line.text) > wrap_at:
+        text = text.replace(" / ", '<BR ALIGN="LEFT"/>    / ', 1)
     if line.decode_only and mixed:
         text = f'<FONT COLOR="{_DECODE_COLOUR}">{text} [decode only]</FONT>'
     if line.highlighted:
@@ -111,13 +166,15 @@ def _line_markup(line: EdgeLine, mixed: bool) -> str:
 
 def _add_edge(graph: graphviz.Digraph, edge: PlannedEdge) -> None:
     mixed = not edge.decode_only and any(line.decode_only for line in edge.lines)
-    label = "".join(_line_markup(line, mixed) for line in edge.lines)
+    wrap_at = _WRAP_LONE_AT if len(edge.lines) == 1 else _WRAP_GROUPED_AT
+    label = "".join(_line_markup(line, mixed, wrap_at) for line in edge.lines)
     colour = _DECODE_COLOUR if edge.decode_only else "black"
     if edge.highlighted:
         colour = _HIGHLIGHT_EDGE
     graph.edge(
         edge.source.value,
         edge.target.value,
+        id=element_id(edge),
         label=f"<{label}>",
         color=colour,
         fontcolor=_DECODE_COLOUR if edge.decode_only else "black",
@@ -136,14 +193,27 @@ def dot_available() -> bool:
     return shutil.which("dot") is not None
 
 
+DOT_SECONDS = 60
+"""Bound on one ``dot`` run; the request diagrams take well under a second."""
+
+
 def render(dot_text: str, fmt: Format) -> bytes:
     """DOT text as-is (UTF-8), or rendered by ``dot`` to SVG or PNG."""
     if fmt == "dot":
         return dot_text.encode("utf-8")
-    if not dot_available():
+    dot = shutil.which("dot")
+    if dot is None:
         raise DotNotInstalled(fmt)
+    # Run directly rather than through graphviz.Source.pipe: a dot that fails
+    # before reading its input made that raise BrokenPipeError, losing dot's message.
     try:
-        rendered: bytes = graphviz.Source(dot_text).pipe(format=fmt)
-        return rendered
-    except graphviz.ExecutableNotFound:
-        raise DotNotInstalled(fmt) from None
+        done = subprocess.run(
+            [dot, f"-T{fmt}"], input=dot_text.encode("utf-8"), capture_output=True, timeout=DOT_SECONDS, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise DotFailed(fmt, -1, f"no answer within {DOT_SECONDS} s".encode()) from None
+    except OSError as error:
+        raise DotFailed(fmt, -1, str(error).encode()) from None
+    if done.returncode != 0:
+        raise DotFailed(fmt, done.returncode, done.stderr)
+    return done.stdout

@@ -40,16 +40,16 @@ class ModeGraph:
         """Whether ``row`` fires from ``source`` in this mode."""
         return any(step.row is row and step.before.control is source for step in self.steps)
 
-    def guard_always_holds(self, row: Transition, source: ControlState) -> bool:
-        """Whether, in this mode, every event of the row's kind that arrives in
-        ``source`` satisfies the row's guard: then the guard says nothing here."""
-        for state in self.states:
-            if state.control is not source:
-                continue
-            for ev in ALL_EVENTS:
-                if ev.kind is row.trigger and not row.guard(state, ev):
-                    return False
-        return True
+    def guard_points(self, row: Transition, source: ControlState) -> list[tuple[RequestState, Event]]:
+        """Every (state, event) at which this mode tests ``row``'s guard in
+        ``source``: each reachable state there with each event of the row's kind."""
+        return [
+            (state, ev)
+            for state in self.states
+            if state.control is source
+            for ev in ALL_EVENTS
+            if ev.kind is row.trigger
+        ]
 
 
 def explore_graph(mode: Mode, table: CompiledTable = DEFAULT_TABLE) -> ModeGraph:

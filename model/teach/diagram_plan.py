@@ -10,12 +10,16 @@ Readability choices, each made once here:
 * rows that share a source, a target and a style become one edge with one
   label line per row, and rows under the same rule that differ only in their
   trigger (``stop`` and ``kill``) share a line;
-* a guard that always holds in the drawn mode is left off the label, because
-  there it decides nothing;
+* each condition of a guard that is constant where the row is tested in the
+  drawn modes is replaced by its value (``not decode or first-token seen``
+  reads ``first-token seen`` in decode and vanishes in agg), and a guard that
+  then always holds is left off, because there it decides nothing;
 * rows the protocol records as ignored are listed inside their state's node
   instead of being drawn as self-loops;
-* a row that only decode mode can fire is marked decode-only, and a mode's own
-  diagram contains only rows that mode can fire.
+* in the all-modes diagram a row that only decode mode can fire is marked
+  decode-only; a mode's own diagram contains only rows that mode can fire and
+  marks nothing decode-only (there everything is);
+* the legend lists only the conventions the picture uses.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from dynamo_backend_protocol.model.explore.reachability import ModeGraph, explore_graphs
-from dynamo_backend_protocol.model.table import ALWAYS, REQUEST_TABLE, Transition
+from dynamo_backend_protocol.model.table import REQUEST_TABLE, Transition
 from dynamo_backend_protocol.model.vocabulary import ControlState, Mode
 
 StateId: TypeAlias = enum.Enum
@@ -54,6 +58,8 @@ class EdgeLine:
     rules: tuple[str, ...]
     decode_only: bool
     highlighted: bool
+    fired_by: tuple[tuple[object, StateId], ...] = ()
+    """The (table row, source state) pairs this line stands for."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,14 @@ class DiagramPlan:
                 return node
         raise KeyError(state)
 
+    def edge_of(self, row: object, source: StateId) -> PlannedEdge | None:
+        """The edge that draws ``row`` fired from ``source``; None for a row not
+        drawn as an edge (an ignored one, listed in its state)."""
+        for edge in self.edges:
+            if any(fired is row and at is source for line in edge.lines for fired, at in line.fired_by):
+                return edge
+        return None
+
 
 @dataclass(frozen=True)
 class Highlight:
@@ -133,14 +147,17 @@ class _Use:
     drawn: frozenset[Mode]
     """The drawn modes in which it fires."""
     guard_text: str | None
-    """None when the guard always holds wherever this use fires in the drawn modes."""
+    """The guard with every condition that is constant in the drawn modes
+    replaced by its value; None when it then always holds."""
+    several_modes_drawn: bool
 
     @property
     def target(self) -> ControlState:
         return self.source if self.row.target is None else self.row.target
 
     def decode_only(self) -> bool:
-        return self.modes == frozenset({Mode.DECODE})
+        """Marked as decode-only: only where other modes are drawn beside it."""
+        return self.several_modes_drawn and self.modes == frozenset({Mode.DECODE})
 
     def suffix(self, drawn_modes: frozenset[Mode]) -> str:
         """Names the modes when a use fires in some but not all drawn modes and
@@ -172,7 +189,7 @@ def plan_request_diagram(mode: Mode | None = None, highlight: Highlight = NO_HIG
             state=state,
             initial=state is ControlState.IDLE,
             absorbing=state not in leaves and state not in acts_in_place,
-            decode_only=reached_in[state] == {Mode.DECODE},
+            decode_only=mode is None and reached_in[state] == {Mode.DECODE},
             ignores=_ignore_lines(state, ignored, drawn_modes),
             highlighted=highlight.state is state,
         )
@@ -186,7 +203,7 @@ def plan_request_diagram(mode: Mode | None = None, highlight: Highlight = NO_HIG
     )
     name = "request_all" if mode is None else f"request_{mode.value}"
     title = "Request protocol, all modes" if mode is None else f"Request protocol, mode {mode.value}"
-    return DiagramPlan(name, title, nodes, edges, ranks, _legend(mode, edges))
+    return DiagramPlan(name, title, nodes, edges, ranks, _legend(mode, nodes, edges))
 
 
 def _uses(graphs: dict[Mode, ModeGraph], drawn_modes: frozenset[Mode]) -> list[_Use]:
@@ -198,10 +215,8 @@ def _uses(graphs: dict[Mode, ModeGraph], drawn_modes: frozenset[Mode]) -> list[_
             drawn = modes & drawn_modes
             if not drawn:
                 continue
-            says_nothing = row.guard is ALWAYS or all(
-                graphs[mode].guard_always_holds(row, source) for mode in drawn
-            )
-            uses.append(_Use(row, source, modes, drawn, None if says_nothing else row.guard.name))
+            points = [point for mode in drawn for point in graphs[mode].guard_points(row, source)]
+            uses.append(_Use(row, source, modes, drawn, row.guard.specialised(points), len(drawn_modes) > 1))
     return uses
 
 
@@ -247,7 +262,8 @@ def _edge_line(uses: Sequence[_Use], drawn_modes: frozenset[Mode], highlight: Hi
     text += first.suffix(drawn_modes)
     lit = any(use.row is highlight.row and use.source is highlight.source for use in uses)
     rules = tuple(dict.fromkeys(use.row.rule for use in uses))
-    return EdgeLine(text, _remembers(first), rules, first.decode_only(), lit)
+    fired_by = tuple((use.row, use.source) for use in uses)
+    return EdgeLine(text, _remembers(first), rules, first.decode_only(), lit, fired_by)
 
 
 def _remembers(use: _Use) -> str:
@@ -271,11 +287,16 @@ def _ignore_lines(state: ControlState, ignored: Sequence[_Use], drawn_modes: fro
     return tuple(lines)
 
 
-def _legend(mode: Mode | None, edges: Sequence[PlannedEdge]) -> tuple[str, ...]:
-    legend = ["edge: event [guard] / actions, in order"]
-    if any(edge.decode_only for edge in edges):
+def _legend(mode: Mode | None, nodes: Sequence[PlannedNode], edges: Sequence[PlannedEdge]) -> tuple[str, ...]:
+    """Only what the picture uses: no decode styling or ignore lists where none is drawn."""
+    guarded = any("[" in line.text for edge in edges for line in edge.lines)
+    legend = ["edge: event [guard] / actions, in order" if guarded else "edge: event / actions, in order"]
+    if any(edge.decode_only or any(line.decode_only for line in edge.lines) for edge in edges):
         legend.append("blue, dashed: decode mode only")
-    legend.append("grey text in a state: events it ignores")
+    if any(edge.is_loop for edge in edges):
+        legend.append("'on ...' in a state: events handled there without leaving it")
+    if any(node.ignores for node in nodes):
+        legend.append("grey text in a state: events it ignores")
     if mode is not None:
         legend.append(f"only what mode {mode.value} can do is drawn")
     return tuple(legend)

@@ -75,7 +75,8 @@ def plan_lifecycle_diagram(highlight: Highlight = NO_HIGHLIGHT) -> DiagramPlan:
             target,
             tuple(
                 EdgeLine(
-                    row.label(), "", (row.rule,), False, row is highlight.row and source is highlight.source
+                    row.label(), "", (row.rule,), False, row is highlight.row and source is highlight.source,
+                    ((row, source),),
                 )
                 for row, source in members
             ),

@@ -230,26 +230,30 @@ def narrate(events: Sequence[Event], mode: Mode, table: CompiledTable = DEFAULT_
     state = initial
     steps: list[NarratedStep] = []
     for number, ev in enumerate(events, start=1):
-        try:
-            fired = table.step(state, ev)
-        except ProtocolViolation as violation:
-            steps.append(_forbidden_step(number, state, ev, violation.rule, table))
-            continue
-        rules = list(dict.fromkeys([fired.rule, *_extra_rules(state, ev, fired.actions)]))
-        sentences = [_event_meaning(ev), _transition_sentence(state, fired.after, fired.ignored)]
-        if not fired.ignored:
-            sentences.append(_actions_sentence(fired.actions))
-            sentences.extend(_memory_sentences(state, fired.after))
-            sentences.extend(_why_sentences(state, ev, fired.row))
-        sentences.append(_rules_sentence(rules))
-        steps.append(
-            NarratedStep(
-                number, ev, state, fired.after, fired.actions, tuple(rules), fired.row, fired.ignored, (),
-                tuple(sentences),
-            )
-        )
-        state = fired.after
+        told = narrate_step(state, ev, number, table)
+        steps.append(told)
+        state = told.after
     return Narration(mode, initial, tuple(steps))
+
+
+def narrate_step(
+    state: RequestState, ev: Event, number: int = 1, table: CompiledTable = DEFAULT_TABLE
+) -> NarratedStep:
+    """One event told in ``state``; a forbidden one leaves the request where it was."""
+    try:
+        fired = table.step(state, ev)
+    except ProtocolViolation as violation:
+        return _forbidden_step(number, state, ev, violation.rule, table)
+    rules = list(dict.fromkeys([fired.rule, *_extra_rules(state, ev, fired.actions)]))
+    sentences = [_event_meaning(ev), _transition_sentence(state, fired.after, fired.ignored)]
+    if not fired.ignored:
+        sentences.append(_actions_sentence(fired.actions))
+        sentences.extend(_memory_sentences(state, fired.after))
+        sentences.extend(_why_sentences(state, ev, fired.row))
+    sentences.append(_rules_sentence(rules))
+    return NarratedStep(
+        number, ev, state, fired.after, fired.actions, tuple(rules), fired.row, fired.ignored, (), tuple(sentences)
+    )
 
 
 def _forbidden_step(number: int, state: RequestState, ev: Event, rule: str, table: CompiledTable) -> NarratedStep:

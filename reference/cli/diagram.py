@@ -11,7 +11,7 @@ from typing import TypeVar
 from dynamo_backend_protocol.model import ControlState, Mode
 from dynamo_backend_protocol.model.teach.diagram_plan import DiagramPlan, Highlight, plan_request_diagram
 from dynamo_backend_protocol.reference.cli.support import Subparsers, UsageError, add_mode_option, parse_mode
-from dynamo_backend_protocol.reference.diagrams import FORMATS, DotNotInstalled, Format, dot_source, render
+from dynamo_backend_protocol.reference.diagrams import FORMATS, Format, RenderError, dot_source, render
 
 MACHINES = ("request", "lifecycle")
 StateT = TypeVar("StateT", bound=enum.Enum)
@@ -45,18 +45,28 @@ def run(args: argparse.Namespace) -> int:
     plan = build_plan(args.machine, mode, args.highlight)
     try:
         data = render(dot_source(plan), fmt)
-    except DotNotInstalled as missing:
-        raise UsageError(str(missing)) from None
+    except RenderError as failed:
+        raise UsageError(str(failed)) from None
     write_output(data, args.output)
     return 0
 
 
 def choose_format(explicit: Format | None, output: str | None) -> Format:
-    if explicit is not None:
-        return explicit
-    if output is not None:
-        return _SUFFIX_FORMATS.get(Path(output).suffix.lower(), "dot")
-    return "dot"
+    """``-o``'s suffix decides unless ``--format`` is given; the two must agree,
+    so a file never holds one format under another's name."""
+    if output is None:
+        return "dot" if explicit is None else explicit
+    suffix = Path(output).suffix.lower()
+    implied = _SUFFIX_FORMATS.get(suffix)
+    known = ", ".join(_SUFFIX_FORMATS)
+    if explicit is None:
+        if implied is None:
+            named = f"suffix {suffix!r}" if suffix else "no suffix"
+            raise UsageError(f"-o {output}: {named} names no diagram format; use one of {known} or give --format")
+        return implied
+    if suffix and implied != explicit:
+        raise UsageError(f"-o {output} has suffix {suffix!r}, which does not match --format {explicit}")
+    return explicit
 
 
 def build_plan(machine: str, mode: Mode | None, highlight: str | None) -> DiagramPlan:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import textwrap
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +17,7 @@ from dynamo_backend_protocol.reference.diagrams import (
     FORMATS,
     DotNotInstalled,
     Format,
+    RenderError,
     dot_available,
     dot_source,
     render,
@@ -40,47 +42,69 @@ def register(subparsers: Subparsers) -> None:
     add_mode_option(parser, allow_all=True, default=None)
     parser.add_argument("--frames", metavar="DIR", help="also write one diagram per step into DIR")
     parser.add_argument(
-        "--format", choices=FORMATS, default="svg", help="format of the --frames diagrams (default: svg)"
+        "--format", choices=FORMATS, default=None, help="format of the --frames diagrams (default: svg)"
     )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    chosen = [name for name, given in (("--list", args.list), ("SCENARIO", args.scenario), ("--events", args.events))
-              if given]
+    chosen = [name for name, given in (("--list", args.list), ("SCENARIO", args.scenario is not None),
+                                       ("--events", args.events is not None)) if given]
     if len(chosen) != 1:
         raise UsageError("give exactly one of SCENARIO, --list or --events (see explain --help)")
+    mode_filter = None if args.mode is None else parse_modes(args.mode)
     if args.list:
-        print(list_scenarios())
+        if args.frames is not None or args.format is not None:
+            raise UsageError("--frames and --format draw narrated steps; --list narrates nothing")
+        print(list_scenarios(mode_filter))
         return 0
-    if args.frames is not None and args.format != "dot" and not dot_available():
-        raise UsageError(str(DotNotInstalled(args.format)))
+    if args.format is not None and args.frames is None:
+        raise UsageError("--format is the format of the --frames diagrams: give --frames DIR too")
+    fmt: Format = "svg" if args.format is None else args.format
+    if args.frames is not None and fmt != "dot" and not dot_available():
+        raise UsageError(str(DotNotInstalled(fmt)))
     if args.events is not None:
         events = parse_events(args.events)
-        modes = [Mode.AGGREGATED] if args.mode is None else parse_modes(args.mode)
+        modes = [Mode.AGGREGATED] if mode_filter is None else mode_filter
         label, header = "events", ""
     else:
         found = find_scenario(args.scenario)
         modes = scenario_modes(found, args.mode)
         events = list(found.parsed_events())
         label, header = found.name, scenario_header(found)
+    frames = None if args.frames is None else frames_directory(Path(args.frames))
     if header:
         print(header)
     for mode in modes:
         told = narrate(events, mode)
         print()
         print(told.text())
-        if args.frames is not None:
-            write_frames(told, Path(args.frames), f"{label}-{mode.value}", args.format)
+        if frames is not None:
+            write_frames(told, frames, f"{label}-{mode.value}", fmt)
     return 0
 
 
-def list_scenarios() -> str:
+def frames_directory(directory: Path) -> Path:
+    """Made (or checked) before any narration, so a bad path costs the user nothing."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UsageError(f"--frames {directory}: exists and is not a directory") from None
+    except OSError as error:
+        raise UsageError(f"--frames {directory}: cannot create it: {error.strerror or error}") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UsageError(f"--frames {directory}: not writable")
+    return directory
+
+
+def list_scenarios(modes: list[Mode] | None = None) -> str:
+    """Every scenario, or those that apply in one of ``modes``."""
+    shown = [item for item in SCENARIOS if modes is None or any(item.applies_to(mode) for mode in modes)]
     width = max(len(s.name) for s in SCENARIOS)
     lines = []
-    for item in SCENARIOS:
-        modes = ", ".join(mode.value for mode in item.modes)
-        lines.append(f"{item.name:<{width}}  {item.title}  [{modes}]")
+    for item in shown:
+        applies = ", ".join(mode.value for mode in item.modes)
+        lines.append(f"{item.name:<{width}}  {item.title}  [{applies}]")
     return "\n".join(lines)
 
 
@@ -134,18 +158,14 @@ def write_frames(told: Narration, directory: Path, stem: str, fmt: Format) -> li
     for step in told.steps:
         caption = f"{stem}: step {step.number}, {step.event.name}" + (" (not allowed)" if step.forbidden else "")
         highlights.append((caption, Highlight(state=step.after.control, row=step.row, source=step.before.control)))
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"cannot create {directory}: {error.strerror or error}") from None
     written: list[Path] = []
     for number, (caption, highlight) in enumerate(highlights):
         path = directory / f"{stem}-{number:02d}.{fmt}"
         plan = replace(plan_request_diagram(told.mode, highlight), title=caption)
         try:
             path.write_bytes(render(dot_source(plan), fmt))
-        except DotNotInstalled as missing:
-            raise UsageError(str(missing)) from None
+        except RenderError as failed:
+            raise UsageError(str(failed)) from None
         except OSError as error:
             raise UsageError(f"cannot write {path}: {error.strerror or error}") from None
         written.append(path)

@@ -26,7 +26,11 @@ def parse_modes(text: str | None) -> list[Mode]:
     """``None`` or ``all`` means every mode."""
     if text is None or text.strip().lower() == "all":
         return list(Mode)
-    return [parse_mode(text)]
+    try:
+        return [Mode.parse(text)]
+    except DynamoError:
+        valid = ", ".join(mode.value for mode in Mode)
+        raise UsageError(f"--mode: unknown mode {text!r}; valid values: {valid}, all") from None
 
 
 def add_mode_option(parser: argparse.ArgumentParser, *, allow_all: bool, default: str | None) -> None:

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import re
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
 import pytest
 from dynamo_backend_protocol.model import REQUEST_TABLE, ControlState, Mode
+from dynamo_backend_protocol.model.explore.reachability import explore_graph
 from dynamo_backend_protocol.model.lifecycle import LIFECYCLE_TABLE, Phase
 from dynamo_backend_protocol.model.teach.diagram_plan import DiagramPlan, StateId, plan_request_diagram
 from dynamo_backend_protocol.model.teach.lifecycle_diagram import plan_lifecycle_diagram
+from dynamo_backend_protocol.model.vocabulary import ALL_EVENTS
 from dynamo_backend_protocol.reference.cli import main
 from dynamo_backend_protocol.reference.diagrams import dot_source, render
 from optional_tools import require_commands
@@ -142,7 +145,103 @@ def test_guards_that_decide_nothing_in_a_mode_are_left_off() -> None:
     diagram keeps the guard because there it chooses between two outcomes."""
     assert "stop | kill / call_abort" in edge_lines(plan("agg"))[(ControlState.STREAMING, ControlState.ABORTED)]
     decode = edge_lines(plan("decode"))[(ControlState.STREAMING, ControlState.ABORTED)]
-    assert decode == ["stop | kill [not decode or first-token seen] / call_abort"]
+    assert decode == ["stop | kill [first-token seen] / call_abort"]
+
+
+def guard_terms(drawn: DiagramPlan) -> set[str]:
+    """Every condition named inside a [guard] of the picture, on edges and in states."""
+    texts = [line.text for edge in drawn.edges for line in edge.lines]
+    texts += [line for node in drawn.nodes for line in node.ignores]
+    guards = [guard for text in texts for guard in re.findall(r"\[([^\]]+)\]", text)]
+    return {term for guard in guards for term in re.split(r"; |, | or ", guard)}
+
+
+def conditions_constant_in(mode: Mode) -> set[str]:
+    """The texts of every guard condition that has one value in every reachable
+    state of ``mode`` (for every event): such a condition tells nothing there."""
+    graph = explore_graph(mode)
+    conditions = {lit.condition for row in REQUEST_TABLE for clause in row.guard.conjunction() for lit in clause}
+    constant: set[str] = set()
+    for condition in conditions:
+        values = {condition.test(state, ev) for state in graph.states for ev in ALL_EVENTS}
+        if len(values) == 1:
+            constant |= {condition.name, condition.opposite}
+    return constant
+
+
+@pytest.mark.parametrize("mode", list(Mode), ids=lambda mode: mode.value)
+def test_no_condition_constant_in_a_mode_appears_in_its_diagram(mode: Mode) -> None:
+    """A decode-only picture that says "[not decode ...]" asks the reader to evaluate
+    what the mode already settles; every such condition is read away."""
+    drawn = plan_request_diagram(mode)
+    assert conditions_constant_in(mode), "each single mode settles at least 'decode'"
+    assert not guard_terms(drawn) & conditions_constant_in(mode)
+
+
+def test_the_agg_diagram_reads_setup_after_a_cancel_without_decode_terms() -> None:
+    """Outside decode, a setup after a stop aborts because the request was cancelled; nothing else."""
+    assert edge_lines(plan("agg"))[(ControlState.IDLE, ControlState.ABORTED)] == ["setup [cancelled] / call_abort"]
+
+
+def test_the_decode_diagram_has_no_decode_only_styling() -> None:
+    """In decode's own picture everything is decode: marking things "decode only"
+    (blue, dashed, legend) would only add noise; the all-modes picture keeps it."""
+    decode, every = dot_source(plan("decode")), dot_source(plan("all"))
+    for marker in ("decode only", "style=dashed", "#1f5fbf"):
+        assert marker not in decode, marker
+        assert marker in every, marker
+    assert "blue, dashed" not in " ".join(plan("decode").legend)
+
+
+def test_the_decode_diagram_differs_from_the_all_modes_one_beyond_its_title() -> None:
+    """The complaint that started this: decode drew the all-modes picture renamed."""
+    body = [line for line in dot_source(plan("decode")).splitlines()[1:] if "label=<<B>Request protocol" not in line]
+    every = [line for line in dot_source(plan("all")).splitlines()[1:] if "label=<<B>Request protocol" not in line]
+    assert body != every
+    assert len(set(body) - set(every)) >= 5
+
+
+@pytest.mark.parametrize("name", ["agg", "decode"])
+def test_the_legend_explains_only_what_the_picture_uses(name: str) -> None:
+    """A legend entry for a style the picture never uses sends the reader looking for it."""
+    drawn = plan(name)
+    legend = " ".join(drawn.legend)
+    source = dot_source(drawn)
+    assert ("blue, dashed" in legend) == ("style=dashed" in source)
+    assert "grey text" in legend
+    assert "'on ...'" in legend
+
+
+@pytest.mark.parametrize("stem", sorted(COMMITTED))
+def test_no_state_is_drawn_with_a_self_loop(stem: str) -> None:
+    """A self-loop's arrowhead ran into its label; rows that stay in a state are
+    listed in the state's box instead, as "on EVENT / actions"."""
+    source = dot_source(plan(COMMITTED[stem]))
+    loops = [line for line in source.splitlines() if re.match(r"\s*(\w+) -> \1 ", line)]
+    assert loops == []
+
+
+def test_rows_that_stay_in_their_state_are_listed_in_its_box() -> None:
+    """Streaming forwards chunks without leaving; the reader sees that in its box."""
+    assert "on token_chunk | empty_chunk / forward_data" in dot_line(dot_source(plan("agg")), "Streaming [")
+
+
+def test_the_all_modes_picture_is_not_a_banner() -> None:
+    """A picture much wider than a 16:9 slide shrinks its text to fit; long lone
+    labels are wrapped so the all-modes picture stays near slide proportions."""
+    require_commands("dot", install="apt-get install graphviz")
+    png = render(dot_source(plan("all")), "png")
+    width, height = struct.unpack(">II", png[16:24])
+    assert width / height < 2.2, (width, height)
+
+
+def test_the_all_modes_picture_reads_on_a_slide() -> None:
+    """Edge text of 12 pt and state names of 15 pt stay legible when the picture is
+    scaled to a slide's width."""
+    source = dot_source(plan("all"))
+    assert "edge [arrowsize=0.8 fontname=Helvetica fontsize=12]" in source
+    assert "fontsize=15" in dot_line(source, "node [")
+    assert 'POINT-SIZE="10"' not in source
 
 
 def test_parallel_rows_share_one_edge() -> None:
@@ -212,6 +311,52 @@ def test_cli_infers_the_format_from_the_output_suffix(capsys: pytest.CaptureFixt
     code, _, _ = run_cli(capsys, "-o", str(target))
     assert code == 0
     assert target.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize(
+    ("argv", "complaint"),
+    [
+        (["-o", "{dir}/machine.jpg"], "'.jpg' names no diagram format"),
+        (["-o", "{dir}/machine"], "no suffix names no diagram format"),
+        (["-o", "{dir}/machine.svg", "--format", "png"], "does not match --format png"),
+        (["-o", "{dir}/machine.dot", "--format", "svg"], "does not match --format svg"),
+    ],
+    ids=["unknown-suffix", "no-suffix", "svg-as-png", "dot-as-svg"],
+)
+def test_cli_refuses_an_output_name_that_misnames_its_format(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str], complaint: str
+) -> None:
+    """DOT text in a .jpg or PNG bytes in a .svg is a file no viewer opens; the
+    user gets one line and nothing is written."""
+    code, out, err = run_cli(capsys, *(arg.format(dir=tmp_path) for arg in argv))
+    assert code == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1 and complaint in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_accepts_a_format_that_agrees_with_the_suffix(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    target = tmp_path / "machine.gv"
+    code, _, _ = run_cli(capsys, "-o", str(target), "--format", "dot")
+    assert code == 0
+    assert target.read_text().startswith("digraph request_all")
+
+
+def test_cli_reports_a_failing_dot_in_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A broken Graphviz install is reported with dot's own message, not a traceback."""
+    fake = tmp_path / "dot"
+    fake.write_text("#!/bin/sh\necho 'Error: something broke' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    code, out, err = run_cli(capsys, "-o", str(tmp_path / "machine.svg"))
+    assert code == 2
+    assert out == ""
+    assert err.strip().splitlines() == [
+        "error: Graphviz 'dot' failed rendering svg (exit status 3): Error: something broke"
+    ]
+    assert not (tmp_path / "machine.svg").exists()
 
 
 def test_cli_refuses_png_on_standard_output(capsys: pytest.CaptureFixture[str]) -> None:

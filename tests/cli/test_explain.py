@@ -297,3 +297,48 @@ def test_frames_write_one_diagram_per_step_with_the_fired_edge_highlighted(
     [aborted] = [line for line in third.splitlines() if line.strip().startswith("Aborted [")]
     assert "filled" in aborted
     assert "penwidth=2.5" not in frames[0].read_text()
+
+
+def test_list_with_a_mode_shows_only_the_scenarios_of_that_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    """A decode author asking for decode's scenarios should not be offered agg-only ones."""
+    code, out, _ = run_cli(capsys, "--list", "--mode", "decode")
+    assert code == 0
+    listed = [line.split()[0] for line in out.splitlines() if line.strip()]
+    assert listed == [item.name for item in SCENARIOS if item.applies_to(Mode.DECODE)]
+    assert "aggregated-cancel" not in listed and "decode-deferred-abort" in listed
+
+
+@pytest.mark.parametrize(
+    ("argv", "complaint"),
+    [
+        (["--list", "--mode", "bogus"], "unknown mode 'bogus'"),
+        (["clean-completion", "--mode", "bogus"], "unknown mode 'bogus'"),
+        (["--events", "setup", "--mode", "bogus"], "unknown mode 'bogus'"),
+        (["--events", ""], "--events needs at least one event"),
+        (["--events", " , "], "--events needs at least one event"),
+        (["clean-completion", "--format", "dot"], "give --frames DIR too"),
+        (["--list", "--frames", "somewhere"], "--list narrates nothing"),
+    ],
+    ids=["list-bad-mode", "scenario-bad-mode", "events-bad-mode", "empty-events", "blank-events",
+         "format-without-frames", "frames-with-list"],
+)
+def test_bad_options_are_one_specific_line(capsys: pytest.CaptureFixture[str], argv: list[str], complaint: str) -> None:
+    """Each mistake is named for what it is, in one line, before anything is printed."""
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert complaint in err
+
+
+def test_an_unusable_frames_path_is_refused_before_any_narration(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Reading a whole narration and then learning the frames could not be written
+    wastes the reader's time; the path is checked first."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    code, out, err = run_cli(capsys, "decode-deferred-abort", "--frames", str(blocker), "--format", "dot")
+    assert code == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1 and "is not a directory" in err
