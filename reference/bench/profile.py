@@ -9,6 +9,9 @@ interleaved, round by round; a row of the table is the median of the per-round
 differences between a rung and the one before it.  The last row is the
 adapter measured as it is minus the full ladder: what the adapter does beyond
 the ladder (or, if negative, what it does more cheaply).
+
+The rungs are written out in full, on purpose: one generator with a flag per
+piece would add the flag's own cost to every rung.
 """
 
 from __future__ import annotations

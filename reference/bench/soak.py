@@ -140,7 +140,7 @@ async def concurrent_requests(
         gc.collect()
         rss_before = rss_bytes()
         reset_peak()
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         contexts = [Context(plan.request) for plan in plans]
         streams = [await adapters[plan.mode].generate({"token_ids": [1, 2, 3], "late": plan.late}, context)
                    for plan, context in zip(plans, contexts, strict=True)]
@@ -148,7 +148,7 @@ async def concurrent_requests(
                                for plan, context, stream in zip(plans, contexts, streams, strict=True)))
         for adapter in adapters.values():
             await adapter.settle()
-        seconds = time.perf_counter() - started
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         peak = peak_rss_bytes()
         gc.collect()
         tasks_left = len(asyncio.all_tasks() - tasks_before)
@@ -160,6 +160,7 @@ async def concurrent_requests(
     return {
         "requests": requests,
         "seconds": round(seconds, 3),
+        "cpu_seconds": round(cpu_seconds, 3),
         "peak_rss_mib": round(peak / MIB, 1),
         "bytes_per_in_flight_request": round((peak - rss_before) / requests),
         "tasks_left": tasks_left,
@@ -205,7 +206,6 @@ async def long_stream(chunks: int) -> Counts:
 
 
 async def soak_figures(sizes: SoakSizes, seed: int = SEED) -> Figures:
-    figures: Counts = {}
-    figures.update(await concurrent_requests(sizes.requests, seed=seed))
-    figures.update(await long_stream(sizes.stream_chunks))
-    return figures
+    # The long stream first: its RSS then starts from a process the soak has not grown.
+    long = await long_stream(sizes.stream_chunks)
+    return {**await concurrent_requests(sizes.requests, seed=seed), **long}

@@ -43,10 +43,10 @@ class Target:
     def judge(self, figures: Figures) -> Verdict:
         value = self.value(figures)
         ok = value is not None and _RELATIONS[self.relation](value, self.bound)
-        return Verdict(self, value, ok)
+        return Verdict(self, value, ok, isinstance(figures.get(self.figure), Figure))
 
     def describe(self) -> str:
-        of = "" if self.statistic == "median" else f" ({self.statistic})"
+        of = "" if self.statistic == "median" else f" (its {self.statistic})"
         return f"{self.relation} {self.bound:,.4g}{of}"
 
 
@@ -55,11 +55,13 @@ class Verdict:
     target: Target
     value: float | None
     ok: bool
+    of_figure: bool
+    """Whether the value is a statistic of a timed :class:`Figure` (else a plain count or size)."""
 
     def as_dict(self) -> dict[str, object]:
         return {
             "name": self.target.name,
-            "statistic": self.target.statistic,
+            "statistic": self.target.statistic if self.of_figure else None,
             "relation": self.target.relation,
             "bound": self.target.bound,
             "value": self.value,

@@ -95,6 +95,9 @@ def render(report: BenchReport) -> str:
             lines.append(f"  floor: {FLOOR_DESCRIPTION}")
     if report.profile is not None:
         lines.extend(_profile_lines(report))
+    if not report.verdicts:
+        lines.append("no targets in these sections")
+        return "\n".join(lines)
     lines.append("targets:")
     for verdict in report.verdicts:
         shown = "n/a" if verdict.value is None else f"{verdict.value:,.4g}"
