@@ -59,6 +59,8 @@ def _lifetime_peak_bytes() -> int:
 class ChildRun:
     exit_code: int
     seconds: float
+    cpu_seconds: float
+    """User plus system CPU time of the child (from wait4)."""
     peak_rss_bytes: int
     last_error_line: str
     """The last line the child wrote on stderr (empty if none)."""
@@ -93,13 +95,13 @@ def run_python(kind: str, target: str, args: Sequence[str], timeout: float) -> C
     with tempfile.TemporaryDirectory(prefix="dbp-child-") as folder:
         report = Path(folder) / "peak"
         command = [sys.executable, "-c", _REPORTING_PEAK, str(report), kind, target, *args]
-        code, seconds, kernel_peak, last_error = _wait_for(command, timeout)
+        code, seconds, usage, last_error = _wait_for(command, timeout)
         reported = report.read_text().strip() if report.exists() else ""
-        peak = int(reported) * 1024 if reported else kernel_peak
-        return ChildRun(code, seconds, peak, last_error)
+        peak = int(reported) * 1024 if reported else usage.ru_maxrss * 1024
+        return ChildRun(code, seconds, usage.ru_utime + usage.ru_stime, peak, last_error)
 
 
-def _wait_for(command: Sequence[str], timeout: float) -> tuple[int, float, int, str]:
+def _wait_for(command: Sequence[str], timeout: float) -> tuple[int, float, resource.struct_rusage, str]:
     with tempfile.TemporaryFile() as errors:
         started = time.perf_counter()
         child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors, stdin=subprocess.DEVNULL)
@@ -112,7 +114,7 @@ def _wait_for(command: Sequence[str], timeout: float) -> tuple[int, float, int, 
                 child.returncode = os.waitstatus_to_exitcode(status)
                 errors.seek(0)
                 lines = errors.read().decode("utf-8", "replace").strip().splitlines()
-                return child.returncode, seconds, usage.ru_maxrss * 1024, lines[-1] if lines else ""
+                return child.returncode, seconds, usage, lines[-1] if lines else ""
             if time.perf_counter() > deadline:
                 os.kill(child.pid, signal.SIGKILL)
                 os.wait4(child.pid, 0)
