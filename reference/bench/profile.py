@@ -37,6 +37,7 @@ from dynamo_backend_protocol.reference.context import Context
 
 Chunks = AsyncIterator[dict[str, Any]]
 _SETUP = event(EventKind.SETUP)
+_MODE = Mode.AGGREGATED
 
 
 async def _layer(chunks: Chunks) -> AsyncIterator[object]:
@@ -61,6 +62,7 @@ async def _annotated(chunks: Chunks) -> AsyncIterator[object]:
 
 async def _classified(chunks: Chunks) -> AsyncIterator[object]:
     next_chunk = chunks.__anext__
+    mode = _MODE
     position = 0
     while True:
         try:
@@ -68,12 +70,12 @@ async def _classified(chunks: Chunks) -> AsyncIterator[object]:
         except StopAsyncIteration:
             return
         position += 1
-        classify_item(chunk, position, Mode.AGGREGATED, True)
+        classify_item(chunk, position, mode, True)
         yield Annotated(chunk)
 
 
 def _streaming_machine(keep_history: bool) -> RequestMachine:
-    machine = RequestMachine(Mode.AGGREGATED, keep_history=keep_history)
+    machine = RequestMachine(_MODE, keep_history=keep_history)
     machine.fire(_SETUP)
     return machine
 
@@ -81,6 +83,7 @@ def _streaming_machine(keep_history: bool) -> RequestMachine:
 async def _looked_up(chunks: Chunks) -> AsyncIterator[object]:
     machine = _streaming_machine(keep_history=False)
     next_chunk = chunks.__anext__
+    mode = _MODE
     position = 0
     while True:
         try:
@@ -88,7 +91,7 @@ async def _looked_up(chunks: Chunks) -> AsyncIterator[object]:
         except StopAsyncIteration:
             return
         position += 1
-        ev = classify_item(chunk, position, Mode.AGGREGATED, True)
+        ev = classify_item(chunk, position, mode, True)
         state = machine.state
         step = state.successors.get(ev)
         if step is not None and step.actions is FORWARD_ONLY and step.after is state:
@@ -102,6 +105,7 @@ async def _recorded(chunks: Chunks) -> AsyncIterator[object]:
     machine = _streaming_machine(keep_history=True)
     record = machine.keep_step
     next_chunk = chunks.__anext__
+    mode = _MODE
     position = 0
     while True:
         try:
@@ -109,7 +113,7 @@ async def _recorded(chunks: Chunks) -> AsyncIterator[object]:
         except StopAsyncIteration:
             return
         position += 1
-        ev = classify_item(chunk, position, Mode.AGGREGATED, True)
+        ev = classify_item(chunk, position, mode, True)
         state = machine.state
         step = state.successors.get(ev)
         if step is not None and step.actions is FORWARD_ONLY and step.after is state:
