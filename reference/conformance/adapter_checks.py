@@ -108,7 +108,7 @@ async def probe_aborted_stream(settings: KitSettings) -> Verdicts:
         plan = RequestPlan(Action.STOP, 1, STOPPABLE, while_waiting=True)
         run = await session.drive(plan, "conformance-stop-and-abort")
         await session.settle()
-    if run.finish_reason() == "cancelled":
+    if run.cancelled():
         return {F.ABORTED_STREAM_NOT_ENDED: None}
     aborts = len(run.log.aborts) if run.log is not None else 0
     timed_out = run.ending is Ending.TIMED_OUT
@@ -129,7 +129,7 @@ async def probe_kill(settings: KitSettings) -> Verdicts:
             f"after context.kill() the stream did not end within {settings.cancel_deadline:g} s; a kill is also a "
             "stop (context.is_stopped() is true): end the stream with a 'cancelled' terminal"
         )
-    elif run.finish_reason() == "cancelled":
+    elif run.cancelled():
         return {F.KILL_NOT_HANDLED_LIKE_STOP: None}
     else:
         problem = (

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dynamo_backend_protocol.model import DynamoError, Mode, Step
+from dynamo_backend_protocol.model import DynamoError, FinishReason, Mode, Step
+from dynamo_backend_protocol.model.chunks import finish_reason_meaning
 from dynamo_backend_protocol.reference.adapter import EngineAdapter, ResponseStream, TraceSink
 from dynamo_backend_protocol.reference.annotated import Annotated
 from dynamo_backend_protocol.reference.conformance.recording import RecordingEngine, RequestLog
@@ -103,6 +104,10 @@ class RequestRun:
     def finish_reason(self) -> object:
         terminal = self.terminal()
         return terminal.get("finish_reason") if terminal is not None else None
+
+    def cancelled(self) -> bool:
+        """Whether the stream ended with a terminal Dynamo reads as cancelled (``cancelled`` or ``abort``)."""
+        return finish_reason_meaning(self.finish_reason()) is FinishReason.CANCELLED
 
     def describe_end(self) -> str:
         """How the stream ended, for a reason: 'ended with finish_reason 'stop'', 'ended with an error item: ...'."""

@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dynamo_backend_protocol.model import FinishReason
+from dynamo_backend_protocol.model.chunks import finish_reason_meaning
 from dynamo_backend_protocol.model.lifecycle import LifecycleEvent
 from dynamo_backend_protocol.model.rules import summary
 from dynamo_backend_protocol.reference.conformance.checks import Failure, Verdicts
@@ -230,7 +232,7 @@ def _cancelled_terminal_problem(run: RawRun) -> str | None:
     terminal = run.terminal_index()
     if terminal is not None:
         reason = _reason_of(run.items[terminal])
-        if reason == "cancelled":
+        if finish_reason_meaning(reason) is FinishReason.CANCELLED:
             return None
         return f"{prefix} ended with finish_reason {reason!r} instead of 'cancelled'"
     error = run.first_error()
