@@ -62,7 +62,8 @@ class AdapterSession:
 
     async def drive(self, plan: RequestPlan, request_id: str) -> RequestRun:
         limits = DriveLimits(self.settings.stream_timeout, self.settings.cancel_deadline)
-        return await drive(self.adapter, self.recorder, self.collector, plan, request_id, limits)
+        return await drive(self.adapter, self.recorder, self.collector, plan, request_id, limits,
+                           self.settings.requests)
 
     async def warm_up(self) -> None:
         """One short request first, so tasks an engine starts lazily on its first request (an output

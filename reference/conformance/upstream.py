@@ -19,7 +19,7 @@ from dynamo_backend_protocol.model.chunks import finish_reason_meaning
 from dynamo_backend_protocol.model.lifecycle import LifecycleEvent
 from dynamo_backend_protocol.model.rules import summary
 from dynamo_backend_protocol.reference.conformance.checks import Failure, Verdicts
-from dynamo_backend_protocol.reference.conformance.drive import CANCEL_MAX_TOKENS, PLAIN_MAX_TOKENS, kit_request
+from dynamo_backend_protocol.reference.conformance.drive import CANCEL_MAX_TOKENS, PLAIN_MAX_TOKENS
 from dynamo_backend_protocol.reference.conformance.recording import RecordingEngine
 from dynamo_backend_protocol.reference.conformance.session import (
     KitSettings,
@@ -117,8 +117,13 @@ async def probe_start(settings: KitSettings) -> Verdicts:
     return {F.START_FAILED: None, F.EMPTY_MODEL_IN_CONFIG: _model_problem(config)}
 
 
+def model_of(config: object) -> object:
+    """The ``model`` of what ``start`` returned (an EngineConfig, Dynamo's or ours, or a mapping)."""
+    return config.get("model") if isinstance(config, Mapping) else getattr(config, "model", None)
+
+
 def _model_problem(config: object) -> str | None:
-    model = config.get("model") if isinstance(config, Mapping) else getattr(config, "model", None)
+    model = model_of(config)
     if model is None:
         return f"start returned {type(config).__name__}, which has no model; return EngineConfig(model=...)"
     if not isinstance(model, str) or not model.strip():
@@ -130,7 +135,7 @@ async def probe_plain_stream(settings: KitSettings) -> Verdicts:
     verdicts: Verdicts = {}
     async with engine_session(settings) as session:
         context = Context("conformance-plain")
-        request = kit_request(settings.mode, PLAIN_MAX_TOKENS)
+        request = settings.requests.request(PLAIN_MAX_TOKENS)
         try:
             stream = await bounded(open_raw_stream(session.engine, request, context), settings.stream_timeout,
                                    "generate")
@@ -179,7 +184,7 @@ async def probe_concurrent(settings: KitSettings) -> Verdicts:
 
         async def one(number: int) -> str | None:
             context = Context(f"conformance-concurrent-{number}")
-            request = kit_request(settings.mode, PLAIN_MAX_TOKENS)
+            request = settings.requests.request(PLAIN_MAX_TOKENS)
             try:
                 stream = await bounded(open_raw_stream(session.engine, request, context), settings.stream_timeout,
                                        "generate")
@@ -207,7 +212,7 @@ async def probe_concurrent(settings: KitSettings) -> Verdicts:
 async def probe_cancellation(settings: KitSettings) -> Verdicts:
     async with engine_session(settings) as session:
         context = Context("conformance-cancel")
-        request = kit_request(settings.mode, CANCEL_MAX_TOKENS)
+        request = settings.requests.request(CANCEL_MAX_TOKENS)
         try:
             stream = await bounded(open_raw_stream(session.engine, request, context), settings.stream_timeout,
                                    "generate")
