@@ -121,6 +121,8 @@ class RequestRun:
     cancelled_by_client: bool = False
     """The plan's stop or kill actually happened (the stream may have ended before its turn)."""
     dropped_by_client: bool = False
+    acted_after: int | None = None
+    """How many items the client had received when it stopped, killed or dropped the request."""
     trace: list[Step] = field(default_factory=list)
     log: RequestLog | None = None
 
@@ -132,6 +134,16 @@ class RequestRun:
     def finish_reason(self) -> object:
         terminal = self.terminal()
         return terminal.get("finish_reason") if terminal is not None else None
+
+    def ended_before_cancel(self) -> bool:
+        """The terminal had already arrived when the client stopped or killed the request: it was over,
+        so the stop was absorbed and says nothing about how the engine handles one."""
+        return (
+            self.cancelled_by_client
+            and self.ending is Ending.TERMINAL
+            and self.acted_after is not None
+            and self.acted_after >= len(self.received)
+        )
 
     def cancelled(self) -> bool:
         """Whether the stream ended with a terminal Dynamo reads as cancelled (``cancelled`` or ``abort``)."""
@@ -220,6 +232,7 @@ class _Client:
     async def act(self) -> bool:
         """Stop, kill or drop; returns whether the client is done with the stream."""
         self.acted = True
+        self.run.acted_after = len(self.run.received)
         if self.plan.action is Action.DROP:
             self.run.dropped_by_client, self.run.ending = True, Ending.DROPPED
             await self.stream.aclose()
