@@ -29,8 +29,10 @@ from dynamo_backend_protocol.reference.conformance.adapter_checks import (
 )
 from dynamo_backend_protocol.reference.conformance.checks import SPECS, CheckSpec, Failure, Verdicts
 from dynamo_backend_protocol.reference.conformance.construction import declared_mode, engine_factory, resolve_mode
+from dynamo_backend_protocol.reference.conformance.encode_checks import ENCODE_CHECKS
 from dynamo_backend_protocol.reference.conformance.fuzz import probe_schedules
 from dynamo_backend_protocol.reference.conformance.handoff import prepare_requests
+from dynamo_backend_protocol.reference.conformance.kv_events import OPTIONAL_HOOKS, probe_kv_event_sources
 from dynamo_backend_protocol.reference.conformance.report import CheckResult, CheckStatus, ConformanceReport, one_line
 from dynamo_backend_protocol.reference.conformance.session import (
     EngineFactory,
@@ -64,8 +66,13 @@ class Probe:
 
 PROBES: tuple[Probe, ...] = (
     Probe((F.START_FAILED, F.EMPTY_MODEL_IN_CONFIG), probe_start),
+    # Where a Worker calls it: after start, before serving.
+    Probe((F.KV_EVENT_SOURCES_FAILED, F.KV_EVENT_SOURCES_NOT_IDEMPOTENT), probe_kv_event_sources),
     Probe(
-        (F.GENERATE_FAILED, F.NO_CHUNKS_YIELDED, F.STREAM_YIELDED_ERROR, F.CHUNK_AFTER_TERMINAL, F.NO_TERMINAL_CHUNK),
+        (
+            F.GENERATE_FAILED, F.NO_CHUNKS_YIELDED, F.STREAM_YIELDED_ERROR, F.CHUNK_AFTER_TERMINAL,
+            F.NO_TERMINAL_CHUNK, F.COMPLETION_TOKENS_MISMATCH, *ENCODE_CHECKS,
+        ),
         probe_plain_stream,
     ),
     Probe((F.CONCURRENT_GENERATE_FAILED,), probe_concurrent),
@@ -119,7 +126,9 @@ async def run_conformance(
     # Fails early, and once, if the factory cannot make an engine; says which mode the engine serves.
     first = await make_engine(factory, label)
     checked_mode = resolve_mode(asked, declared_mode(factory, first), label)
-    settings = KitSettings(factory, label, checked_mode, cancel_deadline, examples, trace_sink=trace_sink)
+    hooks = frozenset(name for name in OPTIONAL_HOOKS if callable(getattr(first, name, None)))
+    settings = KitSettings(factory, label, checked_mode, cancel_deadline, examples, trace_sink=trace_sink,
+                           engine_hooks=hooks)
     settings = dataclasses.replace(settings, requests=await prepare_requests(settings))
     started = time.perf_counter()
     results: dict[Failure, CheckResult] = {}
@@ -149,6 +158,10 @@ def assert_conforms(factory: EngineFactory, **options: object) -> None:
 def _not_applicable(spec: CheckSpec, settings: KitSettings) -> str | None:
     if spec.only_in is not None and settings.mode is not spec.only_in:
         return f"applies to {spec.only_in.value} mode only (checking {settings.mode.value})"
+    if spec.not_in is not None and settings.mode is spec.not_in:
+        return f"does not apply to {spec.not_in.value} mode"
+    if spec.needs_hook is not None and spec.needs_hook not in settings.engine_hooks:
+        return f"the engine offers no {spec.needs_hook}()"
     if spec.failure is F.SCHEDULE_FAILED and settings.examples == 0:
         return "property-based phase turned off (0 examples)"
     return None

@@ -112,6 +112,8 @@ class KitSettings:
     trace_sink: TraceSink | None = None
     requests: RequestShape = field(default_factory=lambda: RequestShape(Mode.AGGREGATED))
     """How the kit's requests look for this engine (its model name, the mode's hand-off)."""
+    engine_hooks: frozenset[str] = frozenset()
+    """The optional engine methods the engine has, which decide whether the checks of those apply."""
 
     def adapter(self, engine: Any, trace_sink: TraceSink | None = None) -> EngineAdapter:
         return EngineAdapter(engine, self.mode, trace_sink=trace_sink or self.trace_sink)

@@ -14,12 +14,13 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dynamo_backend_protocol.model import FinishReason
+from dynamo_backend_protocol.model import FinishReason, Mode
 from dynamo_backend_protocol.model.chunks import finish_reason_meaning
 from dynamo_backend_protocol.model.lifecycle import LifecycleEvent
 from dynamo_backend_protocol.model.rules import summary
 from dynamo_backend_protocol.reference.conformance.checks import Failure, Verdicts
 from dynamo_backend_protocol.reference.conformance.drive import CANCEL_MAX_TOKENS, PLAIN_MAX_TOKENS
+from dynamo_backend_protocol.reference.conformance.encode_checks import encode_verdicts
 from dynamo_backend_protocol.reference.conformance.recording import RecordingEngine
 from dynamo_backend_protocol.reference.conformance.session import (
     KitSettings,
@@ -151,6 +152,10 @@ async def probe_plain_stream(settings: KitSettings) -> Verdicts:
     verdicts[F.NO_CHUNKS_YIELDED] = None
     verdicts[F.STREAM_YIELDED_ERROR] = run.first_error()
     terminal = run.terminal_index()
+    terminal_chunk = run.items[terminal] if terminal is not None else None
+    if settings.mode is Mode.ENCODE:
+        assert terminal_chunk is None or isinstance(terminal_chunk, Mapping)
+        verdicts.update(encode_verdicts(run.items, terminal_chunk, len(request["token_ids"])))
     if terminal is None:
         how = f"was still going after {settings.stream_timeout:g} s" if run.timed_out else "ended"
         verdicts[F.NO_TERMINAL_CHUNK] = (
@@ -167,7 +172,29 @@ async def probe_plain_stream(settings: KitSettings) -> Verdicts:
         else f"item #{terminal + 2} ({_short(after[0])}) came after the terminal "
         f"(item #{terminal + 1}, finish_reason {_reason_of(run.items[terminal])!r}); end the stream right after it"
     )
+    verdicts[F.COMPLETION_TOKENS_MISMATCH] = completion_tokens_problem(run.items[: terminal + 1])
     return verdicts
+
+
+def completion_tokens_problem(chunks: list[object]) -> str | None:
+    """Upstream's CompletionTokensMismatch: the terminal's ``completion_tokens``, when it reports usage, must
+    be the number of token ids streamed (the framework counts output tokens from the chunks)."""
+    usage = _field(chunks[-1], "completion_usage")
+    reported = usage.get("completion_tokens") if isinstance(usage, Mapping) else None
+    token_lists = [_field(chunk, "token_ids") for chunk in chunks]
+    if type(reported) is not int or not all(isinstance(ids, list) for ids in token_lists):
+        return None  # Nothing to compare, or ids that cannot be counted (MalformedChunk's business).
+    streamed = sum(len(ids) for ids in token_lists if isinstance(ids, list))
+    if streamed == reported:
+        return None
+    return (
+        f"the stream carried {streamed} token id(s) but its terminal reports completion_tokens {reported}; "
+        "count the tokens you yield (the framework records output tokens from the chunks)"
+    )
+
+
+def _field(item: object, key: str) -> object:
+    return item.get(key) if isinstance(item, Mapping) else None
 
 
 def _reason_of(item: object) -> object:
