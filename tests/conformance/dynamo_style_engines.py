@@ -132,3 +132,17 @@ class StopIgnoringEncodeEngine(OneChunkEncodeEngine):
     """The same encode worker, never looking at the context."""
 
     honour_stop = False
+
+
+class FinishReasonEngine(FromArgsEngine):
+    """Ends every completed request with the finish reason it was built with (Dynamo's vocabulary)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+    async def generate(self, request: dict[str, Any], context: Any) -> AsyncIterator[dict[str, Any]]:
+        async for chunk in super().generate(request, context):
+            if chunk.get("finish_reason") == "eos":
+                chunk["finish_reason"] = self.reason
+            yield chunk

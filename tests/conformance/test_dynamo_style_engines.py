@@ -5,6 +5,7 @@ prefill hand-off, requests naming start()'s model, and Dynamo's finish reasons j
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 import dynamo_style_engines as style
@@ -49,6 +50,14 @@ def test_decode_requests_carry_the_hand_off_of_a_prefill_run_of_the_same_engine(
     prefill role and forwarded the terminal's disaggregated_params, as Dynamo's PrefillRouter does."""
     report = conform(style.FromArgsEngine, engine_args=["--disaggregation-mode", "decode"], examples=0)
     assert report.result(C.GENERATE_FAILED).passed, report.render()
+
+
+@pytest.mark.parametrize("reason", ["eos", "stop", "length", "content_filter", "error", "error: boom"])
+def test_every_dynamo_finish_reason_ends_a_conforming_stream(reason: str) -> None:
+    """Dynamo reads each of these as a terminal, so the kit does too: no MalformedChunk, no
+    NoTerminalChunk, and (with 'abort' after a stop) every cancellation check passes."""
+    report = conform(functools.partial(style.FinishReasonEngine, reason=reason))
+    assert report.ok, report.render()
 
 
 def test_a_mode_that_disagrees_with_the_declared_one_is_refused() -> None:
