@@ -54,6 +54,14 @@ class RequestShape:
     prefill_source: str = "synthetic"
     """Where the decode requests' prefill result came from, for the report."""
 
+    def describe(self) -> str:
+        said = f"model {self.model!r}"
+        if self.mode is Mode.DECODE:
+            said += f"; prefill_result {self.prefill_source}"
+        elif self.mode is Mode.ENCODE:
+            said += "; multi_modal_data with one image"
+        return said
+
     def request(self, max_tokens: int) -> dict[str, Any]:
         """A fresh request shaped like the preprocessor's (engines may change what they get)."""
         request: dict[str, Any] = {

@@ -37,11 +37,11 @@ async def prepare_requests(settings: KitSettings) -> RequestShape:
         return RequestShape(settings.mode, model)
     prefill = prefill_factory(settings.factory)
     if prefill is None:
-        return RequestShape(Mode.DECODE, model)
+        return RequestShape(Mode.DECODE, model, prefill_source="synthetic (cannot build it for prefill)")
     params = await _prefill_params(dataclasses.replace(settings, factory=prefill, mode=Mode.PREFILL), model)
     if params is None:
         return RequestShape(Mode.DECODE, model, prefill_source="synthetic (the prefill run gave no hand-off)")
-    return RequestShape(Mode.DECODE, model, {"disaggregated_params": params}, "a prefill run of the same engine")
+    return RequestShape(Mode.DECODE, model, {"disaggregated_params": params}, "from a prefill run of the same engine")
 
 
 async def _served_model(settings: KitSettings) -> str:

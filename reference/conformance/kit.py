@@ -135,7 +135,7 @@ async def run_conformance(
     for probe in PROBES:
         await _run_probe(probe, settings, results)
     ordered = [results[spec_failure] for spec_failure in SPECS]
-    return ConformanceReport(label, checked_mode, ordered, time.perf_counter() - started)
+    return ConformanceReport(label, checked_mode, ordered, time.perf_counter() - started, settings.requests.describe())
 
 
 def assert_conforms(factory: EngineFactory, **options: object) -> None:
