@@ -60,6 +60,14 @@ def test_mode_option_checks_the_engine_in_that_mode(pytester: pytest.Pytester) -
     result.assert_outcomes(passed=1, deselected=len(CHECKS) - 1)
 
 
+def test_engine_args_build_the_engine_through_from_args_in_its_declared_mode(pytester: pytest.Pytester) -> None:
+    """--dbp-engine-args feeds from_args, and without --dbp-mode the engine's declared mode is checked:
+    the decode-only check runs, so the engine was built for decode."""
+    result = run(pytester, "--dbp-engine", "dynamo_style_engines:FromArgsEngine",
+                 "--dbp-engine-args", "--disaggregation-mode decode", "-k", "AbortBeforeFirstToken")
+    result.assert_outcomes(passed=1, deselected=len(CHECKS) - 1)
+
+
 def test_without_the_option_the_plugin_adds_nothing(pytester: pytest.Pytester) -> None:
     """Installed but not asked for, the plugin leaves a suite alone."""
     pytester.makepyfile(test_plain="def test_one():\n    assert True\n")
