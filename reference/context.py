@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Literal
 
@@ -29,8 +29,9 @@ def _string(value: object, what: str) -> str:
     return value
 
 
-class ContextMetadata(MutableMapping[str, str]):
-    """A live view of a context's propagated metadata: string keys to string values."""
+class ContextMetadata:
+    """A live view of a context's propagated metadata, string keys to string values, with the
+    methods of Dynamo's ``ContextMetadata`` (``keys``, ``values`` and ``items`` give lists)."""
 
     __slots__ = ("_entries",)
 
@@ -46,11 +47,36 @@ class ContextMetadata(MutableMapping[str, str]):
     def __delitem__(self, key: str) -> None:
         del self._entries[key]
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(tuple(self._entries))
-
     def __len__(self) -> int:
         return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._entries))
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        return self._entries.get(key, default)
+
+    def pop(self, key: str, default: str | None = None) -> str | None:
+        """Remove ``key`` and return its value; a missing key gives ``default``, or KeyError
+        when there is none (as in Dynamo, where a default of None counts as none)."""
+        if default is None:
+            return self._entries.pop(key)
+        return self._entries.pop(key, default)
+
+    def keys(self) -> list[str]:
+        return list(self._entries)
+
+    def values(self) -> list[str]:
+        return list(self._entries.values())
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._entries.items())
+
+    def clear(self) -> None:
+        self._entries.clear()
 
     def copy(self) -> dict[str, str]:
         return dict(self._entries)
@@ -92,9 +118,10 @@ _GENERATE_SPAN = Span("engine.generate")
 
 
 def _metadata_entries(metadata: Mapping[str, str] | None) -> dict[str, str]:
-    entries: dict[str, str] = {}
-    ContextMetadata(entries).update(metadata or {})
-    return entries
+    view = ContextMetadata({})
+    for key, value in (metadata or {}).items():
+        view[key] = value
+    return view.copy()
 
 
 class Context:
