@@ -68,6 +68,14 @@ class CheckSpec:
 F = Failure
 _SINGLE_STREAM_OK = (F.CHUNK_AFTER_TERMINAL, F.NO_TERMINAL_CHUNK)
 _ENCODE_TERMINAL = (F.NO_TERMINAL_CHUNK,)
+ENCODE_SUITE = (
+    F.ENCODE_CHUNK_COUNT,
+    F.ENCODE_TERMINAL_EXPECTED,
+    F.ENCODE_TOKENS_NOT_EMPTY,
+    F.ENCODE_USAGE_MISMATCH,
+    F.ENCODER_RESULT_EXPECTED_OBJECT,
+)
+"""Upstream's encode suite, judged in encode mode only."""
 _WELL_FORMED_AND_CANCELLABLE = (F.MALFORMED_CHUNK, F.CANCELLATION_IGNORED)
 
 CHECKS: tuple[CheckSpec, ...] = (
@@ -80,7 +88,11 @@ CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec(F.STREAM_YIELDED_ERROR, "every item is a chunk, not an error", (F.NO_CHUNKS_YIELDED,), upstream=True),
     CheckSpec(F.CHUNK_AFTER_TERMINAL, "nothing follows the terminal chunk", (F.STREAM_YIELDED_ERROR,), upstream=True),
     CheckSpec(F.NO_TERMINAL_CHUNK, "the stream ends with a terminal chunk", (F.STREAM_YIELDED_ERROR,), upstream=True),
-    CheckSpec(F.CONCURRENT_GENERATE_FAILED, "8 interleaved requests all complete", _SINGLE_STREAM_OK, upstream=True),
+    # In encode mode each of them must be a well-formed hand-off, so the encode checks come first.
+    CheckSpec(
+        F.CONCURRENT_GENERATE_FAILED, "8 interleaved requests all complete", (*_SINGLE_STREAM_OK, *ENCODE_SUITE),
+        upstream=True,
+    ),
     CheckSpec(
         F.CANCELLATION_NOT_OBSERVED, "a stream stopped once live ends within the deadline", _SINGLE_STREAM_OK,
         upstream=True,

@@ -14,13 +14,6 @@ from dynamo_backend_protocol.model.chunks import finish_reason_meaning
 from dynamo_backend_protocol.reference.conformance.checks import Failure, Verdicts
 
 F = Failure
-ENCODE_CHECKS = (
-    F.ENCODE_CHUNK_COUNT,
-    F.ENCODE_TERMINAL_EXPECTED,
-    F.ENCODE_TOKENS_NOT_EMPTY,
-    F.ENCODE_USAGE_MISMATCH,
-    F.ENCODER_RESULT_EXPECTED_OBJECT,
-)
 
 
 def encode_verdicts(items: Sequence[object], terminal: Mapping[str, object] | None, prompt_tokens: int) -> Verdicts:

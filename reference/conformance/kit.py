@@ -27,9 +27,8 @@ from dynamo_backend_protocol.reference.conformance.adapter_checks import (
     probe_lifecycle,
     probe_well_formed,
 )
-from dynamo_backend_protocol.reference.conformance.checks import SPECS, CheckSpec, Failure, Verdicts
+from dynamo_backend_protocol.reference.conformance.checks import ENCODE_SUITE, SPECS, CheckSpec, Failure, Verdicts
 from dynamo_backend_protocol.reference.conformance.construction import declared_mode, engine_factory, resolve_mode
-from dynamo_backend_protocol.reference.conformance.encode_checks import ENCODE_CHECKS
 from dynamo_backend_protocol.reference.conformance.fuzz import probe_schedules
 from dynamo_backend_protocol.reference.conformance.handoff import prepare_requests
 from dynamo_backend_protocol.reference.conformance.kv_events import OPTIONAL_HOOKS, probe_kv_event_sources
@@ -71,7 +70,7 @@ PROBES: tuple[Probe, ...] = (
     Probe(
         (
             F.GENERATE_FAILED, F.NO_CHUNKS_YIELDED, F.STREAM_YIELDED_ERROR, F.CHUNK_AFTER_TERMINAL,
-            F.NO_TERMINAL_CHUNK, F.COMPLETION_TOKENS_MISMATCH, *ENCODE_CHECKS,
+            F.NO_TERMINAL_CHUNK, F.COMPLETION_TOKENS_MISMATCH, *ENCODE_SUITE,
         ),
         probe_plain_stream,
     ),

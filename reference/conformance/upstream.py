@@ -222,9 +222,18 @@ async def probe_concurrent(settings: KitSettings) -> Verdicts:
             error = run.first_error()
             if error is not None:
                 return f"request {number}: {error}"
-            if run.terminal_index() is None:
+            terminal = run.terminal_index()
+            if terminal is None:
                 how = "did not finish in time" if run.timed_out else "ended without a terminal chunk"
                 return f"request {number}: the stream {how}"
+            if settings.mode is Mode.ENCODE:
+                # As upstream: every concurrent encode request must get its own well-formed hand-off.
+                handoff = run.items[terminal]
+                assert isinstance(handoff, Mapping)
+                verdicts = encode_verdicts(run.items, handoff, len(request["token_ids"]))
+                broken = next(((name, why) for name, why in verdicts.items() if why is not None), None)
+                if broken is not None:
+                    return f"request {number}: {broken[0]}: {broken[1]}"
             return None
 
         problems = [p for p in await asyncio.gather(*(one(n) for n in range(1, CONCURRENT_REQUESTS + 1))) if p]

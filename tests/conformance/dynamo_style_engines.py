@@ -146,3 +146,22 @@ class FinishReasonEngine(FromArgsEngine):
             if chunk.get("finish_reason") == "eos":
                 chunk["finish_reason"] = self.reason
             yield chunk
+
+
+class OneEncoderAtATimeEngine(OneChunkEncodeEngine):
+    """Shares one encoder buffer: a request that arrives while another is encoding hands off the
+    buffer's name, a string, instead of its own encoder_result object."""
+
+    def __init__(self) -> None:
+        self.encoding = False
+
+    async def generate(self, request: dict[str, Any], context: Any) -> AsyncIterator[dict[str, Any]]:
+        shared = self.encoding
+        self.encoding = True
+        try:
+            async for chunk in super().generate(request, context):
+                if shared and "encoder_result" in chunk:
+                    chunk["encoder_result"] = "encoder-buffer-0"
+                yield chunk
+        finally:
+            self.encoding = False

@@ -42,6 +42,8 @@ NOT_APPLICABLE = {
     Mode.ENCODE: DECODE_ONLY | {C.COMPLETION_TOKENS_MISMATCH},
 }
 """What a SampleEngine-based engine is not judged on in each mode (it offers kv_event_sources, so those apply)."""
+AFTER_ENCODE_SUITE = {C.CONCURRENT_GENERATE_FAILED, C.SCHEDULE_FAILED}
+"""What needs encode mode's hand-off to be right first (each concurrent request must get one)."""
 KV_SOURCES = {C.KV_EVENT_SOURCES_FAILED, C.KV_EVENT_SOURCES_NOT_IDEMPOTENT}
 AFTER_ONE_STREAM = {
     C.COMPLETION_TOKENS_MISMATCH, C.CONCURRENT_GENERATE_FAILED, C.CANCELLATION_NOT_OBSERVED, C.CANCELLATION_IGNORED,
@@ -86,12 +88,16 @@ CASES: dict[ConformanceCheck, tuple[Any, Mode, set[ConformanceCheck], str]] = {
     C.KV_EVENT_SOURCES_NOT_IDEMPOTENT: (broken.KvSourcesShiftEngine, Mode.AGGREGATED, set(), "[0] and then [1]"),
     C.COMPLETION_TOKENS_MISMATCH: (broken.OvercountingEngine, Mode.AGGREGATED, set(),
                                    "carried 8 token id(s) but its terminal reports completion_tokens 9"),
-    C.ENCODE_CHUNK_COUNT: (broken.ProgressChunksEncodeEngine, Mode.ENCODE, set(), "got 2 items"),
-    C.ENCODE_TERMINAL_EXPECTED: (broken.LengthFinishEncodeEngine, Mode.ENCODE, set(), "finish_reason is 'length'"),
-    C.ENCODE_TOKENS_NOT_EMPTY: (broken.TokensInHandoffEncodeEngine, Mode.ENCODE, set(), "carries 2 token id(s)"),
-    C.ENCODE_USAGE_MISMATCH: (broken.CountsEmbeddingsEncodeEngine, Mode.ENCODE, set(), "'completion_tokens': 16"),
+    C.ENCODE_CHUNK_COUNT: (broken.ProgressChunksEncodeEngine, Mode.ENCODE, AFTER_ENCODE_SUITE, "got 2 items"),
+    C.ENCODE_TERMINAL_EXPECTED: (broken.LengthFinishEncodeEngine, Mode.ENCODE, AFTER_ENCODE_SUITE,
+                                 "finish_reason is 'length'"),
+    C.ENCODE_TOKENS_NOT_EMPTY: (broken.TokensInHandoffEncodeEngine, Mode.ENCODE, AFTER_ENCODE_SUITE,
+                                "carries 2 token id(s)"),
+    C.ENCODE_USAGE_MISMATCH: (broken.CountsEmbeddingsEncodeEngine, Mode.ENCODE, AFTER_ENCODE_SUITE,
+                              "'completion_tokens': 16"),
     C.ENCODER_RESULT_EXPECTED_OBJECT: (broken.HandleOnlyEncodeEngine, Mode.ENCODE,
-                                       {C.MALFORMED_CHUNK, *AFTER_WELL_FORMED}, "is str, not an object"),
+                                       {C.MALFORMED_CHUNK, *AFTER_WELL_FORMED, *AFTER_ENCODE_SUITE},
+                                       "is str, not an object"),
     C.MALFORMED_CHUNK: (broken.IntTokenEngine, Mode.AGGREGATED, AFTER_WELL_FORMED, "'token_ids' must be a list"),
     C.ABORTED_STREAM_NOT_ENDED: (broken.StrandedByAbortEngine, Mode.AGGREGATED,
                                  {C.KILL_NOT_HANDLED_LIKE_STOP, C.SCHEDULE_FAILED}, "engine.abort"),

@@ -131,3 +131,11 @@ def test_the_same_one_chunk_engine_ignoring_cancellation_fails_by_name(engine: t
     assert failed(report) == {C.CANCELLATION_IGNORED}
     assert "instead of 'cancelled'" in report.result(C.CANCELLATION_IGNORED).reason
     assert report.result(C.ABORTED_STREAM_NOT_ENDED).skipped
+
+
+def test_concurrent_encode_requests_each_need_their_own_well_formed_hand_off() -> None:
+    """As upstream's kit: each of the eight interleaved encode requests is judged by the encode suite,
+    so a shared encoder that serves one request at a time is caught, naming the broken part."""
+    report = conform(style.OneEncoderAtATimeEngine)
+    assert failed(report) == {C.CONCURRENT_GENERATE_FAILED}
+    assert "EncoderResultExpectedObject" in report.result(C.CONCURRENT_GENERATE_FAILED).reason
