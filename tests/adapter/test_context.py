@@ -190,15 +190,3 @@ async def test_the_cancellation_future_resolves_when_another_thread_stops_the_re
     stopper.start()
     assert await asyncio.wait_for(waiting, 5) is True
     stopper.join()
-
-
-@async_test
-async def test_a_cancelled_wait_leaves_nothing_behind() -> None:
-    """An engine that gives up waiting (its task cancelled) must not leave a waiter on the context."""
-    context = Context()
-    waiting = context.async_killed_or_stopped()
-    waiting.cancel()
-    await asyncio.sleep(0)
-    context.stop_generating()
-    assert waiting.cancelled()
-    assert context._waiters == []
