@@ -14,12 +14,12 @@ from dynamo_backend_protocol.model.vocabulary import Event, EventKind, FinishRea
 TOKEN_CHUNK = event(EventKind.TOKEN_CHUNK)
 EMPTY_CHUNK = event(EventKind.EMPTY_CHUNK)
 ERROR = event(EventKind.ERROR)
-_TERMINALS: dict[tuple[str, bool], Event] = {
-    (reason.value, with_tokens): event(EventKind.TERMINAL, reason, with_tokens)
+_TERMINALS: dict[tuple[FinishReason, bool], Event] = {
+    (reason, with_tokens): event(EventKind.TERMINAL, reason, with_tokens)
     for reason in FinishReason
     for with_tokens in (False, True)
 }
-_LENIENT_UNKNOWN_REASON = FinishReason.ERROR.value
+_LENIENT_UNKNOWN_REASON = FinishReason.ERROR
 
 
 class ChunkProblem(DynamoError):
@@ -30,6 +30,11 @@ class ChunkProblem(DynamoError):
         self.field = field
         self.problem = problem
         super().__init__(BackendError.UNKNOWN, f"engine item #{position}: field {field!r} {problem}")
+
+
+def finish_reason_meaning(reason: object) -> FinishReason | None:
+    """What a chunk's ``finish_reason`` means to Dynamo (``abort`` is cancelled), or None if it means nothing."""
+    return FinishReason.parse(reason) if type(reason) is str else None
 
 
 def _describe(value: object) -> str:
@@ -90,10 +95,7 @@ def classify_item(item: object, position: int, mode: Mode, validate: bool = True
             return problem
     if reason is None:
         return TOKEN_CHUNK if token_ids else EMPTY_CHUNK
-    terminal = _TERMINALS.get((reason, bool(token_ids))) if type(reason) is str else None
-    if terminal is None:
-        terminal = _TERMINALS[(_LENIENT_UNKNOWN_REASON, bool(token_ids))]
-    return terminal
+    return _TERMINALS[(finish_reason_meaning(reason) or _LENIENT_UNKNOWN_REASON, bool(token_ids))]
 
 
 def _shape_problem(
@@ -113,13 +115,13 @@ def _shape_problem(
             return ChunkProblem(position, "completion_usage", usage_problem)
     if reason is None:
         return None
-    if type(reason) is not str or (reason, False) not in _TERMINALS:
-        valid = ", ".join(r.value for r in FinishReason)
-        return ChunkProblem(position, "finish_reason", f"must be one of {valid}, got {_describe(reason)}")
-    if (
-        mode is Mode.ENCODE
-        and reason != FinishReason.CANCELLED.value
-        and not isinstance(item.get("encoder_result"), dict)
+    parsed = finish_reason_meaning(reason)
+    if parsed is None:
+        return ChunkProblem(
+            position, "finish_reason", f"must be one of {FinishReason.spellings()}, got {_describe(reason)}"
+        )
+    if mode is Mode.ENCODE and parsed is not FinishReason.CANCELLED and not isinstance(
+        item.get("encoder_result"), dict
     ):
         return ChunkProblem(
             position,

@@ -64,10 +64,35 @@ class ControlState(Slug):
 
 
 class FinishReason(Slug):
+    """Why a stream ended, in Dynamo's vocabulary (its Rust ``FinishReason``)."""
+
     STOP = "stop"
     LENGTH = "length"
     CANCELLED = "cancelled"
     ERROR = "error"
+    EOS = "eos"
+    CONTENT_FILTER = "content_filter"
+
+    @classmethod
+    def parse(cls, text: str) -> FinishReason | None:
+        """Dynamo's spelling, or None: exact and case-sensitive; ``abort`` means
+        ``cancelled``; ``error: <message>`` is ``error`` (the message is the engine's)."""
+        found = _FINISH_REASONS.get(text)
+        if found is None and text.startswith(ERROR_MESSAGE_PREFIX):
+            return cls.ERROR
+        return found
+
+    @classmethod
+    def spellings(cls) -> str:
+        """Every accepted spelling, for messages that list them."""
+        return "eos, stop, length, cancelled (or abort), content_filter, error (or 'error: <message>')"
+
+
+ERROR_MESSAGE_PREFIX = "error: "
+"""How Dynamo writes an error finish reason that carries a message: ``error: out of memory``."""
+FINISH_REASON_ALIASES = {"abort": FinishReason.CANCELLED}
+"""Other spellings Dynamo parses, with the one meaning each has (vLLM-style engines say ``abort``)."""
+_FINISH_REASONS: dict[str, FinishReason] = {reason.value: reason for reason in FinishReason} | FINISH_REASON_ALIASES
 
 
 class CancelCause(Slug):
@@ -185,7 +210,7 @@ class UnknownEvent(ValueError):
     def __init__(self, text: str) -> None:
         self.text = text
         super().__init__(
-            f"unknown event {text!r}; known events: {', '.join(sorted(_BY_NAME))}"
+            f"unknown event {text!r}; known events: {', '.join(sorted(e.name for e in ALL_EVENTS))}"
         )
 
 
@@ -198,8 +223,18 @@ def event(kind: EventKind, finish_reason: FinishReason | None = None, with_token
     return _BY_KEY[(kind, finish_reason, with_tokens)]
 
 
+_BY_NAME.update(
+    {
+        f"terminal:{alias}{suffix}": _BY_NAME[f"terminal:{reason.value}{suffix}"]
+        for alias, reason in FINISH_REASON_ALIASES.items()
+        for suffix in ("", "+tokens")
+    }
+)
+
+
 def parse_event(text: str) -> Event:
-    """Parse an event slug such as ``token_chunk`` or ``terminal:stop+tokens``."""
+    """Parse an event slug such as ``token_chunk`` or ``terminal:stop+tokens``
+    (``terminal:abort`` is ``terminal:cancelled``, as Dynamo reads it)."""
     found = _BY_NAME.get(text.strip())
     if found is None:
         raise UnknownEvent(text)

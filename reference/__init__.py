@@ -11,6 +11,8 @@ from dynamo_backend_protocol.reference.annotated import Annotated, as_dynamo_err
 from dynamo_backend_protocol.reference.chunks import (
     Chunk,
     cancelled,
+    content_filter,
+    eos,
     error,
     length,
     stop,
@@ -58,6 +60,8 @@ __all__ = [
     "assert_conforms",
     "cancelled",
     "chunks",
+    "content_filter",
+    "eos",
     "error",
     "length",
     "run_conformance",

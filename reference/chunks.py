@@ -1,7 +1,8 @@
 """Helpers that build the chunk dicts an engine yields.
 
-``token(7)`` is a one-token non-terminal chunk; ``stop()``, ``length()``,
-``cancelled()`` and ``error(msg)`` are terminals, refined fluently:
+``token(7)`` is a one-token non-terminal chunk; ``stop()``, ``eos()``,
+``length()``, ``cancelled()``, ``content_filter()`` and ``error(msg)`` are
+terminals in Dynamo's finish-reason vocabulary, refined fluently:
 ``length().with_tokens([22]).with_usage(usage(3, 2))``.
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any, Self
+
+from dynamo_backend_protocol.model.vocabulary import ERROR_MESSAGE_PREFIX
 
 Usage = dict[str, int]
 
@@ -45,6 +48,11 @@ def stop() -> Chunk:
     return _terminal("stop")
 
 
+def eos() -> Chunk:
+    """The model produced its end-of-sequence token."""
+    return _terminal("eos")
+
+
 def length() -> Chunk:
     return _terminal("length")
 
@@ -53,9 +61,15 @@ def cancelled() -> Chunk:
     return _terminal("cancelled")
 
 
-def error(message: str) -> Chunk:
-    """The string form of a mid-stream failure: the error kind is lost (prefer raising DynamoError)."""
-    return _terminal("error").with_field("error_message", message)
+def content_filter() -> Chunk:
+    """The output was withheld by a content filter."""
+    return _terminal("content_filter")
+
+
+def error(message: str = "") -> Chunk:
+    """The string form of a mid-stream failure, ``finish_reason: "error: <message>"`` as Dynamo writes it
+    (plain ``"error"`` without a message); the error kind is lost, so prefer raising DynamoError."""
+    return _terminal(f"{ERROR_MESSAGE_PREFIX}{message}" if message else "error")
 
 
 _U64_MAX = 2**64 - 1

@@ -60,6 +60,10 @@ class LLMEngine:
     async def drain(self) -> None:
         """Finish in-flight work before shutdown.  Optional."""
 
+    async def kv_event_sources(self) -> list[Any]:
+        """The KV event sources (one per data-parallel rank) for KV-aware routing; none by default, as in Dynamo."""
+        return []
+
     async def cleanup(self) -> None:
         raise NotImplementedError
 

@@ -272,8 +272,8 @@ _TERMINALS = tuple(ev for ev in ALL_EVENTS if ev.kind is EventKind.TERMINAL)
 
 
 def describe_events(events: Sequence[Event]) -> str:
-    """Event slugs joined by commas; the eight terminal variants, when all are
-    present, read as one entry instead of eight."""
+    """Event slugs joined by commas; the terminal variants (every finish reason, with
+    and without tokens), when all are present, read as one entry."""
     names: list[str] = []
     all_terminals = all(ev in events for ev in _TERMINALS)
     for ev in events:

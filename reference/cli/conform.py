@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 
+from dynamo_backend_protocol.model import Mode
 from dynamo_backend_protocol.reference.cli.support import Subparsers, UsageError, add_mode_option, parse_mode
 from dynamo_backend_protocol.reference.conformance import DEFAULT_EXAMPLES, run_conformance
 from dynamo_backend_protocol.reference.conformance.sample_engine import SampleEngine
@@ -29,7 +30,12 @@ def register(subparsers: Subparsers) -> None:
         metavar="ENGINE",
         help="module:attribute naming an engine class or zero-argument factory (importable from here)",
     )
-    add_mode_option(parser, allow_all=False, default="agg")
+    add_mode_option(parser, allow_all=False, default=None)
+    parser.add_argument(
+        "--engine-args", metavar="ARGS", default=None,
+        help="build ENGINE with its from_args(argv) classmethod, argv being ARGS split like a shell "
+        "(e.g. \"--disaggregation-mode decode\"); the mode defaults to the one the engine declares",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.add_argument("--deadline", type=_positive_seconds, default=2.0, metavar="S",
                         help="seconds a cancelled stream may take to end (default 2)")
@@ -60,10 +66,10 @@ def _count(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    mode = parse_mode(args.mode)
+    mode = parse_mode(args.mode) if args.mode is not None else None
     factory: EngineFactory
     if args.engine is None:
-        factory, label = functools.partial(SampleEngine, mode=mode), BUNDLED
+        factory, label = functools.partial(SampleEngine, mode=mode or Mode.AGGREGATED), BUNDLED
     else:
         factory, label = _load(args.engine), args.engine.strip()
     with contextlib.ExitStack() as stack:
@@ -77,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("dynamo_backend_protocol").addHandler(logging.NullHandler())
         try:
             report = asyncio.run(run_conformance(
-                factory, mode=mode, cancel_deadline=args.deadline, examples=args.examples, trace_sink=sink, label=label
+                factory, mode=mode, engine_args=args.engine_args, cancel_deadline=args.deadline,
+                examples=args.examples, trace_sink=sink, label=label,
             ))
         except EngineFactoryError as error:
             raise UsageError(str(error)) from None

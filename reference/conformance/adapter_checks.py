@@ -62,7 +62,8 @@ class AdapterSession:
 
     async def drive(self, plan: RequestPlan, request_id: str) -> RequestRun:
         limits = DriveLimits(self.settings.stream_timeout, self.settings.cancel_deadline)
-        return await drive(self.adapter, self.recorder, self.collector, plan, request_id, limits)
+        return await drive(self.adapter, self.recorder, self.collector, plan, request_id, limits,
+                           self.settings.requests)
 
     async def warm_up(self) -> None:
         """One short request first, so tasks an engine starts lazily on its first request (an output
@@ -85,6 +86,19 @@ async def adapter_session(settings: KitSettings) -> AsyncIterator[AdapterSession
         yield AdapterSession(session, settings.adapter(session.recording(), collector), collector, settings)
 
 
+async def drive_cancelled(
+    session: AdapterSession, action: Action, request_id: str, *, while_waiting: bool = False
+) -> RequestRun:
+    """Stop or kill a request after its first chunk.  A stream already over by then (a prefill clamped
+    to one token, an encode hand-off) tells nothing, so a fresh request is cancelled before its first
+    read instead, when the engine has not run yet and must end with a cancelled terminal."""
+    run = await session.drive(RequestPlan(action, 1, STOPPABLE, while_waiting=while_waiting), request_id)
+    if run.ended_before_cancel():
+        await session.settle()
+        run = await session.drive(RequestPlan(action, 0, STOPPABLE), f"{request_id}-before-reading")
+    return run
+
+
 async def _judged(
     settings: KitSettings, failure: Failure, judge: Judge, plans: list[tuple[RequestPlan, str]]
 ) -> Verdicts:
@@ -105,10 +119,9 @@ async def probe_well_formed(settings: KitSettings) -> Verdicts:
 
 async def probe_aborted_stream(settings: KitSettings) -> Verdicts:
     async with adapter_session(settings) as session:
-        plan = RequestPlan(Action.STOP, 1, STOPPABLE, while_waiting=True)
-        run = await session.drive(plan, "conformance-stop-and-abort")
+        run = await drive_cancelled(session, Action.STOP, "conformance-stop-and-abort", while_waiting=True)
         await session.settle()
-    if run.finish_reason() == "cancelled":
+    if run.cancelled():
         return {F.ABORTED_STREAM_NOT_ENDED: None}
     aborts = len(run.log.aborts) if run.log is not None else 0
     timed_out = run.ending is Ending.TIMED_OUT
@@ -129,7 +142,7 @@ async def probe_kill(settings: KitSettings) -> Verdicts:
             f"after context.kill() the stream did not end within {settings.cancel_deadline:g} s; a kill is also a "
             "stop (context.is_stopped() is true): end the stream with a 'cancelled' terminal"
         )
-    elif run.finish_reason() == "cancelled":
+    elif run.cancelled():
         return {F.KILL_NOT_HANDLED_LIKE_STOP: None}
     else:
         problem = (
@@ -140,8 +153,11 @@ async def probe_kill(settings: KitSettings) -> Verdicts:
 
 
 async def probe_abort_once(settings: KitSettings) -> Verdicts:
-    plan = RequestPlan(Action.STOP, 1, STOPPABLE)
-    return await _judged(settings, F.ABORT_CALLED_TWICE, abort_at_most_once, [(plan, "conformance-abort-once")])
+    async with adapter_session(settings) as session:
+        run = await drive_cancelled(session, Action.STOP, "conformance-abort-once")
+        await session.settle()
+    finding = abort_at_most_once(run, settings.mode)
+    return {F.ABORT_CALLED_TWICE: None if finding is None else finding.reason}
 
 
 async def probe_clean_completion(settings: KitSettings) -> Verdicts:

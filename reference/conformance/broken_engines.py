@@ -11,11 +11,13 @@ shows one in action.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from dynamo_backend_protocol.model import BackendError, DynamoError, Mode
-from dynamo_backend_protocol.reference.chunks import cancelled, length, stop, token, usage
+from dynamo_backend_protocol.reference.chunks import Chunk, cancelled, length, stop, token, usage
 from dynamo_backend_protocol.reference.conformance.checks import Failure
 from dynamo_backend_protocol.reference.conformance.sample_engine import SampleEngine
 from dynamo_backend_protocol.reference.context import Context
@@ -335,6 +337,95 @@ class LateStopEngine(_Engine):
             yield chunk
 
 
+class OvercountingEngine(_Engine):
+    """Reports the prompt's last token among the completion tokens it streamed."""
+
+    async def _stream(self, request: dict[str, Any], context: Context) -> AsyncIterator[dict[str, Any]]:
+        async for chunk in super()._stream(request, context):
+            if chunk.get("finish_reason") == "length":
+                prompt, streamed = self.prompt_tokens(request), self.token_limit(request)
+                chunk["completion_usage"] = usage(prompt, streamed + 1)  # BUG: counts the seed token it never streamed
+            yield chunk
+
+
+@dataclass(frozen=True)
+class _KvSource:
+    dp_rank: int
+
+
+class KvSourcesFailEngine(_Engine):
+    """Looks up its KV event endpoint in a setting nobody passed."""
+
+    async def kv_event_sources(self) -> list[Any]:
+        raise DynamoError(BackendError.INVALID_ARGUMENT, "no --kv-events-endpoint configured")  # BUG
+
+
+class KvSourcesShiftEngine(_Engine):
+    """Allocates a fresh data-parallel rank on every call instead of once."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ranks = itertools.count()
+
+    async def kv_event_sources(self) -> list[Any]:
+        return [_KvSource(next(self._ranks))]  # BUG: the ranks change from call to call
+
+
+class _EncodeEngine(_Engine):
+    """An encode worker: SampleEngine in encode mode, with the hand-off chunk built by :meth:`handoff`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("mode", Mode.ENCODE)
+        super().__init__(*args, **kwargs)
+
+    async def _encode(self, request: dict[str, Any], context: Context) -> AsyncIterator[dict[str, Any]]:
+        async for chunk in super()._encode(request, context):
+            yield chunk if chunk.get("finish_reason") == "cancelled" else self.handoff(Chunk(chunk))
+
+    def handoff(self, chunk: Chunk) -> Chunk:
+        return chunk
+
+
+class ProgressChunksEncodeEngine(_EncodeEngine):
+    """Streams a progress chunk per image before the hand-off."""
+
+    async def _encode(self, request: dict[str, Any], context: Context) -> AsyncIterator[dict[str, Any]]:
+        if not context.is_stopped():
+            yield {"token_ids": [], "index": 0}  # BUG: an encode worker yields the hand-off only
+        async for chunk in super()._encode(request, context):
+            yield chunk
+
+
+class LengthFinishEncodeEngine(_EncodeEngine):
+    """Ends the hand-off with the token-limit reason."""
+
+    def handoff(self, chunk: Chunk) -> Chunk:
+        chunk["finish_reason"] = "length"  # BUG: a hand-off ends with 'stop'
+        return chunk
+
+
+class TokensInHandoffEncodeEngine(_EncodeEngine):
+    """Puts the image placeholder tokens into the hand-off chunk."""
+
+    def handoff(self, chunk: Chunk) -> Chunk:
+        return chunk.with_tokens([32000, 32000])  # BUG: encode output is the encoder_result, not tokens
+
+
+class CountsEmbeddingsEncodeEngine(_EncodeEngine):
+    """Reports the embeddings it produced as completion tokens."""
+
+    def handoff(self, chunk: Chunk) -> Chunk:
+        prompt = chunk["completion_usage"]["prompt_tokens"]
+        return chunk.with_usage(usage(prompt, 16))  # BUG: a hand-off completes zero tokens
+
+
+class HandleOnlyEncodeEngine(_EncodeEngine):
+    """Hands off a bare string handle instead of an object."""
+
+    def handoff(self, chunk: Chunk) -> Chunk:
+        return chunk.with_field("encoder_result", "sample-encoder:0")  # BUG: the hand-off must be an object
+
+
 BROKEN_ENGINES: dict[Failure, type[SampleEngine]] = {
     Failure.START_FAILED: StartFailsEngine,
     Failure.EMPTY_MODEL_IN_CONFIG: EmptyModelEngine,
@@ -349,6 +440,14 @@ BROKEN_ENGINES: dict[Failure, type[SampleEngine]] = {
     Failure.CLEANUP_FAILED: CleanupRaisesEngine,
     Failure.SECOND_CLEANUP_FAILED: NonIdempotentCleanupEngine,
     Failure.CLEANUP_WITHOUT_START_FAILED: FragileCleanupEngine,
+    Failure.KV_EVENT_SOURCES_FAILED: KvSourcesFailEngine,
+    Failure.KV_EVENT_SOURCES_NOT_IDEMPOTENT: KvSourcesShiftEngine,
+    Failure.COMPLETION_TOKENS_MISMATCH: OvercountingEngine,
+    Failure.ENCODE_CHUNK_COUNT: ProgressChunksEncodeEngine,
+    Failure.ENCODE_TERMINAL_EXPECTED: LengthFinishEncodeEngine,
+    Failure.ENCODE_TOKENS_NOT_EMPTY: TokensInHandoffEncodeEngine,
+    Failure.ENCODE_USAGE_MISMATCH: CountsEmbeddingsEncodeEngine,
+    Failure.ENCODER_RESULT_EXPECTED_OBJECT: HandleOnlyEncodeEngine,
     Failure.MALFORMED_CHUNK: IntTokenEngine,
     Failure.ABORTED_STREAM_NOT_ENDED: StrandedByAbortEngine,
     Failure.KILL_NOT_HANDLED_LIKE_STOP: KillIgnoringEngine,
@@ -359,4 +458,5 @@ BROKEN_ENGINES: dict[Failure, type[SampleEngine]] = {
     Failure.LIFECYCLE_ORDER_VIOLATED: AbortTearsDownEngine,
     Failure.SCHEDULE_FAILED: LateStopEngine,
 }
-"""The engine that fails each check (EagerDecodeAbortEngine is a decode engine; the rest are checked in agg)."""
+"""The engine that fails each check (EagerDecodeAbortEngine is a decode engine, the *EncodeEngine ones are
+encode engines; the rest are checked in agg)."""

@@ -30,6 +30,14 @@ class Failure(enum.StrEnum):
     CLEANUP_FAILED = "CleanupFailed"
     SECOND_CLEANUP_FAILED = "SecondCleanupFailed"
     CLEANUP_WITHOUT_START_FAILED = "CleanupWithoutStartFailed"
+    KV_EVENT_SOURCES_FAILED = "KvEventSourcesFailed"
+    KV_EVENT_SOURCES_NOT_IDEMPOTENT = "KvEventSourcesNotIdempotent"
+    COMPLETION_TOKENS_MISMATCH = "CompletionTokensMismatch"
+    ENCODE_CHUNK_COUNT = "EncodeChunkCount"
+    ENCODE_TERMINAL_EXPECTED = "EncodeTerminalExpected"
+    ENCODE_TOKENS_NOT_EMPTY = "EncodeTokensNotEmpty"
+    ENCODE_USAGE_MISMATCH = "EncodeUsageMismatch"
+    ENCODER_RESULT_EXPECTED_OBJECT = "EncoderResultExpectedObject"
     MALFORMED_CHUNK = "MalformedChunk"
     ABORTED_STREAM_NOT_ENDED = "AbortedStreamNotEnded"
     KILL_NOT_HANDLED_LIKE_STOP = "KillNotHandledLikeStop"
@@ -49,12 +57,25 @@ class CheckSpec:
     requires: tuple[Failure, ...] = ()
     only_in: Mode | None = None
     """The one mode the check applies to; elsewhere it is skipped as not applicable."""
+    not_in: Mode | None = None
+    """The one mode the check does not apply to."""
+    needs_hook: str | None = None
+    """An optional engine method the check exercises; an engine without it is not judged."""
     upstream: bool = False
     """Whether upstream's conformance kit has this check (same failure name)."""
 
 
 F = Failure
 _SINGLE_STREAM_OK = (F.CHUNK_AFTER_TERMINAL, F.NO_TERMINAL_CHUNK)
+_ENCODE_TERMINAL = (F.NO_TERMINAL_CHUNK,)
+ENCODE_SUITE = (
+    F.ENCODE_CHUNK_COUNT,
+    F.ENCODE_TERMINAL_EXPECTED,
+    F.ENCODE_TOKENS_NOT_EMPTY,
+    F.ENCODE_USAGE_MISMATCH,
+    F.ENCODER_RESULT_EXPECTED_OBJECT,
+)
+"""Upstream's encode suite, judged in encode mode only."""
 _WELL_FORMED_AND_CANCELLABLE = (F.MALFORMED_CHUNK, F.CANCELLATION_IGNORED)
 
 CHECKS: tuple[CheckSpec, ...] = (
@@ -67,7 +88,11 @@ CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec(F.STREAM_YIELDED_ERROR, "every item is a chunk, not an error", (F.NO_CHUNKS_YIELDED,), upstream=True),
     CheckSpec(F.CHUNK_AFTER_TERMINAL, "nothing follows the terminal chunk", (F.STREAM_YIELDED_ERROR,), upstream=True),
     CheckSpec(F.NO_TERMINAL_CHUNK, "the stream ends with a terminal chunk", (F.STREAM_YIELDED_ERROR,), upstream=True),
-    CheckSpec(F.CONCURRENT_GENERATE_FAILED, "8 interleaved requests all complete", _SINGLE_STREAM_OK, upstream=True),
+    # In encode mode each of them must be a well-formed hand-off, so the encode checks come first.
+    CheckSpec(
+        F.CONCURRENT_GENERATE_FAILED, "8 interleaved requests all complete", (*_SINGLE_STREAM_OK, *ENCODE_SUITE),
+        upstream=True,
+    ),
     CheckSpec(
         F.CANCELLATION_NOT_OBSERVED, "a stream stopped once live ends within the deadline", _SINGLE_STREAM_OK,
         upstream=True,
@@ -80,7 +105,43 @@ CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec(F.CLEANUP_FAILED, "cleanup succeeds after start", upstream=True),
     CheckSpec(F.SECOND_CLEANUP_FAILED, "a second cleanup succeeds", (F.CLEANUP_FAILED,), upstream=True),
     CheckSpec(F.CLEANUP_WITHOUT_START_FAILED, "cleanup succeeds on a never-started engine", upstream=True),
-    CheckSpec(F.MALFORMED_CHUNK, "every chunk is well-formed for the mode", _SINGLE_STREAM_OK),
+    CheckSpec(
+        F.KV_EVENT_SOURCES_FAILED, "kv_event_sources() succeeds, twice", (F.START_FAILED,), upstream=True,
+        needs_hook="kv_event_sources",
+    ),
+    CheckSpec(
+        F.KV_EVENT_SOURCES_NOT_IDEMPOTENT, "kv_event_sources() gives the same dp ranks each time",
+        (F.KV_EVENT_SOURCES_FAILED,), upstream=True, needs_hook="kv_event_sources",
+    ),
+    CheckSpec(
+        F.COMPLETION_TOKENS_MISMATCH, "a terminal's completion_tokens counts the tokens streamed", _SINGLE_STREAM_OK,
+        not_in=Mode.ENCODE, upstream=True,
+    ),
+    CheckSpec(
+        F.ENCODE_CHUNK_COUNT, "encode: the stream is exactly one terminal chunk", (F.STREAM_YIELDED_ERROR,),
+        only_in=Mode.ENCODE, upstream=True,
+    ),
+    CheckSpec(
+        F.ENCODE_TERMINAL_EXPECTED, "encode: the terminal's finish_reason is 'stop'", _ENCODE_TERMINAL,
+        only_in=Mode.ENCODE, upstream=True,
+    ),
+    CheckSpec(
+        F.ENCODE_TOKENS_NOT_EMPTY, "encode: the terminal carries no token ids", _ENCODE_TERMINAL,
+        only_in=Mode.ENCODE, upstream=True,
+    ),
+    CheckSpec(
+        F.ENCODE_USAGE_MISMATCH, "encode: usage, if any, is the prompt and zero completion tokens", _ENCODE_TERMINAL,
+        only_in=Mode.ENCODE, upstream=True,
+    ),
+    CheckSpec(
+        F.ENCODER_RESULT_EXPECTED_OBJECT, "encode: the terminal carries an encoder_result object", _ENCODE_TERMINAL,
+        only_in=Mode.ENCODE, upstream=True,
+    ),
+    # In encode mode a missing hand-off is upstream's EncoderResultExpectedObject first.
+    CheckSpec(
+        F.MALFORMED_CHUNK, "every chunk is well-formed for the mode",
+        (*_SINGLE_STREAM_OK, F.ENCODER_RESULT_EXPECTED_OBJECT),
+    ),
     # Upstream's kit never calls abort; the runtime does, right as it stops a request.
     CheckSpec(
         F.ABORTED_STREAM_NOT_ENDED, "a stream stopped through the adapter (so aborted) still ends with 'cancelled'",

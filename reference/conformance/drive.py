@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import enum
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dynamo_backend_protocol.model import DynamoError, Mode, Step
+from dynamo_backend_protocol.model import DynamoError, FinishReason, Mode, Step
+from dynamo_backend_protocol.model.chunks import finish_reason_meaning
 from dynamo_backend_protocol.reference.adapter import EngineAdapter, ResponseStream, TraceSink
 from dynamo_backend_protocol.reference.annotated import Annotated
 from dynamo_backend_protocol.reference.conformance.recording import RecordingEngine, RequestLog
@@ -28,18 +30,53 @@ CANCEL_MAX_TOKENS = 1000
 comes, yet the number stays within any real model's context, so no engine rejects it."""
 
 
-def kit_request(mode: Mode, max_tokens: int) -> dict[str, Any]:
-    """A request shaped like the preprocessor's, with what the mode needs (decode: a prefill result)."""
-    request: dict[str, Any] = {
-        "model": "conformance-kit",
-        "token_ids": [101, 102, 103, 104],
-        "stop_conditions": {"max_tokens": max_tokens},
-        "sampling_options": {"temperature": 0.0},
-        "output_options": {},
-    }
-    if mode is Mode.DECODE:
-        request["prefill_result"] = {"disaggregated_params": {"prefill_worker": 0, "kv_blocks": [0, 1]}}
-    return request
+FALLBACK_MODEL = "conformance-kit"
+"""The model requests name when the engine's start() gave no usable one (StartFailed says why)."""
+PROMPT = (101, 102, 103, 104)
+SYNTHETIC_PREFILL_RESULT: dict[str, Any] = {
+    "disaggregated_params": {"conformance_kit": "synthetic prefill hand-off", "prompt_tokens": len(PROMPT)}
+}
+"""Dynamo's ``PrefillResult`` shape, for when no prefill run of the engine could supply a real one."""
+MULTI_MODAL_DATA: dict[str, Any] = {"image": [{"Url": "data:image/png;base64,AA=="}]}
+"""Dynamo's ``multi_modal_data`` shape ({part type: [MultimodalData]}), as upstream's encode kit sends it."""
+MM_PROCESSOR_KWARGS: dict[str, Any] = {"min_pixels": 64}
+
+
+@dataclass(frozen=True)
+class RequestShape:
+    """What every kit request carries besides its token limit: the served model's name (from
+    ``start()``) and what the mode needs (decode: a prefill result; encode: media to encode)."""
+
+    mode: Mode
+    model: str = FALLBACK_MODEL
+    prefill_result: dict[str, Any] | None = None
+    """Decode only; None means the synthetic one."""
+    prefill_source: str = "synthetic"
+    """Where the decode requests' prefill result came from, for the report."""
+
+    def describe(self) -> str:
+        said = f"model {self.model!r}"
+        if self.mode is Mode.DECODE:
+            said += f"; prefill_result {self.prefill_source}"
+        elif self.mode is Mode.ENCODE:
+            said += "; multi_modal_data with one image"
+        return said
+
+    def request(self, max_tokens: int) -> dict[str, Any]:
+        """A fresh request shaped like the preprocessor's (engines may change what they get)."""
+        request: dict[str, Any] = {
+            "model": self.model,
+            "token_ids": list(PROMPT),
+            "stop_conditions": {"max_tokens": max_tokens},
+            "sampling_options": {"temperature": 0.0},
+            "output_options": {},
+        }
+        if self.mode is Mode.DECODE:
+            request["prefill_result"] = copy.deepcopy(self.prefill_result or SYNTHETIC_PREFILL_RESULT)
+        elif self.mode is Mode.ENCODE:
+            request["multi_modal_data"] = copy.deepcopy(MULTI_MODAL_DATA)
+            request["mm_processor_kwargs"] = dict(MM_PROCESSOR_KWARGS)
+        return request
 
 
 class Action(enum.Enum):
@@ -92,6 +129,8 @@ class RequestRun:
     cancelled_by_client: bool = False
     """The plan's stop or kill actually happened (the stream may have ended before its turn)."""
     dropped_by_client: bool = False
+    acted_after: int | None = None
+    """How many items the client had received when it stopped, killed or dropped the request."""
     trace: list[Step] = field(default_factory=list)
     log: RequestLog | None = None
 
@@ -103,6 +142,20 @@ class RequestRun:
     def finish_reason(self) -> object:
         terminal = self.terminal()
         return terminal.get("finish_reason") if terminal is not None else None
+
+    def ended_before_cancel(self) -> bool:
+        """The terminal had already arrived when the client stopped or killed the request: it was over,
+        so the stop was absorbed and says nothing about how the engine handles one."""
+        return (
+            self.cancelled_by_client
+            and self.ending is Ending.TERMINAL
+            and self.acted_after is not None
+            and self.acted_after >= len(self.received)
+        )
+
+    def cancelled(self) -> bool:
+        """Whether the stream ended with a terminal Dynamo reads as cancelled (``cancelled`` or ``abort``)."""
+        return finish_reason_meaning(self.finish_reason()) is FinishReason.CANCELLED
 
     def describe_end(self) -> str:
         """How the stream ended, for a reason: 'ended with finish_reason 'stop'', 'ended with an error item: ...'."""
@@ -143,12 +196,13 @@ async def drive(
     plan: RequestPlan,
     request_id: str,
     limits: DriveLimits,
+    shape: RequestShape,
 ) -> RequestRun:
     run = RequestRun(request_id, plan)
     context = Context(request_id)
     try:
         async with asyncio.timeout(limits.stream_timeout):
-            stream = await adapter.generate(kit_request(adapter.mode, plan.max_tokens), context)
+            stream = await adapter.generate(shape.request(plan.max_tokens), context)
     except DynamoError as error:
         run.setup_error, run.ending = error, Ending.SETUP_FAILED
     except TimeoutError:
@@ -186,6 +240,7 @@ class _Client:
     async def act(self) -> bool:
         """Stop, kill or drop; returns whether the client is done with the stream."""
         self.acted = True
+        self.run.acted_after = len(self.run.received)
         if self.plan.action is Action.DROP:
             self.run.dropped_by_client, self.run.ending = True, Ending.DROPPED
             await self.stream.aclose()

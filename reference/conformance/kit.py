@@ -10,8 +10,9 @@ ends passed or failed with a one-line reason.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from dynamo_backend_protocol.model import Mode
@@ -26,8 +27,11 @@ from dynamo_backend_protocol.reference.conformance.adapter_checks import (
     probe_lifecycle,
     probe_well_formed,
 )
-from dynamo_backend_protocol.reference.conformance.checks import SPECS, CheckSpec, Failure, Verdicts
+from dynamo_backend_protocol.reference.conformance.checks import ENCODE_SUITE, SPECS, CheckSpec, Failure, Verdicts
+from dynamo_backend_protocol.reference.conformance.construction import declared_mode, engine_factory, resolve_mode
 from dynamo_backend_protocol.reference.conformance.fuzz import probe_schedules
+from dynamo_backend_protocol.reference.conformance.handoff import prepare_requests
+from dynamo_backend_protocol.reference.conformance.kv_events import OPTIONAL_HOOKS, probe_kv_event_sources
 from dynamo_backend_protocol.reference.conformance.report import CheckResult, CheckStatus, ConformanceReport, one_line
 from dynamo_backend_protocol.reference.conformance.session import (
     EngineFactory,
@@ -61,8 +65,13 @@ class Probe:
 
 PROBES: tuple[Probe, ...] = (
     Probe((F.START_FAILED, F.EMPTY_MODEL_IN_CONFIG), probe_start),
+    # Where a Worker calls it: after start, before serving.
+    Probe((F.KV_EVENT_SOURCES_FAILED, F.KV_EVENT_SOURCES_NOT_IDEMPOTENT), probe_kv_event_sources),
     Probe(
-        (F.GENERATE_FAILED, F.NO_CHUNKS_YIELDED, F.STREAM_YIELDED_ERROR, F.CHUNK_AFTER_TERMINAL, F.NO_TERMINAL_CHUNK),
+        (
+            F.GENERATE_FAILED, F.NO_CHUNKS_YIELDED, F.STREAM_YIELDED_ERROR, F.CHUNK_AFTER_TERMINAL,
+            F.NO_TERMINAL_CHUNK, F.COMPLETION_TOKENS_MISMATCH, *ENCODE_SUITE,
+        ),
         probe_plain_stream,
     ),
     Probe((F.CONCURRENT_GENERATE_FAILED,), probe_concurrent),
@@ -84,36 +93,48 @@ PROBES: tuple[Probe, ...] = (
 async def run_conformance(
     factory: EngineFactory,
     *,
-    mode: Mode | str = Mode.AGGREGATED,
+    mode: Mode | str | None = None,
+    engine_args: str | Sequence[str] | None = None,
     cancel_deadline: float = 2.0,
     examples: int = DEFAULT_EXAMPLES,
     trace_sink: TraceSink | None = None,
     label: str | None = None,
 ) -> ConformanceReport:
-    """Run every conformance check on engines made by ``factory`` (a class or a zero-argument callable).
+    """Run every conformance check on engines made by ``factory``.
 
-    ``cancel_deadline`` is how long a cancelled stream may take to end;
-    ``examples`` bounds the property-based phase (0 skips it); ``trace_sink``
-    receives every adapter-driven request's trace; ``label`` names the engine
-    in the report.  Raises :class:`EngineFactoryError` if ``factory`` cannot
-    make an engine at all, and ``ValueError`` for a bad setting.
+    ``factory`` is an engine class or a zero-argument callable; a class with
+    Dynamo's async classmethod ``from_args(argv)`` is built through it, with
+    ``engine_args`` (a shell-quoted string or a list) as ``argv``.  ``mode`` is
+    the disaggregation mode to check in; by default the one the engine's
+    worker config or the engine itself declares (``disaggregation_mode``),
+    else agg.  ``cancel_deadline`` is how long a cancelled stream may take to
+    end; ``examples`` bounds the property-based phase (0 skips it);
+    ``trace_sink`` receives every adapter-driven request's trace; ``label``
+    names the engine in the report.  Raises :class:`EngineFactoryError` if no
+    engine can be made (or ``mode`` disagrees with the declared one), and
+    ``ValueError`` for a bad setting.
     """
-    if isinstance(mode, str):
-        mode = Mode.parse(mode)
+    asked = Mode.parse(mode) if isinstance(mode, str) else mode
     if not cancel_deadline > 0:
         raise ValueError(f"cancel_deadline must be a positive number of seconds, got {cancel_deadline!r}")
     if examples < 0:
         raise ValueError(f"examples must be 0 or more, got {examples!r}")
     label = label or describe_factory(factory)
     check_factory(factory, label)
-    await make_engine(factory, label)  # Fails early, and once, if the factory cannot make an engine.
-    settings = KitSettings(factory, label, mode, cancel_deadline, examples, trace_sink=trace_sink)
+    factory = engine_factory(factory, engine_args, label)
+    # Fails early, and once, if the factory cannot make an engine; says which mode the engine serves.
+    first = await make_engine(factory, label)
+    checked_mode = resolve_mode(asked, declared_mode(factory, first), label)
+    hooks = frozenset(name for name in OPTIONAL_HOOKS if callable(getattr(first, name, None)))
+    settings = KitSettings(factory, label, checked_mode, cancel_deadline, examples, trace_sink=trace_sink,
+                           engine_hooks=hooks)
+    settings = dataclasses.replace(settings, requests=await prepare_requests(settings))
     started = time.perf_counter()
     results: dict[Failure, CheckResult] = {}
     for probe in PROBES:
         await _run_probe(probe, settings, results)
     ordered = [results[spec_failure] for spec_failure in SPECS]
-    return ConformanceReport(label, mode, ordered, time.perf_counter() - started)
+    return ConformanceReport(label, checked_mode, ordered, time.perf_counter() - started, settings.requests.describe())
 
 
 def assert_conforms(factory: EngineFactory, **options: object) -> None:
@@ -136,6 +157,10 @@ def assert_conforms(factory: EngineFactory, **options: object) -> None:
 def _not_applicable(spec: CheckSpec, settings: KitSettings) -> str | None:
     if spec.only_in is not None and settings.mode is not spec.only_in:
         return f"applies to {spec.only_in.value} mode only (checking {settings.mode.value})"
+    if spec.not_in is not None and settings.mode is spec.not_in:
+        return f"does not apply to {spec.not_in.value} mode"
+    if spec.needs_hook is not None and spec.needs_hook not in settings.engine_hooks:
+        return f"the engine offers no {spec.needs_hook}()"
     if spec.failure is F.SCHEDULE_FAILED and settings.examples == 0:
         return "property-based phase turned off (0 examples)"
     return None

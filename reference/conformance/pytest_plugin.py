@@ -1,4 +1,5 @@
-"""pytest plugin: ``pytest --dbp-engine module:attribute [--dbp-mode M]`` runs each conformance check as a test.
+"""pytest plugin: ``pytest --dbp-engine module:attribute [--dbp-mode M] [--dbp-engine-args ARGS]`` runs each
+conformance check as a test.
 
 Registered through the ``pytest11`` entry point, so installing the package is
 enough; without ``--dbp-engine`` it adds nothing.  The checks run once (on
@@ -33,7 +34,8 @@ class _ConformanceRun:
 
     factory: EngineFactory
     label: str
-    mode: Mode
+    mode: Mode | None
+    engine_args: str | None
     deadline: float
     examples: int
     _report: ConformanceReport | None = field(default=None, init=False)
@@ -50,8 +52,8 @@ class _ConformanceRun:
 
             try:
                 self._report = asyncio.run(run_conformance(
-                    self.factory, mode=self.mode, cancel_deadline=self.deadline, examples=self.examples,
-                    label=self.label,
+                    self.factory, mode=self.mode, engine_args=self.engine_args, cancel_deadline=self.deadline,
+                    examples=self.examples, label=self.label,
                 ))
             except EngineFactoryError as error:
                 self._error = error
@@ -66,8 +68,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("dynamo-backend-protocol", "engine conformance (dynamo-backend-protocol)")
     group.addoption("--dbp-engine", metavar="MODULE:ATTRIBUTE", default=None,
                     help="run the conformance checks on this engine class or zero-argument factory")
-    group.addoption("--dbp-mode", metavar="agg|prefill|decode|encode", default="agg",
-                    help="disaggregation mode to check the engine in (default agg)")
+    group.addoption("--dbp-mode", metavar="agg|prefill|decode|encode", default=None,
+                    help="disaggregation mode to check the engine in (default: the one it declares, else agg)")
+    group.addoption("--dbp-engine-args", metavar="ARGS", default=None,
+                    help="build the engine with its from_args(argv) classmethod, argv being ARGS split like a shell")
     group.addoption("--dbp-deadline", metavar="S", type=float, default=DEFAULT_DEADLINE,
                     help="seconds a cancelled stream may take to end (default 2)")
     group.addoption("--dbp-examples", metavar="N", type=int, default=None,
@@ -81,8 +85,9 @@ def pytest_configure(config: pytest.Config) -> None:
     from dynamo_backend_protocol.reference.conformance import DEFAULT_EXAMPLES
     from dynamo_backend_protocol.reference.conformance.target import load_engine_factory
 
+    asked: str | None = config.getoption("dbp_mode")
     try:
-        mode = Mode.parse(config.getoption("dbp_mode"))
+        mode = Mode.parse(asked) if asked is not None else None
     except DynamoError as error:
         raise pytest.UsageError(f"--dbp-mode: {error.message}") from None
     deadline: float = config.getoption("dbp_deadline")
@@ -96,7 +101,8 @@ def pytest_configure(config: pytest.Config) -> None:
     except EngineFactoryError as error:
         raise pytest.UsageError(f"--dbp-engine: {error}") from None
     chosen = DEFAULT_EXAMPLES if examples is None else examples
-    config.stash[_RUN] = _ConformanceRun(factory, reference.strip(), mode, deadline, chosen)
+    engine_args: str | None = config.getoption("dbp_engine_args")
+    config.stash[_RUN] = _ConformanceRun(factory, reference.strip(), mode, engine_args, deadline, chosen)
 
 
 @pytest.hookimpl(tryfirst=True)  # before -k/-m deselection, so those select conformance items too
@@ -136,4 +142,5 @@ class ConformanceItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
         run = self.config.stash[_RUN]
-        return self.path, None, f"{self.name} of {run.label} (mode {run.mode.value}): {self.spec.title}"
+        mode = run.mode.value if run.mode is not None else "as declared"
+        return self.path, None, f"{self.name} of {run.label} (mode {mode}): {self.spec.title}"

@@ -68,6 +68,8 @@ class ConformanceReport:
     mode: Mode
     checks: list[CheckResult] = field(default_factory=list)
     seconds: float = 0.0
+    requests: str = ""
+    """What the kit's requests carried for this engine (its model, the mode's hand-off)."""
 
     @property
     def ok(self) -> bool:
@@ -108,6 +110,7 @@ class ConformanceReport:
             "passed": self.count(CheckStatus.PASSED),
             "failed": self.count(CheckStatus.FAILED),
             "skipped": self.count(CheckStatus.SKIPPED),
+            "requests": self.requests,
             "checks": [result.as_dict() for result in self.checks],
         }
 
@@ -119,6 +122,8 @@ class ConformanceReport:
             took = f"{result.seconds * 1000:8.1f} ms" if not result.skipped else f"{'-':>8}   "
             said = result.title if result.passed else result.reason
             lines.append(f"{_MARKS[result.status]} {result.failure:<{width}} {took}  {said}")
+        if self.requests:
+            lines.append(f"requests: {self.requests}")
         lines.append(self.summary())
         return "\n".join(lines)
 

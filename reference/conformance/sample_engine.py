@@ -4,7 +4,8 @@ It yields rotating token ids with a small per-token delay, honours
 ``stop_conditions.max_tokens``, and ends with a ``cancelled`` terminal as soon
 as it notices ``context.is_stopped()`` (a kill is also a stop).  Each mode's
 hand-off is honoured: a prefill terminal carries ``disaggregated_params``, an
-encode terminal carries an ``encoder_result`` object, and a decode request
+encode request is answered by one ``stop`` terminal with no tokens and an
+``encoder_result`` object (Dynamo's encode hand-off), and a decode request
 without the prefill worker's ``prefill_result`` is rejected before any
 stream exists.  ``dynamo-backend-protocol conform`` checks it when no engine
 is named; it is also a template for a real backend.
@@ -17,7 +18,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from dynamo_backend_protocol.model import BackendError, DynamoError, Mode
-from dynamo_backend_protocol.reference.chunks import Chunk, cancelled, length, token, usage
+from dynamo_backend_protocol.reference.chunks import Chunk, cancelled, length, stop, token, usage
 from dynamo_backend_protocol.reference.context import Context
 from dynamo_backend_protocol.reference.engine import EngineConfig, LLMEngine
 
@@ -70,7 +71,20 @@ class SampleEngine(LLMEngine):
                 BackendError.INVALID_ARGUMENT,
                 "a decode request needs the prefill worker's 'prefill_result' (an object); this one has none",
             )
+        if self.mode is Mode.ENCODE:
+            return self._encode(request, context)
         return self._stream(request, context)
+
+    async def _encode(self, request: dict[str, Any], context: Context) -> AsyncIterator[dict[str, Any]]:
+        prompt_tokens = len(request.get("token_ids") or [])
+        if not context.is_stopped():
+            await asyncio.sleep(self.delay)  # encoding the media
+        if context.is_stopped():
+            yield cancelled().with_usage(usage(prompt_tokens, 0))
+            return
+        media = sorted(request.get("multi_modal_data") or {})
+        handoff = {"model": self.model_name, "media": media, "embedding_tokens": prompt_tokens}
+        yield stop().with_field("encoder_result", handoff).with_usage(usage(prompt_tokens, 0))
 
     async def _stream(self, request: dict[str, Any], context: Context) -> AsyncIterator[dict[str, Any]]:
         prompt_tokens = len(request.get("token_ids") or [])
@@ -105,8 +119,6 @@ class SampleEngine(LLMEngine):
                 "disaggregated_params",
                 {"prefill_worker": self.worker_id, "request_id": context.id(), "prompt_tokens": prompt},
             )
-        elif self.mode is Mode.ENCODE:
-            chunk.with_field("encoder_result", {"model": self.model_name, "embedding_tokens": prompt})
         return chunk
 
     async def cleanup(self) -> None:

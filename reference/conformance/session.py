@@ -12,11 +12,12 @@ import contextlib
 import functools
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from dynamo_backend_protocol.model import DynamoError, Mode
 from dynamo_backend_protocol.reference.adapter import EngineAdapter, TraceSink
+from dynamo_backend_protocol.reference.conformance.drive import RequestShape
 from dynamo_backend_protocol.reference.conformance.recording import RecordingEngine
 from dynamo_backend_protocol.reference.engine import is_engine, missing_engine_methods, start_engine
 
@@ -109,6 +110,10 @@ class KitSettings:
     fuzz_budget: float = 30.0
     """Seconds the property-based phase may spend before it stops drawing new schedules."""
     trace_sink: TraceSink | None = None
+    requests: RequestShape = field(default_factory=lambda: RequestShape(Mode.AGGREGATED))
+    """How the kit's requests look for this engine (its model name, the mode's hand-off)."""
+    engine_hooks: frozenset[str] = frozenset()
+    """The optional engine methods the engine has, which decide whether the checks of those apply."""
 
     def adapter(self, engine: Any, trace_sink: TraceSink | None = None) -> EngineAdapter:
         return EngineAdapter(engine, self.mode, trace_sink=trace_sink or self.trace_sink)

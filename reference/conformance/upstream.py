@@ -14,10 +14,13 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dynamo_backend_protocol.model import FinishReason, Mode
+from dynamo_backend_protocol.model.chunks import finish_reason_meaning
 from dynamo_backend_protocol.model.lifecycle import LifecycleEvent
 from dynamo_backend_protocol.model.rules import summary
 from dynamo_backend_protocol.reference.conformance.checks import Failure, Verdicts
-from dynamo_backend_protocol.reference.conformance.drive import CANCEL_MAX_TOKENS, PLAIN_MAX_TOKENS, kit_request
+from dynamo_backend_protocol.reference.conformance.drive import CANCEL_MAX_TOKENS, PLAIN_MAX_TOKENS
+from dynamo_backend_protocol.reference.conformance.encode_checks import encode_verdicts
 from dynamo_backend_protocol.reference.conformance.recording import RecordingEngine
 from dynamo_backend_protocol.reference.conformance.session import (
     KitSettings,
@@ -115,8 +118,13 @@ async def probe_start(settings: KitSettings) -> Verdicts:
     return {F.START_FAILED: None, F.EMPTY_MODEL_IN_CONFIG: _model_problem(config)}
 
 
+def model_of(config: object) -> object:
+    """The ``model`` of what ``start`` returned (an EngineConfig, Dynamo's or ours, or a mapping)."""
+    return config.get("model") if isinstance(config, Mapping) else getattr(config, "model", None)
+
+
 def _model_problem(config: object) -> str | None:
-    model = config.get("model") if isinstance(config, Mapping) else getattr(config, "model", None)
+    model = model_of(config)
     if model is None:
         return f"start returned {type(config).__name__}, which has no model; return EngineConfig(model=...)"
     if not isinstance(model, str) or not model.strip():
@@ -128,7 +136,7 @@ async def probe_plain_stream(settings: KitSettings) -> Verdicts:
     verdicts: Verdicts = {}
     async with engine_session(settings) as session:
         context = Context("conformance-plain")
-        request = kit_request(settings.mode, PLAIN_MAX_TOKENS)
+        request = settings.requests.request(PLAIN_MAX_TOKENS)
         try:
             stream = await bounded(open_raw_stream(session.engine, request, context), settings.stream_timeout,
                                    "generate")
@@ -144,6 +152,10 @@ async def probe_plain_stream(settings: KitSettings) -> Verdicts:
     verdicts[F.NO_CHUNKS_YIELDED] = None
     verdicts[F.STREAM_YIELDED_ERROR] = run.first_error()
     terminal = run.terminal_index()
+    terminal_chunk = run.items[terminal] if terminal is not None else None
+    if settings.mode is Mode.ENCODE:
+        assert terminal_chunk is None or isinstance(terminal_chunk, Mapping)
+        verdicts.update(encode_verdicts(run.items, terminal_chunk, len(request["token_ids"])))
     if terminal is None:
         how = f"was still going after {settings.stream_timeout:g} s" if run.timed_out else "ended"
         verdicts[F.NO_TERMINAL_CHUNK] = (
@@ -160,7 +172,29 @@ async def probe_plain_stream(settings: KitSettings) -> Verdicts:
         else f"item #{terminal + 2} ({_short(after[0])}) came after the terminal "
         f"(item #{terminal + 1}, finish_reason {_reason_of(run.items[terminal])!r}); end the stream right after it"
     )
+    verdicts[F.COMPLETION_TOKENS_MISMATCH] = completion_tokens_problem(run.items[: terminal + 1])
     return verdicts
+
+
+def completion_tokens_problem(chunks: list[object]) -> str | None:
+    """Upstream's CompletionTokensMismatch: the terminal's ``completion_tokens``, when it reports usage, must
+    be the number of token ids streamed (the framework counts output tokens from the chunks)."""
+    usage = _field(chunks[-1], "completion_usage")
+    reported = usage.get("completion_tokens") if isinstance(usage, Mapping) else None
+    token_lists = [_field(chunk, "token_ids") for chunk in chunks]
+    if type(reported) is not int or not all(isinstance(ids, list) for ids in token_lists):
+        return None  # Nothing to compare, or ids that cannot be counted (MalformedChunk's business).
+    streamed = sum(len(ids) for ids in token_lists if isinstance(ids, list))
+    if streamed == reported:
+        return None
+    return (
+        f"the stream carried {streamed} token id(s) but its terminal reports completion_tokens {reported}; "
+        "count the tokens you yield (the framework records output tokens from the chunks)"
+    )
+
+
+def _field(item: object, key: str) -> object:
+    return item.get(key) if isinstance(item, Mapping) else None
 
 
 def _reason_of(item: object) -> object:
@@ -177,7 +211,7 @@ async def probe_concurrent(settings: KitSettings) -> Verdicts:
 
         async def one(number: int) -> str | None:
             context = Context(f"conformance-concurrent-{number}")
-            request = kit_request(settings.mode, PLAIN_MAX_TOKENS)
+            request = settings.requests.request(PLAIN_MAX_TOKENS)
             try:
                 stream = await bounded(open_raw_stream(session.engine, request, context), settings.stream_timeout,
                                        "generate")
@@ -188,9 +222,18 @@ async def probe_concurrent(settings: KitSettings) -> Verdicts:
             error = run.first_error()
             if error is not None:
                 return f"request {number}: {error}"
-            if run.terminal_index() is None:
+            terminal = run.terminal_index()
+            if terminal is None:
                 how = "did not finish in time" if run.timed_out else "ended without a terminal chunk"
                 return f"request {number}: the stream {how}"
+            if settings.mode is Mode.ENCODE:
+                # As upstream: every concurrent encode request must get its own well-formed hand-off.
+                handoff = run.items[terminal]
+                assert isinstance(handoff, Mapping)
+                verdicts = encode_verdicts(run.items, handoff, len(request["token_ids"]))
+                broken = next(((name, why) for name, why in verdicts.items() if why is not None), None)
+                if broken is not None:
+                    return f"request {number}: {broken[0]}: {broken[1]}"
             return None
 
         problems = [p for p in await asyncio.gather(*(one(n) for n in range(1, CONCURRENT_REQUESTS + 1))) if p]
@@ -205,7 +248,7 @@ async def probe_concurrent(settings: KitSettings) -> Verdicts:
 async def probe_cancellation(settings: KitSettings) -> Verdicts:
     async with engine_session(settings) as session:
         context = Context("conformance-cancel")
-        request = kit_request(settings.mode, CANCEL_MAX_TOKENS)
+        request = settings.requests.request(CANCEL_MAX_TOKENS)
         try:
             stream = await bounded(open_raw_stream(session.engine, request, context), settings.stream_timeout,
                                    "generate")
@@ -230,7 +273,7 @@ def _cancelled_terminal_problem(run: RawRun) -> str | None:
     terminal = run.terminal_index()
     if terminal is not None:
         reason = _reason_of(run.items[terminal])
-        if reason == "cancelled":
+        if finish_reason_meaning(reason) is FinishReason.CANCELLED:
             return None
         return f"{prefix} ended with finish_reason {reason!r} instead of 'cancelled'"
     error = run.first_error()

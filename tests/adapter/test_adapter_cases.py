@@ -699,7 +699,7 @@ async def test_string_form_error_terminal_is_forwarded_as_data() -> None:
     stream = await adapter.generate(REQUEST, Context())
     items = await collect(stream)
     assert len(items) == 2
-    assert data_of(items[1])["finish_reason"] == "error"
+    assert data_of(items[1])["finish_reason"] == "error: out of memory"
 
 
 @async_test
@@ -727,7 +727,43 @@ MALFORMED: list[tuple[str, object, str | None]] = [
     ("str-index", {"token_ids": [1], "index": "0"}, "index"),
     ("float-index", {"token_ids": [1], "index": 0.0}, "index"),
     ("unknown-finish_reason", {"token_ids": [], "index": 0, "finish_reason": "done"}, "finish_reason"),
+    # Dynamo spells its reasons exactly: case matters, and a message needs "error: " with the space.
+    ("capitalised-finish_reason", {"token_ids": [], "index": 0, "finish_reason": "Stop"}, "finish_reason"),
+    ("error-message-without-space", {"token_ids": [], "index": 0, "finish_reason": "error:boom"}, "finish_reason"),
+    ("finish_reason-not-a-str", {"token_ids": [], "index": 0, "finish_reason": 1}, "finish_reason"),
 ]
+
+DYNAMO_FINISH_REASONS = ["eos", "stop", "length", "cancelled", "abort", "content_filter", "error", "error: boom"]
+
+
+@pytest.mark.parametrize("reason", DYNAMO_FINISH_REASONS)
+@async_test
+async def test_every_dynamo_finish_reason_is_forwarded_as_a_terminal_data_item(reason: str) -> None:
+    """Dynamo's FinishReason accepts eos, stop, length, cancelled (alias abort), content_filter,
+    error and ``error: <message>``: validation must let each through unchanged, as the terminal
+    that ends the stream (nothing after it is read)."""
+    terminal: Chunk = {"token_ids": [], "index": 0, "finish_reason": reason}
+    engine = ScriptedEngine([token(1), terminal, token(2)])
+    stream = await EngineAdapter(engine, AGG).generate(REQUEST, Context())
+    items = await collect(stream)
+    assert [data_of(i) for i in items] == [token(1), terminal]
+
+
+@async_test
+async def test_abort_terminal_after_a_stop_is_the_cancelled_terminal() -> None:
+    """A vLLM-style engine ends with ``abort`` after a stop: the model reads it as the cancelled
+    terminal (event terminal:cancelled), so the request ends normally after its single abort."""
+    engine = ScriptedEngine([token(1), WaitCancelled(), {"token_ids": [], "index": 0, "finish_reason": "abort"}])
+    adapter = EngineAdapter(engine, AGG)
+    context = Context()
+    stream = await adapter.generate(REQUEST, context)
+    first = await next_item(stream)
+    context.stop_generating()
+    rest = await collect(stream)
+    assert data_of(first)["token_ids"] == [1]
+    assert [data_of(i)["finish_reason"] for i in rest] == ["abort"]
+    assert await settled_aborts(adapter, engine) == 1
+    assert [step.event.name for step in stream.trace][-1] == "terminal:cancelled"
 
 
 @pytest.mark.parametrize(("bad", "field"), [(b, f) for _, b, f in MALFORMED], ids=[n for n, _, _ in MALFORMED])

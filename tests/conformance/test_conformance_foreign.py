@@ -178,11 +178,17 @@ def test_a_sample_style_engine_passes_in_every_mode_it_supports(mode: Mode) -> N
     assert report.ok, report.render()
 
 
-def test_a_sample_style_engine_without_encoder_result_fails_encode_naming_the_field() -> None:
-    """Encode mode needs encoder_result on the terminal; the reason says so."""
+def test_a_token_generator_checked_as_an_encode_worker_fails_upstreams_encode_suite() -> None:
+    """An encode worker answers with one token-less 'stop' hand-off carrying an encoder_result object;
+    a token generator breaks every part of that, under upstream's names, and the missing hand-off is
+    named before the chunk-shape check that depends on it."""
     report = conform(CountdownEngine, Mode.ENCODE)
-    assert failed(report) == {C.MALFORMED_CHUNK}
-    assert "encoder_result" in report.result(C.MALFORMED_CHUNK).reason
+    assert failed(report) == {
+        C.ENCODE_CHUNK_COUNT, C.ENCODE_TERMINAL_EXPECTED, C.ENCODE_TOKENS_NOT_EMPTY, C.ENCODE_USAGE_MISMATCH,
+        C.ENCODER_RESULT_EXPECTED_OBJECT,
+    }
+    assert "encoder_result" in report.result(C.ENCODER_RESULT_EXPECTED_OBJECT).reason
+    assert "EncoderResultExpectedObject" in report.result(C.MALFORMED_CHUNK).reason
 
 
 @pytest.mark.parametrize("mode", [Mode.AGGREGATED, Mode.DECODE], ids=str)

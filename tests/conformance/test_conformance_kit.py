@@ -33,8 +33,21 @@ FAST_DEADLINE = 0.2
 """Broken engines that never stop are given this long; keeps the suite quick."""
 
 DECODE_ONLY = {C.ABORT_BEFORE_FIRST_TOKEN}
+ENCODE_ONLY = {C.ENCODE_CHUNK_COUNT, C.ENCODE_TERMINAL_EXPECTED, C.ENCODE_TOKENS_NOT_EMPTY, C.ENCODE_USAGE_MISMATCH,
+               C.ENCODER_RESULT_EXPECTED_OBJECT}
+NOT_APPLICABLE = {
+    Mode.AGGREGATED: DECODE_ONLY | ENCODE_ONLY,
+    Mode.PREFILL: DECODE_ONLY | ENCODE_ONLY,
+    Mode.DECODE: ENCODE_ONLY,
+    Mode.ENCODE: DECODE_ONLY | {C.COMPLETION_TOKENS_MISMATCH},
+}
+"""What a SampleEngine-based engine is not judged on in each mode (it offers kv_event_sources, so those apply)."""
+AFTER_ENCODE_SUITE = {C.CONCURRENT_GENERATE_FAILED, C.SCHEDULE_FAILED}
+"""What needs encode mode's hand-off to be right first (each concurrent request must get one)."""
+KV_SOURCES = {C.KV_EVENT_SOURCES_FAILED, C.KV_EVENT_SOURCES_NOT_IDEMPOTENT}
 AFTER_ONE_STREAM = {
-    C.CONCURRENT_GENERATE_FAILED, C.CANCELLATION_NOT_OBSERVED, C.CANCELLATION_IGNORED, C.MALFORMED_CHUNK,
+    C.COMPLETION_TOKENS_MISMATCH, C.CONCURRENT_GENERATE_FAILED, C.CANCELLATION_NOT_OBSERVED, C.CANCELLATION_IGNORED,
+    C.MALFORMED_CHUNK,
     C.ABORTED_STREAM_NOT_ENDED, C.KILL_NOT_HANDLED_LIKE_STOP, C.ABORT_CALLED_TWICE, C.ABORT_ON_CLEAN_COMPLETION,
     C.DROPPED_STREAM_NOT_CLOSED, C.SCHEDULE_FAILED,
 }
@@ -48,8 +61,8 @@ AFTER_WELL_FORMED = {C.ABORTED_STREAM_NOT_ENDED, C.KILL_NOT_HANDLED_LIKE_STOP, C
 # failure -> (engine factory, mode, checks skipped besides the decode-only one outside decode, words in the reason)
 CASES: dict[ConformanceCheck, tuple[Any, Mode, set[ConformanceCheck], str]] = {
     C.START_FAILED: (broken.StartFailsEngine, Mode.AGGREGATED,
-                     {C.EMPTY_MODEL_IN_CONFIG, C.GENERATE_FAILED, C.NO_CHUNKS_YIELDED, C.STREAM_YIELDED_ERROR,
-                      *STREAM_SHAPE, *AFTER_ONE_STREAM}, "model store unreachable"),
+                     {C.EMPTY_MODEL_IN_CONFIG, *KV_SOURCES, C.GENERATE_FAILED, C.NO_CHUNKS_YIELDED,
+                      C.STREAM_YIELDED_ERROR, *STREAM_SHAPE, *AFTER_ONE_STREAM}, "model store unreachable"),
     C.EMPTY_MODEL_IN_CONFIG: (broken.EmptyModelEngine, Mode.AGGREGATED, set(), "model is ''"),
     C.GENERATE_FAILED: (broken.PromptKeyEngine, Mode.AGGREGATED,
                         {C.NO_CHUNKS_YIELDED, C.STREAM_YIELDED_ERROR, *STREAM_SHAPE, *AFTER_ONE_STREAM},
@@ -70,6 +83,21 @@ CASES: dict[ConformanceCheck, tuple[Any, Mode, set[ConformanceCheck], str]] = {
                        "did not acknowledge shutdown"),
     C.SECOND_CLEANUP_FAILED: (broken.NonIdempotentCleanupEngine, Mode.AGGREGATED, set(), "already closed"),
     C.CLEANUP_WITHOUT_START_FAILED: (broken.FragileCleanupEngine, Mode.AGGREGATED, set(), "never-started"),
+    C.KV_EVENT_SOURCES_FAILED: (broken.KvSourcesFailEngine, Mode.AGGREGATED, {C.KV_EVENT_SOURCES_NOT_IDEMPOTENT},
+                                "no --kv-events-endpoint configured"),
+    C.KV_EVENT_SOURCES_NOT_IDEMPOTENT: (broken.KvSourcesShiftEngine, Mode.AGGREGATED, set(), "[0] and then [1]"),
+    C.COMPLETION_TOKENS_MISMATCH: (broken.OvercountingEngine, Mode.AGGREGATED, set(),
+                                   "carried 8 token id(s) but its terminal reports completion_tokens 9"),
+    C.ENCODE_CHUNK_COUNT: (broken.ProgressChunksEncodeEngine, Mode.ENCODE, AFTER_ENCODE_SUITE, "got 2 items"),
+    C.ENCODE_TERMINAL_EXPECTED: (broken.LengthFinishEncodeEngine, Mode.ENCODE, AFTER_ENCODE_SUITE,
+                                 "finish_reason is 'length'"),
+    C.ENCODE_TOKENS_NOT_EMPTY: (broken.TokensInHandoffEncodeEngine, Mode.ENCODE, AFTER_ENCODE_SUITE,
+                                "carries 2 token id(s)"),
+    C.ENCODE_USAGE_MISMATCH: (broken.CountsEmbeddingsEncodeEngine, Mode.ENCODE, AFTER_ENCODE_SUITE,
+                              "'completion_tokens': 16"),
+    C.ENCODER_RESULT_EXPECTED_OBJECT: (broken.HandleOnlyEncodeEngine, Mode.ENCODE,
+                                       {C.MALFORMED_CHUNK, *AFTER_WELL_FORMED, *AFTER_ENCODE_SUITE},
+                                       "is str, not an object"),
     C.MALFORMED_CHUNK: (broken.IntTokenEngine, Mode.AGGREGATED, AFTER_WELL_FORMED, "'token_ids' must be a list"),
     C.ABORTED_STREAM_NOT_ENDED: (broken.StrandedByAbortEngine, Mode.AGGREGATED,
                                  {C.KILL_NOT_HANDLED_LIKE_STOP, C.SCHEDULE_FAILED}, "engine.abort"),
@@ -109,7 +137,7 @@ def test_broken_engine_fails_exactly_its_check(failure: ConformanceCheck) -> Non
     engine, mode, dependents, words = CASES[failure]
     report = conform(engine, mode)
     assert with_status(report, CheckStatus.FAILED) == {failure}
-    expected_skips = dependents | (set() if mode is Mode.DECODE else DECODE_ONLY)
+    expected_skips = dependents | NOT_APPLICABLE[mode]
     assert with_status(report, CheckStatus.SKIPPED) == expected_skips
     assert words in report.result(failure).reason
     assert not report.ok
@@ -117,10 +145,10 @@ def test_broken_engine_fails_exactly_its_check(failure: ConformanceCheck) -> Non
 
 @pytest.mark.parametrize("mode", list(Mode), ids=str)
 def test_sample_engine_passes_every_check_in_every_mode(mode: Mode) -> None:
-    """The bundled engine conforms; only the decode-only check is skipped outside decode."""
+    """The bundled engine conforms; only the checks of other modes are skipped."""
     report = asyncio.run(run_conformance(functools.partial(SampleEngine, mode=mode), mode=mode))
     assert report.ok, report.render()
-    expected_skips = set() if mode is Mode.DECODE else DECODE_ONLY
+    expected_skips = NOT_APPLICABLE[mode]
     assert with_status(report, CheckStatus.SKIPPED) == expected_skips
     assert with_status(report, CheckStatus.PASSED) == set(ConformanceCheck) - expected_skips
 
@@ -203,10 +231,13 @@ def test_report_as_dict_is_json_with_one_entry_per_check() -> None:
 
 
 def test_the_upstream_kits_checks_are_flagged_as_upstream() -> None:
-    """The thirteen failure names of upstream's kit (PROTOCOL-NOTES) are marked so in the JSON."""
+    """The failure names of upstream's kit (PROTOCOL-NOTES, and testing.rs's KV and encode checks) are marked
+    so in the JSON."""
     upstream = {"StartFailed", "EmptyModelInConfig", "GenerateFailed", "NoChunksYielded", "StreamYieldedError",
                 "ChunkAfterTerminal", "NoTerminalChunk", "ConcurrentGenerateFailed", "CancellationNotObserved",
-                "CancellationIgnored", "CleanupFailed", "SecondCleanupFailed", "CleanupWithoutStartFailed"}
+                "CancellationIgnored", "CleanupFailed", "SecondCleanupFailed", "CleanupWithoutStartFailed",
+                "KvEventSourcesFailed", "KvEventSourcesNotIdempotent", "CompletionTokensMismatch", "EncodeChunkCount",
+                "EncodeTerminalExpected", "EncodeTokensNotEmpty", "EncodeUsageMismatch", "EncoderResultExpectedObject"}
     checks = conform(SampleEngine, examples=0).as_dict()["checks"]
     assert isinstance(checks, list)
     assert {check["failure"] for check in checks if check["upstream"]} == upstream

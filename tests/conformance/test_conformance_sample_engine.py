@@ -45,11 +45,13 @@ def test_a_prefill_terminal_carries_disaggregated_params() -> None:
     assert chunks[-1]["disaggregated_params"]["prefill_worker"] == 3
 
 
-def test_an_encode_terminal_carries_an_encoder_result_object() -> None:
-    """Encode mode's terminal has encoder_result as a dict."""
-    chunks = collect(SampleEngine(mode=Mode.ENCODE), {"token_ids": [1], "stop_conditions": {"max_tokens": 2}})
-    assert isinstance(chunks[-1]["encoder_result"], dict)
-    assert all("encoder_result" not in c for c in chunks[:-1])
+def test_an_encode_request_gets_one_stop_terminal_handing_off_an_encoder_result_object() -> None:
+    """Dynamo's encode hand-off: one 'stop' terminal, no tokens, an encoder_result dict, zero completion tokens."""
+    request = {"token_ids": [1, 2], "multi_modal_data": {"image": []}, "stop_conditions": {"max_tokens": 2}}
+    chunks = collect(SampleEngine(mode=Mode.ENCODE), request)
+    assert [(c["finish_reason"], c["token_ids"]) for c in chunks] == [("stop", [])]
+    assert chunks[0]["encoder_result"]["media"] == ["image"]
+    assert chunks[0]["completion_usage"] == {"prompt_tokens": 2, "completion_tokens": 0, "total_tokens": 2}
 
 
 def test_a_decode_request_without_prefill_result_is_rejected_as_invalid_argument() -> None:

@@ -26,9 +26,9 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 
 
 def test_each_check_is_its_own_test_item(pytester: pytest.Pytester) -> None:
-    """The bundled engine: one passing item per check, the decode-only one skipped in agg."""
+    """The bundled engine: one passing item per check, the decode-only and the five encode-only ones skipped in agg."""
     result = run(pytester, "--dbp-engine", BUNDLED)
-    result.assert_outcomes(passed=len(CHECKS) - 1, skipped=1)
+    result.assert_outcomes(passed=len(CHECKS) - 6, skipped=6)
 
 
 def test_a_failing_check_fails_its_item_with_the_kits_reason(pytester: pytest.Pytester) -> None:
@@ -57,6 +57,14 @@ def test_mode_option_checks_the_engine_in_that_mode(pytester: pytest.Pytester) -
     """)
     result = run(pytester, "--dbp-engine", "decode_engine:factory", "--dbp-mode", "decode",
                  "-k", "AbortBeforeFirstToken")
+    result.assert_outcomes(passed=1, deselected=len(CHECKS) - 1)
+
+
+def test_engine_args_build_the_engine_through_from_args_in_its_declared_mode(pytester: pytest.Pytester) -> None:
+    """--dbp-engine-args feeds from_args, and without --dbp-mode the engine's declared mode is checked:
+    the decode-only check runs, so the engine was built for decode."""
+    result = run(pytester, "--dbp-engine", "dynamo_style_engines:FromArgsEngine",
+                 "--dbp-engine-args", "--disaggregation-mode decode", "-k", "AbortBeforeFirstToken")
     result.assert_outcomes(passed=1, deselected=len(CHECKS) - 1)
 
 

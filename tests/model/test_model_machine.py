@@ -486,6 +486,36 @@ def test_all_events_are_distinct_and_complete() -> None:
     assert len(ALL_EVENTS) == (len(EventKind) - 1) + 2 * len(FinishReason)
 
 
+@pytest.mark.parametrize(
+    ("spelling", "meaning"),
+    [
+        ("eos", FinishReason.EOS),
+        ("stop", FinishReason.STOP),
+        ("length", FinishReason.LENGTH),
+        ("cancelled", FinishReason.CANCELLED),
+        ("abort", FinishReason.CANCELLED),
+        ("content_filter", FinishReason.CONTENT_FILTER),
+        ("error", FinishReason.ERROR),
+        ("error: out of memory", FinishReason.ERROR),
+        ("error: ", FinishReason.ERROR),
+        ("Stop", None),
+        ("aborted", None),
+        ("error:boom", None),
+        (" stop", None),
+    ],
+)
+def test_finish_reasons_parse_as_dynamo_parses_them(spelling: str, meaning: FinishReason | None) -> None:
+    """Dynamo's FinishReason is spelled exactly; ``abort`` is cancelled and ``error: <message>``
+    is error.  Anything else is no finish reason at all."""
+    assert FinishReason.parse(spelling) is meaning
+
+
+def test_abort_terminal_events_are_the_cancelled_ones() -> None:
+    """A trace may name a terminal by Dynamo's alias: ``terminal:abort`` is ``terminal:cancelled``."""
+    assert parse_event("terminal:abort") is event(EventKind.TERMINAL, FinishReason.CANCELLED)
+    assert parse_event("terminal:abort+tokens") is event(EventKind.TERMINAL, FinishReason.CANCELLED, True)
+
+
 def test_unknown_event_lists_the_known_events() -> None:
     """A typo in an event name tells the user every valid name."""
     with pytest.raises(UnknownEvent) as info:
