@@ -1,4 +1,5 @@
-"""``check``: explore the request machine and the engine lifecycle exhaustively and report every invariant."""
+"""``check``: explore the request machine and the engine lifecycle exhaustively and report every invariant
+and every liveness property, with the fairness each one needs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 
 from dynamo_backend_protocol.model.explore import ExplorationReport, InvariantResult, explore_all
 from dynamo_backend_protocol.model.explore.lifecycle import LifecycleReport, explore_lifecycle
+from dynamo_backend_protocol.model.explore.liveness import LivenessResult
 from dynamo_backend_protocol.reference.cli.support import Subparsers, add_mode_option, parse_modes
 
 
@@ -45,6 +47,7 @@ def render(report: ExplorationReport, lifecycle: LifecycleReport | None = None) 
             f"{mode_report.seconds * 1000:.1f} ms"
         )
         lines.extend(_invariant_lines(mode_report.invariants))
+        lines.extend(_liveness_lines(mode_report.liveness))
     ok = report.ok
     scope = f"{len(report.modes)} mode(s)"
     if lifecycle is not None:
@@ -55,7 +58,7 @@ def render(report: ExplorationReport, lifecycle: LifecycleReport | None = None) 
         lines.extend(_invariant_lines(lifecycle.invariants))
         ok = ok and lifecycle.ok
         scope += " and the engine lifecycle"
-    verdict = "all invariants hold" if ok else "INVARIANTS VIOLATED"
+    verdict = "all invariants hold, and every liveness rule under its fairness," if ok else "INVARIANTS VIOLATED"
     lines.append(f"{verdict} in {scope}")
     return "\n".join(lines)
 
@@ -69,4 +72,23 @@ def _invariant_lines(results: list[InvariantResult]) -> list[str]:
             lines.append(f"           counterexample: {' -> '.join(result.counterexample or [])}")
             if result.detail:
                 lines.append(f"           {result.detail}")
+    return lines
+
+
+def _liveness_lines(results: list[LivenessResult]) -> list[str]:
+    lines: list[str] = []
+    for result in results:
+        mark = "holds   " if result.holds else "VIOLATED"
+        lines.append(f"  {mark} {result.rule:<34} {result.name} (liveness)")
+        lines.append(f"           assumes fairness: {', '.join(result.fairness) or 'none'}")
+        if result.counterexample is not None:
+            lines.append(f"           fair lasso: {result.counterexample.describe()}")
+        elif not result.triggered:
+            lines.append("           holds without fairness: no reachable state triggers it")
+        elif result.without_fairness is None:
+            lines.append("           holds without fairness")
+        else:
+            lines.append(f"           needs: {', '.join(result.needs) or 'some of them together'}")
+            for name, lasso in result.without.items():
+                lines.append(f"           without {name}: {lasso.describe()}")
     return lines
