@@ -70,6 +70,9 @@ FIRST_TOKEN_OR_END: Fairness[Event] = Fairness(
     lambda ev: ev.signals_first_token or ev.ends_stream,
 )
 
+FAIRNESS: tuple[Fairness[Event], ...] = (SETUP_RETURNS, ENGINE_PROGRESSES, STREAM_ENDS, FIRST_TOKEN_OR_END)
+"""Every assumption some liveness property makes, in the spec's order."""
+
 _LIVE = frozenset({ControlState.STREAMING, ControlState.CANCEL_PENDING, ControlState.ABORTED})
 
 

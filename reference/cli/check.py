@@ -9,6 +9,7 @@ import json
 from dynamo_backend_protocol.model.explore import ExplorationReport, InvariantResult, explore_all
 from dynamo_backend_protocol.model.explore.lifecycle import LifecycleReport, explore_lifecycle
 from dynamo_backend_protocol.model.explore.liveness import LivenessResult
+from dynamo_backend_protocol.model.liveness import FAIRNESS
 from dynamo_backend_protocol.reference.cli.support import Subparsers, add_mode_option, parse_modes
 
 
@@ -32,10 +33,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def as_dict(report: ExplorationReport, lifecycle: LifecycleReport) -> dict[str, object]:
-    """The request machine's report, with ``ok`` covering the lifecycle too and a ``lifecycle`` key added."""
+    """The request machine's report, with ``ok`` covering the lifecycle too, a ``lifecycle`` key added,
+    and ``fairness``: what each fairness assumption the liveness rules name assumes."""
     data = report.as_dict()
     data["ok"] = report.ok and lifecycle.ok
     data["lifecycle"] = lifecycle.as_dict()
+    data["fairness"] = {fairness.name: fairness.assumes for fairness in FAIRNESS}
     return data
 
 
@@ -58,6 +61,8 @@ def render(report: ExplorationReport, lifecycle: LifecycleReport | None = None) 
         lines.extend(_invariant_lines(lifecycle.invariants))
         ok = ok and lifecycle.ok
         scope += " and the engine lifecycle"
+    lines.append("fairness the liveness rules assume (weak: an event of the class that stays allowed happens):")
+    lines.extend(f"  {fairness.name:<20} {fairness.assumes}" for fairness in FAIRNESS)
     verdict = "all invariants hold, and every liveness rule under its fairness," if ok else "INVARIANTS VIOLATED"
     lines.append(f"{verdict} in {scope}")
     return "\n".join(lines)

@@ -69,7 +69,7 @@ def test_check_json_reports_every_mode_and_exits_zero(capsys: pytest.CaptureFixt
     code, data = check_json(capsys)
     assert code == 0
     # "lifecycle" is the engine lifecycle model, checked alongside (any --mode).
-    assert set(data) == {"ok", "modes", "lifecycle"}
+    assert set(data) == {"ok", "modes", "lifecycle", "fairness"}
     assert data["ok"] is True
     assert set(data["modes"]) == ALL_MODE_SLUGS
     for report in data["modes"].values():
@@ -257,6 +257,7 @@ def test_check_json_reports_liveness_with_fairness_in_every_mode(capsys: pytest.
     decode = {item["id"]: item for item in data["modes"]["decode"]["liveness"]}
     deferral = decode["DECODE-WAIT-ENDS"]
     assert "first-token-or-end" in deferral["assumes"]
+    assert "first-token signal or the stream's end" in data["fairness"]["first-token-or-end"]
     assert deferral["needs"] == ["first-token-or-end"]
     assert deferral["holds_without_fairness"] is False
     assert deferral["lassos_without"]["first-token-or-end"] == {
