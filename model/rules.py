@@ -26,6 +26,7 @@ RULES: dict[str, str] = {
     "DECODE-FIRST-TOKEN": "first-token is a chunk with tokens or a side-channel notice, nothing else",
     "DECODE-DROP": "a deferred abort is dropped when the stream ends before first-token",
     "DECODE-TIE": "first-token and stream-end in the same step resolve to abort",
+    "DISAGG-NO-ORPHANED-TRANSFER": "no abort while the decode request's KV transfer is in flight",
     "DECODE-WAIT-ENDS": "a deferred abort is eventually fired or dropped, if a first token or the stream's end comes",
     # Request teardown.
     "WATCH-RELEASED": "a finished request holds no cancellation watch",

@@ -6,22 +6,35 @@ from __future__ import annotations
 import argparse
 import json
 
+from dynamo_backend_protocol.model import Mode
 from dynamo_backend_protocol.model.explore import ExplorationReport, InvariantResult, explore_all
+from dynamo_backend_protocol.model.explore.disagg import DisaggReport, explore_disagg
 from dynamo_backend_protocol.model.explore.lifecycle import LifecycleReport, explore_lifecycle
 from dynamo_backend_protocol.model.explore.liveness import LivenessResult
 from dynamo_backend_protocol.model.liveness import FAIRNESS
-from dynamo_backend_protocol.reference.cli.support import Subparsers, add_mode_option, parse_modes
+from dynamo_backend_protocol.reference.cli.support import Subparsers, UsageError, add_mode_option, parse_modes
 
 
 def register(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("check", help="explore the protocol model and check every invariant")
     add_mode_option(parser, allow_all=True, default=None)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--machine",
+        choices=("request", "disagg"),
+        default="request",
+        help="request: one request per mode and the engine lifecycle; disagg: a decode request with its KV transfer",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    report = explore_all(parse_modes(args.mode))
+    modes = parse_modes(args.mode)
+    if args.machine == "disagg":
+        if args.mode is not None and modes != [Mode.DECODE]:
+            raise UsageError("check: --machine disagg is a decode request with its KV transfer; use --mode decode")
+        return _run_disagg(args.json)
+    report = explore_all(modes)
     # The lifecycle does not depend on the mode, so it is checked whatever --mode says.
     lifecycle = explore_lifecycle()
     ok = report.ok and lifecycle.ok
@@ -30,6 +43,25 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(render(report, lifecycle))
     return 0 if ok else 1
+
+
+def _run_disagg(as_json: bool) -> int:
+    report = explore_disagg()
+    if as_json:
+        print(json.dumps({"ok": report.ok, "disagg": report.as_dict()}, indent=2))
+    else:
+        print(render_disagg(report))
+    return 0 if report.ok else 1
+
+
+def render_disagg(report: DisaggReport) -> str:
+    lines = [
+        f"disagg (a decode request and its prefill peer's KV transfer): {report.states} states, "
+        f"{report.transitions} transitions, {report.seconds * 1000:.1f} ms",
+        *_invariant_lines(report.invariants),
+        "all invariants hold in the composition" if report.ok else "INVARIANTS VIOLATED in the composition",
+    ]
+    return "\n".join(lines)
 
 
 def as_dict(report: ExplorationReport, lifecycle: LifecycleReport) -> dict[str, object]:

@@ -306,3 +306,22 @@ def test_check_prints_a_fair_lasso_when_a_request_never_ends(
     assert code == 1
     assert any("VIOLATED" in line and "DONE-EVENTUALLY" in line for line in out.splitlines())
     assert "fair lasso: setup -> token_chunk -> stop, then forever: token_chunk" in out
+
+
+def test_check_machine_disagg_reports_the_composition(capsys: pytest.CaptureFixture[str]) -> None:
+    """--machine disagg explores a decode request with its KV transfer and
+    reports DISAGG-NO-ORPHANED-TRANSFER among its invariants."""
+    code, data = check_json(capsys, "--machine", "disagg")
+    assert code == 0
+    assert data["ok"] is True
+    rules = {item["id"] for item in data["disagg"]["invariants"]}
+    assert "DISAGG-NO-ORPHANED-TRANSFER" in rules
+    assert data["disagg"]["states"] > 0
+
+
+def test_check_machine_disagg_outside_decode_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """The KV transfer only exists in decode mode: asking for agg is one line and exit 2."""
+    code, out, err = run_cli(capsys, "check", "--machine", "disagg", "--mode", "agg")
+    assert code == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1 and "decode" in err
