@@ -69,6 +69,8 @@ class MachineSpec(Generic[S, E, T]):
     max_states: int = 100_000
     stop_at_first_violation: bool = False
     """For a caller that only asks whether anything breaks (the mutation score)."""
+    explore_past_violations: bool = False
+    """Expand states past a violation too, for a caller comparing with a checker that does (SPIN)."""
 
 
 def _names(predicates: Sequence[Invariant[X]]) -> list[tuple[str, str]]:
@@ -138,7 +140,7 @@ def check_machine(spec: MachineSpec[S, E, T]) -> CheckRun:
             results[inv.name].fail(path(state), f"reaches {spec.describe_state(state)}")
         if broken and spec.stop_at_first_violation:
             raise _Stopped
-        return not broken
+        return spec.explore_past_violations or not broken
 
     def expand(state: S) -> Iterator[tuple[E, S, bool]]:
         for ev in spec.events:
@@ -156,7 +158,7 @@ def check_machine(spec: MachineSpec[S, E, T]) -> CheckRun:
                 results[inv.name].fail(path(state, ev), spec.describe_step(taken))
             if broken and spec.stop_at_first_violation:
                 raise _Stopped
-            yield ev, spec.after(taken), not broken
+            yield ev, spec.after(taken), spec.explore_past_violations or not broken
 
     try:
         walk.run(expand, admit, spec.max_states)

@@ -51,7 +51,11 @@ class ExplorationReport:
 
 
 def explore(
-    mode: Mode, table: CompiledTable = DEFAULT_TABLE, liveness: bool = True, stop_at_first_violation: bool = False
+    mode: Mode,
+    table: CompiledTable = DEFAULT_TABLE,
+    liveness: bool = True,
+    stop_at_first_violation: bool = False,
+    explore_past_violations: bool = False,
 ) -> ModeReport:
     """Every invariant on every reachable state and step of ``mode``, then (unless
     ``liveness`` is off) every liveness property under its fairness."""
@@ -74,6 +78,7 @@ def explore(
             liveness=LIVENESS_PROPERTIES if liveness else (),
             max_states=MAX_STATES,
             stop_at_first_violation=stop_at_first_violation,
+            explore_past_violations=explore_past_violations,
         )
     )
     return ModeReport(report.states, report.transitions, report.seconds, report.invariants, report.liveness, mode)

@@ -13,6 +13,7 @@ from dynamo_backend_protocol.model.explore.lifecycle import LifecycleReport, exp
 from dynamo_backend_protocol.model.explore.liveness import LivenessResult
 from dynamo_backend_protocol.model.liveness import FAIRNESS
 from dynamo_backend_protocol.reference.cli.support import Subparsers, UsageError, add_mode_option, parse_modes
+from dynamo_backend_protocol.reference.spin import SpinUnavailable, spin_check
 
 
 def register(subparsers: Subparsers) -> None:
@@ -25,6 +26,12 @@ def register(subparsers: Subparsers) -> None:
         default="request",
         help="request: one request per mode and the engine lifecycle; disagg: a decode request with its KV transfer",
     )
+    parser.add_argument(
+        "--engine",
+        choices=("explorer", "spin"),
+        default="explorer",
+        help="explorer: this package's own; spin: SPIN on the Promela export (state invariants and liveness)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -34,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
         if args.mode is not None and modes != [Mode.DECODE]:
             raise UsageError("check: --machine disagg is a decode request with its KV transfer; use --mode decode")
         return _run_disagg(args.json)
+    if args.engine == "spin":
+        return _run_spin(modes, args.json)
     report = explore_all(modes)
     # The lifecycle does not depend on the mode, so it is checked whatever --mode says.
     lifecycle = explore_lifecycle()
@@ -43,6 +52,37 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(render(report, lifecycle))
     return 0 if ok else 1
+
+
+def _run_spin(modes: list[Mode], as_json: bool) -> int:
+    try:
+        verdicts = {mode: spin_check(mode) for mode in modes}
+    except SpinUnavailable as error:
+        raise UsageError(f"check: {error}") from None
+    ok = all(verdict.holds for found in verdicts.values() for verdict in found)
+    if as_json:
+        data = {
+            "ok": ok,
+            "engine": "spin",
+            "modes": {
+                mode.value: [{"id": v.rule, "name": v.name, "holds": v.holds} for v in found]
+                for mode, found in verdicts.items()
+            },
+            "not_checked": SPIN_CANNOT_CHECK,
+        }
+        print(json.dumps(data, indent=2))
+        return 0 if ok else 1
+    lines: list[str] = []
+    for mode, found in verdicts.items():
+        lines.append(f"mode {mode.value} (SPIN on the Promela export):")
+        lines.extend(f"  {'holds   ' if v.holds else 'VIOLATED'} {v.rule:<34} {v.name}" for v in found)
+    lines.append(f"not checked by SPIN: {SPIN_CANNOT_CHECK}")
+    lines.append(f"{'all properties hold' if ok else 'PROPERTIES VIOLATED'} in {len(modes)} mode(s), according to SPIN")
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
+SPIN_CANNOT_CHECK = "step invariants, TABLE-WELL-FORMED, DONE-REACHABLE and the engine lifecycle"
 
 
 def _run_disagg(as_json: bool) -> int:
