@@ -16,9 +16,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from dynamo_backend_protocol.model.explore.promela import liveness_claim_name, promela_body
-from dynamo_backend_protocol.model.invariants import STATE_INVARIANTS
-from dynamo_backend_protocol.model.liveness import LIVENESS_PROPERTIES
+from dynamo_backend_protocol.model.explore.promela import claims, promela_body
 from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable
 from dynamo_backend_protocol.model.vocabulary import Mode
 
@@ -56,17 +54,16 @@ def _run(argv: list[str], folder: Path) -> str:
     return done.stdout
 
 
-def spin_check(mode: Mode, table: CompiledTable = DEFAULT_TABLE) -> list[SpinVerdict]:
-    """SPIN's verdict on every state invariant and liveness property of ``mode``."""
-    return list(_verdicts(promela_body(mode, table)))
+def spin_check(mode: Mode, table: CompiledTable = DEFAULT_TABLE, with_transfer: bool = False) -> list[SpinVerdict]:
+    """SPIN's verdict on every state invariant and liveness property of ``mode`` (with
+    ``with_transfer``: every state invariant of the decode request composed with its KV transfer)."""
+    return list(_verdicts(promela_body(mode, table, with_transfer), tuple(claims(with_transfer))))
 
 
 @cache
-def _verdicts(model: str) -> tuple[SpinVerdict, ...]:
+def _verdicts(model: str, claims: tuple[tuple[str, str, str], ...]) -> tuple[SpinVerdict, ...]:
     """Modes whose exports are the same text (agg, prefill, encode today) are verified once."""
     spin, compiler = spin_commands()
-    claims = [(inv.rule, inv.name, inv.name) for inv in STATE_INVARIANTS]
-    claims += [(prop.rule, prop.name, liveness_claim_name(prop)) for prop in LIVENESS_PROPERTIES]
     with tempfile.TemporaryDirectory(prefix="dbp-spin-") as name:
         folder = Path(name)
         (folder / "model.pml").write_text(model)

@@ -58,7 +58,7 @@ def _describe(step: DisaggStep) -> str:
     return f"{_name(step.event)} in {step.before.describe()} -> {step.after.describe()} / {actions}"
 
 
-def explore_disagg(table: CompiledTable = DEFAULT_TABLE) -> DisaggReport:
+def explore_disagg(table: CompiledTable = DEFAULT_TABLE, explore_past_violations: bool = False) -> DisaggReport:
     """Breadth-first over a decode request and its transfer; the first counterexample is a shortest one."""
     report = timed_check(
         MachineSpec(
@@ -76,6 +76,7 @@ def explore_disagg(table: CompiledTable = DEFAULT_TABLE) -> DisaggReport:
             well_formed=(TABLE_WELL_FORMED, "table_is_deterministic_and_complete"),
             finished=lambda state: state.request.control is ControlState.DONE,
             can_finish=(DONE_REACHABLE, "done_reachable_from_every_state"),
+            explore_past_violations=explore_past_violations,
         )
     )
     return DisaggReport(report.states, report.transitions, report.seconds, report.invariants, report.liveness)

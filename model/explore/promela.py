@@ -23,7 +23,16 @@ import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from dynamo_backend_protocol.model.invariants import STATE_INVARIANTS
+from dynamo_backend_protocol.model.disagg import (
+    ABORT_ORPHANS,
+    DISAGG_STATE_INVARIANTS,
+    FIRST_TOKEN_NEEDS,
+    TRANSFER_TABLE,
+    DisaggState,
+    TransferEvent,
+    TransferPhase,
+)
+from dynamo_backend_protocol.model.invariants import LIVE, STATE_INVARIANTS
 from dynamo_backend_protocol.model.liveness import LIVENESS_PROPERTIES, Fairness, RequestLiveness
 from dynamo_backend_protocol.model.machine import CompiledTable
 from dynamo_backend_protocol.model.state import RequestState
@@ -73,11 +82,30 @@ def _state(mode: Mode, values: dict[str, object]) -> RequestState:
 
 def _expression(mode: Mode, predicate: Callable[[RequestState], bool], fixed: dict[str, object]) -> str:
     """``predicate`` as a Promela expression over the fields it depends on (``fixed`` ones excluded)."""
-    free = [field for field in _FIELDS if field.name not in fixed]
+    return _tabulated(_FIELDS, lambda values: predicate(_state(mode, values)), fixed)
+
+
+_TRANSFER = _Field("transfer", tuple(TransferPhase))
+
+
+def _composed_expression(mode: Mode, predicate: Callable[[DisaggState], bool]) -> str:
+    """A predicate on a request with its KV transfer, over the request's fields and the transfer's phase."""
+
+    def subject(values: dict[str, object]) -> bool:
+        transfer = values.pop("transfer")
+        return predicate(DisaggState(_state(mode, values), transfer))  # type: ignore[arg-type]
+
+    return _tabulated((*_FIELDS, _TRANSFER), subject, {})
+
+
+def _tabulated(
+    fields: Sequence[_Field], predicate: Callable[[dict[str, object]], bool], fixed: dict[str, object]
+) -> str:
+    free = [field for field in fields if field.name not in fixed]
     table: dict[tuple[object, ...], bool] = {}
     for combo in itertools.product(*(field.values for field in free)):
         values = dict(zip((field.name for field in free), combo, strict=True)) | fixed
-        table[combo] = bool(predicate(_state(mode, values)))
+        table[combo] = bool(predicate(values))
     results = set(table.values())
     if len(results) == 1:
         return "true" if results == {True} else "false"
@@ -165,6 +193,31 @@ def _updates(command: _Command) -> list[str]:
     return lines
 
 
+def _synchronised(command: _Command, enabled: str, updates: list[str]) -> tuple[str, list[str]]:
+    """A request command inside the composition: a first-token signal waits for the completed
+    transfer, and an abort while the transfer is in flight orphans it (see model/disagg.py)."""
+    if command.event.signals_first_token:
+        enabled = f"({enabled} && transfer == {_TRANSFER.code(FIRST_TOKEN_NEEDS)})"
+    if ActionKind.CALL_ABORT in command.row.actions:
+        orphaning = " || ".join(f"transfer == {_TRANSFER.code(phase)}" for phase in sorted(ABORT_ORPHANS, key=str))
+        orphaned = _TRANSFER.code(TransferPhase.ORPHANED)
+        updates = [*updates, f"if :: {orphaning} -> transfer = {orphaned} :: else -> skip fi"]
+    return enabled, updates
+
+
+def _transfer_commands() -> list[str]:
+    live = " || ".join(f"control == {_CONTROLS.index(state)}" for state in _CONTROLS if state in LIVE)
+    lines = []
+    for index, row in enumerate(TRANSFER_TABLE):
+        enabled = f"transfer == {_TRANSFER.code(row.source)}"
+        if row.needs_live_request:
+            enabled = f"({enabled} && ({live}))"
+        event = len(ALL_EVENTS) + list(TransferEvent).index(row.event)
+        steps = f"last = {event}; transfer = {_TRANSFER.code(row.target)}; atoms()"
+        lines.append(f"  :: atomic {{ {enabled} -> {steps} }}  /* {row.event.value}, transfer row {index} */")
+    return lines
+
+
 def _identifier(text: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in text)
 
@@ -182,13 +235,23 @@ def liveness_claim_name(prop: RequestLiveness) -> str:
     return _identifier(prop.name)
 
 
-def export_promela(mode: Mode, table: CompiledTable) -> str:
-    """The Promela model of ``table`` in ``mode``, with one ``ltl`` claim per property."""
-    header = f"/* Generated from the request table by dynamo-backend-protocol, mode {mode.value}. Do not edit. */"
-    return f"{header}\n{promela_body(mode, table)}"
+def export_promela(mode: Mode, table: CompiledTable, with_transfer: bool = False) -> str:
+    """The Promela model of ``table`` in ``mode``, with one ``ltl`` claim per property; with
+    ``with_transfer``, the decode request composed with its KV transfer (:mod:`..disagg`)."""
+    what = "a decode request and its KV transfer" if with_transfer else f"mode {mode.value}"
+    header = f"/* Generated from the tables by dynamo-backend-protocol: {what}. Do not edit. */"
+    return f"{header}\n{promela_body(mode, table, with_transfer)}"
 
 
-def promela_body(mode: Mode, table: CompiledTable) -> str:
+def claims(with_transfer: bool = False) -> list[tuple[str, str, str]]:
+    """(rule, property name, ltl claim name) of every property the export states."""
+    found = [(inv.rule, inv.name, inv.name) for inv in STATE_INVARIANTS]
+    if with_transfer:
+        return found + [(inv.rule, inv.name, inv.name) for inv in DISAGG_STATE_INVARIANTS]
+    return found + [(prop.rule, prop.name, liveness_claim_name(prop)) for prop in LIVENESS_PROPERTIES]
+
+
+def promela_body(mode: Mode, table: CompiledTable, with_transfer: bool = False) -> str:
     """The model without its header, so modes that export the same model compare equal.
 
     Each proposition the claims use is a boolean variable recomputed after
@@ -201,8 +264,14 @@ def promela_body(mode: Mode, table: CompiledTable) -> str:
     """(variable, expression, value in the initial state)."""
     for inv in STATE_INVARIANTS:
         atoms.append((f"inv_{inv.name}", _expression(mode, inv.holds, {}), inv.holds(initial)))
+    if with_transfer:
+        start = DisaggState(initial)
+        for composed in DISAGG_STATE_INVARIANTS:
+            atoms.append((f"inv_{composed.name}", _composed_expression(mode, composed.holds), composed.holds(start)))
+    # The composition is checked for safety only (as explore_disagg does).
+    liveness = () if with_transfer else LIVENESS_PROPERTIES
     fairness_used: dict[str, Fairness[Event]] = {}
-    for prop in LIVENESS_PROPERTIES:
+    for prop in liveness:
         name = liveness_claim_name(prop)
         atoms.append((f"trigger_{name}", _expression(mode, prop.trigger, {}), prop.trigger(initial)))
         atoms.append((f"goal_{name}", _expression(mode, prop.goal, {}), prop.goal(initial)))
@@ -217,6 +286,7 @@ def promela_body(mode: Mode, table: CompiledTable) -> str:
         atoms.append((f"fair_{name}", f"(!{enabled} || {taken})", not enabled_at_start))
     lines = [
         *(f"byte {field.name} = {field.code(getattr(initial, field.name))};" for field in _FIELDS),
+        *(["byte transfer = 0;"] if with_transfer else []),
         "byte last = 255;",
         "bool dead = 0;",
         *(f"bool {variable} = {int(value)};" for variable, _, value in atoms),
@@ -229,13 +299,18 @@ def promela_body(mode: Mode, table: CompiledTable) -> str:
         "  do",
     ]
     for command in commands:
-        updates = "; ".join([f"last = {ALL_EVENTS.index(command.event)}", *_updates(command), "atoms()"])
+        enabled, updates = command.enabled(), _updates(command)
+        if with_transfer:
+            enabled, updates = _synchronised(command, enabled, updates)
+        steps = "; ".join([f"last = {ALL_EVENTS.index(command.event)}", *updates, "atoms()"])
         comment = f"/* {command.event.name}: {command.row.rule} */"
-        lines.append(f"  :: atomic {{ {command.enabled()} -> {updates} }}  {comment}")
+        lines.append(f"  :: atomic {{ {enabled} -> {steps} }}  {comment}")
+    if with_transfer:
+        lines.extend(_transfer_commands())
     lines += ["  :: else -> dead = 1; break", "  od", "}", ""]
-    for inv in STATE_INVARIANTS:
+    for inv in (*STATE_INVARIANTS, *(DISAGG_STATE_INVARIANTS if with_transfer else ())):
         lines.append(f"ltl {inv.name} {{ [] inv_{inv.name} }}")
-    for prop in LIVENESS_PROPERTIES:
+    for prop in liveness:
         name = liveness_claim_name(prop)
         # Weak fairness <>[]enabled -> []<>taken, written as the equivalent []<>(!enabled || taken):
         # the generalised Büchi form keeps SPIN's translation of the claim small.

@@ -40,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     if args.machine == "disagg":
         if args.mode is not None and modes != [Mode.DECODE]:
             raise UsageError("check: --machine disagg is a decode request with its KV transfer; use --mode decode")
+        if args.engine == "spin":
+            return _run_spin([Mode.DECODE], args.json, with_transfer=True)
         return _run_disagg(args.json)
     if args.engine == "spin":
         return _run_spin(modes, args.json)
@@ -54,9 +56,9 @@ def run(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _run_spin(modes: list[Mode], as_json: bool) -> int:
+def _run_spin(modes: list[Mode], as_json: bool, with_transfer: bool = False) -> int:
     try:
-        verdicts = {mode: spin_check(mode) for mode in modes}
+        verdicts = {mode: spin_check(mode, with_transfer=with_transfer) for mode in modes}
     except SpinUnavailable as error:
         raise UsageError(f"check: {error}") from None
     ok = all(verdict.holds for found in verdicts.values() for verdict in found)
@@ -74,7 +76,8 @@ def _run_spin(modes: list[Mode], as_json: bool) -> int:
         return 0 if ok else 1
     lines: list[str] = []
     for mode, found in verdicts.items():
-        lines.append(f"mode {mode.value} (SPIN on the Promela export):")
+        what = "a decode request and its KV transfer" if with_transfer else f"mode {mode.value}"
+        lines.append(f"{what} (SPIN on the Promela export):")
         lines.extend(f"  {'holds   ' if v.holds else 'VIOLATED'} {v.rule:<34} {v.name}" for v in found)
     lines.append(f"not checked by SPIN: {SPIN_CANNOT_CHECK}")
     lines.append(f"{'all properties hold' if ok else 'PROPERTIES VIOLATED'} in {len(modes)} mode(s), according to SPIN")
