@@ -4,13 +4,15 @@ State invariants look at one reachable state; step invariants look at one
 transition (state before, event, actions, state after).  They judge from the
 event and the actions, never from the row that produced them, so they catch a
 faulty table instead of repeating it.  ``DONE-REACHABLE`` is a property of the
-whole reachable graph and is checked by the explorer.
+whole reachable graph and is checked by the explorer; the liveness properties
+(runs that never end) are in :mod:`.liveness`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Generic, TypeAlias, TypeVar
 
 from dynamo_backend_protocol.model.machine import Step
@@ -40,6 +42,26 @@ class Invariant(Generic[X]):
 
 LIVE = frozenset({ControlState.STREAMING, ControlState.CANCEL_PENDING, ControlState.ABORTED})
 _CHUNK_KINDS = frozenset({EventKind.TOKEN_CHUNK, EventKind.EMPTY_CHUNK, EventKind.TERMINAL})
+_SETUP_KINDS = frozenset({EventKind.SETUP, EventKind.SETUP_FAILED})
+
+SPEC_ACTION_ORDER: tuple[ActionKind, ...] = (
+    ActionKind.CALL_ABORT,
+    ActionKind.FORWARD_DATA,
+    ActionKind.FORWARD_ERROR,
+    ActionKind.RETURN_SETUP_ERROR,
+    ActionKind.STOP_READING,
+    ActionKind.RELEASE_WATCH,
+)
+"""The order of section 5 of the spec, in which one step's actions are performed."""
+
+_STREAM_END_OF: dict[EventKind, StreamEnd] = {
+    EventKind.TERMINAL: StreamEnd.TERMINAL,
+    EventKind.ERROR: StreamEnd.ERROR,
+    EventKind.END: StreamEnd.EXHAUSTED,
+    EventKind.DROP: StreamEnd.DROPPED,
+    EventKind.SETUP_FAILED: StreamEnd.SETUP_FAILED,
+}
+"""How the stream ended, by the kind of event that ended it."""
 
 
 StateInvariant: TypeAlias = Invariant[RequestState]
@@ -82,6 +104,13 @@ def abort_at_most_once(state: RequestState) -> bool:
     return state.aborts <= 1
 
 
+@step_invariant("ABORT-ONCE")
+def aborts_counted_from_actions_at_most_one(step: Step) -> bool:
+    """Counted from the actions themselves, so a step whose abort the state does not record is still seen."""
+    performed = step.actions.count(ActionKind.CALL_ABORT)
+    return step.after.aborts == step.before.aborts + performed and step.after.aborts <= 1
+
+
 @step_invariant("ABORT-NEEDS-CANCEL")
 def abort_only_after_cancellation(step: Step) -> bool:
     if ActionKind.CALL_ABORT not in step.actions:
@@ -118,6 +147,18 @@ def first_token_only_from_tokens_or_notice(step: Step) -> bool:
     return step.event.signals_first_token
 
 
+@step_invariant("DECODE-FIRST-TOKEN")
+def first_token_noted_on_every_signal(step: Step) -> bool:
+    """The converse of the rule above: a first-token signal on a request that is not over is never missed."""
+    before, ev = step.before, step.event
+    if before.first_token or before.control is ControlState.DONE or not ev.signals_first_token:
+        return True
+    if ev.kind is EventKind.FIRST_TOKEN_NOTICE:
+        # The notice is a decode-mode signal; elsewhere it is ignored.
+        return step.after.first_token == (before.mode is Mode.DECODE)
+    return step.after.first_token or before.control not in LIVE
+
+
 @step_invariant("DECODE-DROP")
 def deferred_abort_dropped_when_stream_ends_first(step: Step) -> bool:
     if not _deferred(step.before) or not step.event.ends_stream or step.event.signals_first_token:
@@ -146,6 +187,18 @@ def terminal_stops_reading(step: Step) -> bool:
     return ActionKind.STOP_READING in step.actions and step.after.control is ControlState.DONE
 
 
+@step_invariant("STREAM-TERMINAL-LAST")
+def reading_stops_only_at_the_end(step: Step) -> bool:
+    """Reading stops when a terminal, an error or a drop ends a live request, and at no other time:
+    stopping earlier would lose the items still to come."""
+    stops = step.actions.count(ActionKind.STOP_READING)
+    ends_reading = (
+        step.before.control in LIVE
+        and step.event.kind in (EventKind.TERMINAL, EventKind.ERROR, EventKind.DROP)
+    )
+    return stops == (1 if ends_reading else 0)
+
+
 @step_invariant("STREAM-FORWARD-ORDER")
 def every_item_forwarded_once(step: Step) -> bool:
     data = step.actions.count(ActionKind.FORWARD_DATA)
@@ -170,7 +223,7 @@ def cancelled_terminal_forwarded(step: Step) -> bool:
 @step_invariant("STREAM-SETUP-FAILURE")
 def setup_failure_returns_error_only(step: Step) -> bool:
     if step.event.kind is not EventKind.SETUP_FAILED:
-        return True
+        return ActionKind.RETURN_SETUP_ERROR not in step.actions
     return step.actions == (ActionKind.RETURN_SETUP_ERROR,)
 
 
@@ -184,6 +237,14 @@ def setup_failure_leaves_nothing(state: RequestState) -> bool:
 @state_invariant("WATCH-RELEASED")
 def watch_held_exactly_while_live(state: RequestState) -> bool:
     return state.watching == (state.control in LIVE)
+
+
+@step_invariant("WATCH-RELEASED")
+def watch_released_once_as_the_request_ends(step: Step) -> bool:
+    """Judged from the action, which a step that does not track the watch could perform unseen."""
+    releases = step.actions.count(ActionKind.RELEASE_WATCH)
+    ends_live = step.before.control in LIVE and step.after.control is ControlState.DONE
+    return releases == (1 if ends_live else 0)
 
 
 @step_invariant("DONE-ABSORBING")
@@ -202,9 +263,23 @@ def setup_starts_the_watch(step: Step) -> bool:
 
 @step_invariant("STREAM-EVENT-ORDER")
 def engine_items_only_on_a_live_stream(step: Step) -> bool:
-    if step.event.kind not in ENGINE_STREAM_KINDS or step.before.control in LIVE:
-        return True
-    return step.ignored and not step.actions
+    """Refused, not ignored: a step for an engine item before the stream exists must not exist at all."""
+    return step.event.kind not in ENGINE_STREAM_KINDS or step.before.control is not ControlState.IDLE
+
+
+@step_invariant("STREAM-EVENT-ORDER")
+def setup_only_first(step: Step) -> bool:
+    return step.event.kind not in _SETUP_KINDS or step.before.control is ControlState.IDLE
+
+
+@step_invariant("STREAM-EVENT-ORDER")
+def drop_only_once_the_stream_exists(step: Step) -> bool:
+    return step.event.kind is not EventKind.DROP or step.before.control is not ControlState.IDLE
+
+
+@step_invariant("STREAM-TERMINAL-LAST")
+def engine_items_refused_after_done(step: Step) -> bool:
+    return step.event.kind not in ENGINE_STREAM_KINDS or step.before.control is not ControlState.DONE
 
 
 @step_invariant("STREAM-END-WITHOUT-TERMINAL")
@@ -221,6 +296,41 @@ def cancellation_recorded_once(step: Step) -> bool:
     if step.event.kind in (EventKind.STOP, EventKind.KILL) and step.before.control is not ControlState.DONE:
         return step.after.cancel is not None and step.after.cancel.value == step.event.kind.value
     return step.after.cancel is None
+
+
+@step_invariant("STREAM-DROP")
+def drop_stops_reading(step: Step) -> bool:
+    if step.event.kind is not EventKind.DROP or step.before.control not in LIVE:
+        return True
+    return ActionKind.STOP_READING in step.actions and step.after.control is ControlState.DONE
+
+
+@state_invariant("DONE-WHEN-ENDED")
+def done_exactly_when_the_stream_ended(state: RequestState) -> bool:
+    return (state.control is ControlState.DONE) == (state.ended is not None)
+
+
+@step_invariant("DONE-WHEN-ENDED")
+def request_ends_on_the_event_that_ends_its_stream(step: Step) -> bool:
+    """Judged from the event, not from what the row says it ended with."""
+    if step.before.control is ControlState.DONE:
+        return True
+    if step.after.control is not ControlState.DONE:
+        return not step.event.ends_stream
+    ended = _STREAM_END_OF.get(step.event.kind)
+    return step.event.ends_stream and (ended is None or step.after.ended is ended)
+
+
+@step_invariant("IGNORED-CHANGES-NOTHING")
+def ignored_event_changes_nothing(step: Step) -> bool:
+    return not step.ignored or (step.after is step.before and not step.actions)
+
+
+@step_invariant("ACTIONS-IN-ORDER")
+def actions_in_the_spec_order(step: Step) -> bool:
+    """Each action at most once per step, in the order of the spec's section 5."""
+    positions = [SPEC_ACTION_ORDER.index(action) for action in step.actions]
+    return all(earlier < later for earlier, later in pairwise(positions))
 
 
 DONE_REACHABLE = "DONE-REACHABLE"

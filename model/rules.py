@@ -12,20 +12,28 @@ RULES: dict[str, str] = {
     "STREAM-EVENT-ORDER": "engine items only arrive on a live stream; setup happens once, first",
     "STREAM-SETUP": "once the engine's stream exists the adapter watches the request for cancellation",
     "STREAM-END-WITHOUT-TERMINAL": "a stream that ends without a terminal ends the request; nothing is invented for it",
+    "STREAM-DROP": "a drop of a live request stops reading the engine's stream and ends the request",
+    "ACTIONS-IN-ORDER": "a step performs each action at most once, in the spec's order",
+    "IGNORED-CHANGES-NOTHING": "an ignored event changes no state and performs no action",
     # Cancellation and abort.
     "CANCEL-OBSERVED": "stop and kill are observed once (a kill is also a stop); later ones change nothing",
     "ABORT-ONCE": "engine.abort is called at most once per request",
     "ABORT-NEEDS-CANCEL": "engine.abort is only called after stop or kill was observed on a live request",
     "ABORT-IMMEDIATE": "abort fires in the step that observes cancellation, unless decode mode defers it",
+    "ABORT-EVENTUALLY": "a cancelled live request is eventually aborted or Done, if a first token or the end comes",
     # Decode-mode deferral.
     "DECODE-DEFER": "in decode mode abort never fires before first-token",
     "DECODE-FIRST-TOKEN": "first-token is a chunk with tokens or a side-channel notice, nothing else",
     "DECODE-DROP": "a deferred abort is dropped when the stream ends before first-token",
     "DECODE-TIE": "first-token and stream-end in the same step resolve to abort",
+    "DISAGG-NO-ORPHANED-TRANSFER": "no abort while the decode request's KV transfer is in flight",
+    "DECODE-WAIT-ENDS": "a deferred abort is eventually fired or dropped, if a first token or the stream's end comes",
     # Request teardown.
     "WATCH-RELEASED": "a finished request holds no cancellation watch",
     "DONE-ABSORBING": "Done is final: nothing leaves it and nothing happens in it",
+    "DONE-WHEN-ENDED": "a request is Done exactly when its stream ended, in the step of the event that ended it",
     "DONE-REACHABLE": "from every state some event sequence reaches Done",
+    "DONE-EVENTUALLY": "every request eventually reaches Done, if setup returns and the engine's stream ends",
     "TABLE-WELL-FORMED": "every event the protocol allows in a state matches exactly one row of the table",
     # Engine lifecycle.
     "LIFECYCLE-START-FIRST": (

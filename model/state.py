@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from dynamo_backend_protocol.model.vocabulary import CancelCause, ControlState, Mode, StreamEnd
@@ -29,6 +29,15 @@ class RequestState:
     # Successor cache: events are canonical singletons and states are interned
     # by the machine, so a hot-path step is one dict lookup.
     successors: dict[Any, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    # Explorers hash every state many times; the fields never change, so hash them once.
+    _hash: int = field(default=0, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        compared = tuple(getattr(self, item.name) for item in fields(self) if item.compare)
+        object.__setattr__(self, "_hash", hash(compared))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def evolve(self, **changes: Any) -> RequestState:
         return replace(self, successors={}, **changes)

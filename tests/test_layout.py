@@ -109,6 +109,6 @@ def test_the_bare_command_lists_the_subcommands() -> None:
     """Someone who types the command alone learns what it can do, not a Python error."""
     result = run_cli(sys.executable, "-m", PACKAGE)
     assert result.returncode == 2
-    for subcommand in ("check", "conform", "diagram", "explain", "teach", "trace", "bench"):
+    for subcommand in ("check", "mutate", "export", "conform", "diagram", "explain", "teach", "trace", "bench"):
         assert f"\n    {subcommand} " in result.stderr, result.stderr
     assert "Traceback" not in result.stderr

@@ -80,9 +80,12 @@ def registered_invariants() -> dict[str, set[str]]:
                 rule, name = getattr(invariant, "rule", None), getattr(invariant, "name", None)
                 if isinstance(rule, str) and isinstance(name, str):
                     by_rule.setdefault(rule, set()).add(name)
-    # Whole-graph properties are checked by the explorers, not registered.
-    for result in [*explore(Mode.AGGREGATED).invariants, *explore_lifecycle().invariants]:
-        by_rule.setdefault(result.rule, set()).add(result.name)
+    # Whole-graph properties and liveness are checked by the explorers, not registered.
+    request, lifecycle = explore(Mode.AGGREGATED), explore_lifecycle()
+    checked = [(result.rule, result.name) for result in [*request.invariants, *lifecycle.invariants]]
+    checked += [(result.rule, result.name) for result in [*request.liveness, *lifecycle.liveness]]
+    for rule, name in checked:
+        by_rule.setdefault(rule, set()).add(name)
     return by_rule
 
 

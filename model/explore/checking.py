@@ -4,7 +4,8 @@ One procedure serves the request machine and the lifecycle machine: walk
 breadth-first from the initial state over every event; check state
 invariants on each state when it is first reached and step invariants on
 every step; record for each violated invariant its first, hence shortest,
-counterexample; then check that every state can still finish.
+counterexample; then check that every state can still finish, and look for
+fair runs that never reach a liveness property's goal.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from dynamo_backend_protocol.model.explore.liveness import LivenessResult, check_liveness
 from dynamo_backend_protocol.model.explore.walk import StateSpaceTooLarge, Walk
 from dynamo_backend_protocol.model.invariants import Invariant
+from dynamo_backend_protocol.model.liveness import LivenessProperty
 
 S = TypeVar("S", bound=Hashable)
 E = TypeVar("E")
@@ -62,11 +65,20 @@ class MachineSpec(Generic[S, E, T]):
     finished: Callable[[S], bool]
     can_finish: tuple[str, str]
     """(rule, name) of "from every state some event sequence finishes"."""
+    liveness: Sequence[LivenessProperty[S, E]] = ()
     max_states: int = 100_000
+    stop_at_first_violation: bool = False
+    """For a caller that only asks whether anything breaks (the mutation score)."""
+    explore_past_violations: bool = False
+    """Expand states past a violation too, for a caller comparing with a checker that does (SPIN)."""
 
 
 def _names(predicates: Sequence[Invariant[X]]) -> list[tuple[str, str]]:
     return [(predicate.rule, predicate.name) for predicate in predicates]
+
+
+class _Stopped(Exception):
+    """The first violation was found and the caller asked for no more."""
 
 
 @dataclass
@@ -74,6 +86,7 @@ class CheckRun:
     states: int
     transitions: int
     invariants: list[InvariantResult]
+    liveness: list[LivenessResult]
 
 
 @dataclass
@@ -84,13 +97,15 @@ class MachineReport:
     transitions: int
     seconds: float
     invariants: list[InvariantResult]
+    liveness: list[LivenessResult]
 
     @property
     def ok(self) -> bool:
-        return all(result.holds for result in self.invariants)
+        return all(result.holds for result in self.invariants) and all(result.holds for result in self.liveness)
 
-    def violations(self) -> list[InvariantResult]:
-        return [result for result in self.invariants if not result.holds]
+    def violations(self) -> list[InvariantResult | LivenessResult]:
+        broken: list[InvariantResult | LivenessResult] = [result for result in self.invariants if not result.holds]
+        return broken + [result for result in self.liveness if not result.holds]
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -98,13 +113,14 @@ class MachineReport:
             "transitions": self.transitions,
             "seconds": round(self.seconds, 6),
             "invariants": [result.as_dict() for result in self.invariants],
+            "liveness": [result.as_dict() for result in self.liveness],
         }
 
 
 def timed_check(spec: MachineSpec[S, E, T]) -> MachineReport:
     started = time.perf_counter()
     run = check_machine(spec)
-    return MachineReport(run.states, run.transitions, time.perf_counter() - started, run.invariants)
+    return MachineReport(run.states, run.transitions, time.perf_counter() - started, run.invariants, run.liveness)
 
 
 def check_machine(spec: MachineSpec[S, E, T]) -> CheckRun:
@@ -122,7 +138,9 @@ def check_machine(spec: MachineSpec[S, E, T]) -> CheckRun:
         broken = [inv for inv in spec.state_invariants if not inv.holds(state)]
         for inv in broken:
             results[inv.name].fail(path(state), f"reaches {spec.describe_state(state)}")
-        return not broken
+        if broken and spec.stop_at_first_violation:
+            raise _Stopped
+        return spec.explore_past_violations or not broken
 
     def expand(state: S) -> Iterator[tuple[E, S, bool]]:
         for ev in spec.events:
@@ -132,17 +150,24 @@ def check_machine(spec: MachineSpec[S, E, T]) -> CheckRun:
                 continue
             except spec.malformed as error:
                 well_formed.fail(path(state, ev), str(error))
+                if spec.stop_at_first_violation:
+                    raise _Stopped from None
                 continue
             broken = [inv for inv in spec.step_invariants if not inv.holds(taken)]
             for inv in broken:
                 results[inv.name].fail(path(state, ev), spec.describe_step(taken))
-            yield ev, spec.after(taken), not broken
+            if broken and spec.stop_at_first_violation:
+                raise _Stopped
+            yield ev, spec.after(taken), spec.explore_past_violations or not broken
 
     try:
         walk.run(expand, admit, spec.max_states)
     except StateSpaceTooLarge as error:
         well_formed.fail(path(next(reversed(walk.parent))), str(error))
+    except _Stopped:
+        return CheckRun(len(walk.parent), walk.transitions, [*results.values(), well_formed, can_finish], [])
     stuck = walk.first_stuck(spec.finished)
     if stuck is not None:
         can_finish.fail(path(stuck), f"nothing finishes from {spec.describe_state(stuck)}")
-    return CheckRun(len(walk.parent), walk.transitions, [*results.values(), well_formed, can_finish])
+    liveness = [check_liveness(walk.edges, spec.initial, prop, spec.event_name) for prop in spec.liveness]
+    return CheckRun(len(walk.parent), walk.transitions, [*results.values(), well_formed, can_finish], liveness)

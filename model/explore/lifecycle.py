@@ -56,4 +56,4 @@ def explore_lifecycle(step: _Step = lifecycle_step) -> LifecycleReport:
             can_finish=(CLEANUP_AFTER_START, CLEANUP_REACHABLE),
         )
     )
-    return LifecycleReport(report.states, report.transitions, report.seconds, report.invariants)
+    return LifecycleReport(report.states, report.transitions, report.seconds, report.invariants, report.liveness)

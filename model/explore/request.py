@@ -18,6 +18,7 @@ from dynamo_backend_protocol.model.invariants import (
     STEP_INVARIANTS,
     TABLE_WELL_FORMED,
 )
+from dynamo_backend_protocol.model.liveness import LIVENESS_PROPERTIES
 from dynamo_backend_protocol.model.machine import (
     DEFAULT_TABLE,
     CompiledTable,
@@ -49,7 +50,15 @@ class ExplorationReport:
         return {"ok": self.ok, "modes": {m.value: r.as_dict() for m, r in self.modes.items()}}
 
 
-def explore(mode: Mode, table: CompiledTable = DEFAULT_TABLE) -> ModeReport:
+def explore(
+    mode: Mode,
+    table: CompiledTable = DEFAULT_TABLE,
+    liveness: bool = True,
+    stop_at_first_violation: bool = False,
+    explore_past_violations: bool = False,
+) -> ModeReport:
+    """Every invariant on every reachable state and step of ``mode``, then (unless
+    ``liveness`` is off) every liveness property under its fairness."""
     report = timed_check(
         MachineSpec(
             initial=table.initial(mode),
@@ -66,10 +75,13 @@ def explore(mode: Mode, table: CompiledTable = DEFAULT_TABLE) -> ModeReport:
             well_formed=(TABLE_WELL_FORMED, "table_is_deterministic_and_complete"),
             finished=lambda state: state.control is ControlState.DONE,
             can_finish=(DONE_REACHABLE, "done_reachable_from_every_state"),
+            liveness=LIVENESS_PROPERTIES if liveness else (),
             max_states=MAX_STATES,
+            stop_at_first_violation=stop_at_first_violation,
+            explore_past_violations=explore_past_violations,
         )
     )
-    return ModeReport(report.states, report.transitions, report.seconds, report.invariants, mode)
+    return ModeReport(report.states, report.transitions, report.seconds, report.invariants, report.liveness, mode)
 
 
 def _describe_step(step: Step) -> str:

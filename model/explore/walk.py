@@ -26,7 +26,8 @@ class Walk(Generic[S, E]):
     def __init__(self, initial: S) -> None:
         self.initial = initial
         self.parent: dict[S, tuple[S, E] | None] = {initial: None}
-        self.edges: dict[S, list[S]] = {}
+        self.edges: dict[S, list[tuple[E, S]]] = {}
+        """Each expanded state's allowed events and their successors, in event order."""
         self.transitions = 0
 
     def run(
@@ -45,7 +46,7 @@ class Walk(Generic[S, E]):
             successors = self.edges.setdefault(state, [])
             for ev, after, clean in expand(state):
                 self.transitions += 1
-                successors.append(after)
+                successors.append((ev, after))
                 if after in self.parent:
                     continue
                 self.parent[after] = (state, ev)
@@ -69,7 +70,7 @@ class Walk(Generic[S, E]):
         """The shallowest expanded state from which no path reaches a finished state."""
         reverse: dict[S, list[S]] = {}
         for source, targets in self.edges.items():
-            for target in targets:
+            for _, target in targets:
                 reverse.setdefault(target, []).append(source)
         can_finish = {state for state in self.parent if finished(state)}
         frontier = deque(can_finish)

@@ -1,24 +1,51 @@
-"""``check``: explore the request machine and the engine lifecycle exhaustively and report every invariant."""
+"""``check``: explore the request machine and the engine lifecycle exhaustively and report every invariant
+and every liveness property, with the fairness each one needs."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+from dynamo_backend_protocol.model import Mode
 from dynamo_backend_protocol.model.explore import ExplorationReport, InvariantResult, explore_all
+from dynamo_backend_protocol.model.explore.disagg import DisaggReport, explore_disagg
 from dynamo_backend_protocol.model.explore.lifecycle import LifecycleReport, explore_lifecycle
-from dynamo_backend_protocol.reference.cli.support import Subparsers, add_mode_option, parse_modes
+from dynamo_backend_protocol.model.explore.liveness import LivenessResult
+from dynamo_backend_protocol.model.liveness import FAIRNESS
+from dynamo_backend_protocol.reference.cli.support import Subparsers, UsageError, add_mode_option, parse_modes
+from dynamo_backend_protocol.reference.spin import SpinUnavailable, spin_check
 
 
 def register(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("check", help="explore the protocol model and check every invariant")
     add_mode_option(parser, allow_all=True, default=None)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--machine",
+        choices=("request", "disagg"),
+        default="request",
+        help="request: one request per mode and the engine lifecycle; disagg: a decode request with its KV transfer",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("explorer", "spin"),
+        default="explorer",
+        help="explorer: this package's own; spin: SPIN on the Promela export (state invariants and liveness)",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    report = explore_all(parse_modes(args.mode))
+    modes = parse_modes(args.mode)
+    if args.machine == "disagg":
+        if args.mode is not None and modes != [Mode.DECODE]:
+            raise UsageError("check: --machine disagg is a decode request with its KV transfer; use --mode decode")
+        if args.engine == "spin":
+            return _run_spin([Mode.DECODE], args.json, with_transfer=True)
+        return _run_disagg(args.json)
+    if args.engine == "spin":
+        return _run_spin(modes, args.json)
+    report = explore_all(modes)
     # The lifecycle does not depend on the mode, so it is checked whatever --mode says.
     lifecycle = explore_lifecycle()
     ok = report.ok and lifecycle.ok
@@ -29,11 +56,64 @@ def run(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _run_spin(modes: list[Mode], as_json: bool, with_transfer: bool = False) -> int:
+    try:
+        verdicts = {mode: spin_check(mode, with_transfer=with_transfer) for mode in modes}
+    except SpinUnavailable as error:
+        raise UsageError(f"check: {error}") from None
+    ok = all(verdict.holds for found in verdicts.values() for verdict in found)
+    if as_json:
+        data = {
+            "ok": ok,
+            "engine": "spin",
+            "modes": {
+                mode.value: [{"id": v.rule, "name": v.name, "holds": v.holds} for v in found]
+                for mode, found in verdicts.items()
+            },
+            "not_checked": SPIN_CANNOT_CHECK,
+        }
+        print(json.dumps(data, indent=2))
+        return 0 if ok else 1
+    lines: list[str] = []
+    for mode, found in verdicts.items():
+        what = "a decode request and its KV transfer" if with_transfer else f"mode {mode.value}"
+        lines.append(f"{what} (SPIN on the Promela export):")
+        lines.extend(f"  {'holds   ' if v.holds else 'VIOLATED'} {v.rule:<34} {v.name}" for v in found)
+    lines.append(f"not checked by SPIN: {SPIN_CANNOT_CHECK}")
+    lines.append(f"{'all properties hold' if ok else 'PROPERTIES VIOLATED'} in {len(modes)} mode(s), according to SPIN")
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
+SPIN_CANNOT_CHECK = "step invariants, TABLE-WELL-FORMED, DONE-REACHABLE and the engine lifecycle"
+
+
+def _run_disagg(as_json: bool) -> int:
+    report = explore_disagg()
+    if as_json:
+        print(json.dumps({"ok": report.ok, "disagg": report.as_dict()}, indent=2))
+    else:
+        print(render_disagg(report))
+    return 0 if report.ok else 1
+
+
+def render_disagg(report: DisaggReport) -> str:
+    lines = [
+        f"disagg (a decode request and its prefill peer's KV transfer): {report.states} states, "
+        f"{report.transitions} transitions, {report.seconds * 1000:.1f} ms",
+        *_invariant_lines(report.invariants),
+        "all invariants hold in the composition" if report.ok else "INVARIANTS VIOLATED in the composition",
+    ]
+    return "\n".join(lines)
+
+
 def as_dict(report: ExplorationReport, lifecycle: LifecycleReport) -> dict[str, object]:
-    """The request machine's report, with ``ok`` covering the lifecycle too and a ``lifecycle`` key added."""
+    """The request machine's report, with ``ok`` covering the lifecycle too, a ``lifecycle`` key added,
+    and ``fairness``: what each fairness assumption the liveness rules name assumes."""
     data = report.as_dict()
     data["ok"] = report.ok and lifecycle.ok
     data["lifecycle"] = lifecycle.as_dict()
+    data["fairness"] = {fairness.name: fairness.assumes for fairness in FAIRNESS}
     return data
 
 
@@ -45,6 +125,7 @@ def render(report: ExplorationReport, lifecycle: LifecycleReport | None = None) 
             f"{mode_report.seconds * 1000:.1f} ms"
         )
         lines.extend(_invariant_lines(mode_report.invariants))
+        lines.extend(_liveness_lines(mode_report.liveness))
     ok = report.ok
     scope = f"{len(report.modes)} mode(s)"
     if lifecycle is not None:
@@ -55,7 +136,9 @@ def render(report: ExplorationReport, lifecycle: LifecycleReport | None = None) 
         lines.extend(_invariant_lines(lifecycle.invariants))
         ok = ok and lifecycle.ok
         scope += " and the engine lifecycle"
-    verdict = "all invariants hold" if ok else "INVARIANTS VIOLATED"
+    lines.append("fairness the liveness rules assume (weak: an event of the class that stays allowed happens):")
+    lines.extend(f"  {fairness.name:<20} {fairness.assumes}" for fairness in FAIRNESS)
+    verdict = "all invariants hold, and every liveness rule under its fairness," if ok else "INVARIANTS VIOLATED"
     lines.append(f"{verdict} in {scope}")
     return "\n".join(lines)
 
@@ -69,4 +152,23 @@ def _invariant_lines(results: list[InvariantResult]) -> list[str]:
             lines.append(f"           counterexample: {' -> '.join(result.counterexample or [])}")
             if result.detail:
                 lines.append(f"           {result.detail}")
+    return lines
+
+
+def _liveness_lines(results: list[LivenessResult]) -> list[str]:
+    lines: list[str] = []
+    for result in results:
+        mark = "holds   " if result.holds else "VIOLATED"
+        lines.append(f"  {mark} {result.rule:<34} {result.name} (liveness)")
+        lines.append(f"           assumes fairness: {', '.join(result.fairness) or 'none'}")
+        if result.counterexample is not None:
+            lines.append(f"           fair lasso: {result.counterexample.describe()}")
+        elif not result.triggered:
+            lines.append("           holds without fairness: no reachable state triggers it")
+        elif result.without_fairness is None:
+            lines.append("           holds without fairness")
+        else:
+            lines.append(f"           needs: {', '.join(result.needs) or 'some of them together'}")
+            for name, lasso in result.without.items():
+                lines.append(f"           without {name}: {lasso.describe()}")
     return lines

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from dynamo_backend_protocol.model import (
+    FORBIDDEN,
     REQUEST_TABLE,
     RULES,
     ActionKind,
@@ -46,7 +47,7 @@ def check_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dic
 def assert_mode_shape(report: Any) -> None:
     """One mode's report: exactly these keys with these types."""
     assert isinstance(report, dict)
-    assert set(report) == {"states", "transitions", "seconds", "invariants"}
+    assert set(report) == {"states", "transitions", "seconds", "invariants", "liveness"}
     assert type(report["states"]) is int and report["states"] > 0
     assert type(report["transitions"]) is int and report["transitions"] > 0
     assert type(report["seconds"]) is float and report["seconds"] >= 0
@@ -68,7 +69,7 @@ def test_check_json_reports_every_mode_and_exits_zero(capsys: pytest.CaptureFixt
     code, data = check_json(capsys)
     assert code == 0
     # "lifecycle" is the engine lifecycle model, checked alongside (any --mode).
-    assert set(data) == {"ok", "modes", "lifecycle"}
+    assert set(data) == {"ok", "modes", "lifecycle", "fairness"}
     assert data["ok"] is True
     assert set(data["modes"]) == ALL_MODE_SLUGS
     for report in data["modes"].values():
@@ -76,7 +77,7 @@ def test_check_json_reports_every_mode_and_exits_zero(capsys: pytest.CaptureFixt
         assert all(item["holds"] and item["counterexample"] is None for item in report["invariants"])
         assert {item["id"] for item in report["invariants"]} == REQUEST_RULE_IDS
     lifecycle = data["lifecycle"]
-    assert set(lifecycle) == {"ok", "states", "transitions", "seconds", "invariants"}
+    assert set(lifecycle) == {"ok", "states", "transitions", "seconds", "invariants", "liveness"}
     assert lifecycle["ok"] is True
     assert all(set(item) == INVARIANT_KEYS for item in lifecycle["invariants"])
 
@@ -237,3 +238,90 @@ def test_ctrl_c_ends_the_command_with_one_line_and_exit_130(
     monkeypatch.setattr(cli_check, "explore_all", interrupted)
     assert main(["check"]) == 130
     assert capsys.readouterr().err.strip() == "interrupted"
+
+
+LIVENESS_IDS = {"DONE-EVENTUALLY", "ABORT-EVENTUALLY", "DECODE-WAIT-ENDS"}
+
+
+def test_check_json_reports_liveness_with_fairness_in_every_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every mode reports the three liveness rules with the fairness each assumes
+    and needs; decode names first-token-or-end for its deferral (DECODE-WAIT-ENDS)
+    and gives the lasso of the unfair case as prefix and repeating events."""
+    code, data = check_json(capsys)
+    assert code == 0
+    for mode, report in data["modes"].items():
+        by_id = {item["id"]: item for item in report["liveness"]}
+        assert set(by_id) == LIVENESS_IDS, mode
+        assert all(item["holds"] and item["counterexample"] is None for item in by_id.values())
+        assert by_id["DONE-EVENTUALLY"]["needs"] == ["setup-returns", "stream-ends"]
+    decode = {item["id"]: item for item in data["modes"]["decode"]["liveness"]}
+    deferral = decode["DECODE-WAIT-ENDS"]
+    assert "first-token-or-end" in deferral["assumes"]
+    assert "first-token signal or the stream's end" in data["fairness"]["first-token-or-end"]
+    assert deferral["needs"] == ["first-token-or-end"]
+    assert deferral["holds_without_fairness"] is False
+    assert deferral["lassos_without"]["first-token-or-end"] == {
+        "prefix": ["setup", "stop", "empty_chunk"],
+        "cycle": ["empty_chunk"],
+    }
+    agg = {item["id"]: item for item in data["modes"]["agg"]["liveness"]}
+    assert agg["ABORT-EVENTUALLY"]["holds_without_fairness"] is True
+
+
+def test_check_text_shows_each_liveness_rule_with_what_it_needs(capsys: pytest.CaptureFixture[str]) -> None:
+    """The table says, per rule, which fairness it needs and the loop without it,
+    or that it holds without fairness."""
+    code, out, _ = run_cli(capsys, "check", "--mode", "decode")
+    assert code == 0
+    assert "DECODE-WAIT-ENDS" in out
+    assert "without first-token-or-end: setup -> stop -> empty_chunk, then forever: empty_chunk" in out
+    code, out, _ = run_cli(capsys, "check", "--mode", "agg")
+    assert "holds without fairness" in out
+
+
+def _aborted_never_ends() -> tuple[CompiledTable, Mode]:
+    """The shipped table with one bug: Aborted refuses every way the stream could end."""
+    endings = {EventKind.TERMINAL, EventKind.ERROR, EventKind.END, EventKind.DROP}
+    rows = []
+    for row in REQUEST_TABLE:
+        if row.trigger in endings and ControlState.ABORTED in row.sources:
+            others = tuple(s for s in row.sources if s is not ControlState.ABORTED)
+            if others:
+                rows.append(replace(row, sources=others))
+        else:
+            rows.append(row)
+    forbidden = dict(FORBIDDEN)
+    forbidden.update({(ControlState.ABORTED, kind): "STREAM-EVENT-ORDER" for kind in endings})
+    return CompiledTable(tuple(rows), forbidden), Mode.AGGREGATED
+
+
+def test_check_prints_a_fair_lasso_when_a_request_never_ends(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A request that can never end after abort violates DONE-EVENTUALLY even
+    under its fairness; check prints the lasso and fails."""
+    table, _ = _aborted_never_ends()
+    monkeypatch.setattr(cli_check, "explore_all", lambda modes: explore_all(modes, table))
+    code, out, _ = run_cli(capsys, "check", "--mode", "agg")
+    assert code == 1
+    assert any("VIOLATED" in line and "DONE-EVENTUALLY" in line for line in out.splitlines())
+    assert "fair lasso: setup -> token_chunk -> stop, then forever: token_chunk" in out
+
+
+def test_check_machine_disagg_reports_the_composition(capsys: pytest.CaptureFixture[str]) -> None:
+    """--machine disagg explores a decode request with its KV transfer and
+    reports DISAGG-NO-ORPHANED-TRANSFER among its invariants."""
+    code, data = check_json(capsys, "--machine", "disagg")
+    assert code == 0
+    assert data["ok"] is True
+    rules = {item["id"] for item in data["disagg"]["invariants"]}
+    assert "DISAGG-NO-ORPHANED-TRANSFER" in rules
+    assert data["disagg"]["states"] > 0
+
+
+def test_check_machine_disagg_outside_decode_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """The KV transfer only exists in decode mode: asking for agg is one line and exit 2."""
+    code, out, err = run_cli(capsys, "check", "--machine", "disagg", "--mode", "agg")
+    assert code == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1 and "decode" in err

@@ -201,10 +201,10 @@ def test_check_command_prints_the_lifecycle_section(capsys: pytest.CaptureFixtur
 
 
 def test_check_json_adds_lifecycle_and_keeps_ok_and_modes(capsys: pytest.CaptureFixture[str]) -> None:
-    """``check --json`` keeps {"ok", "modes"} and adds a "lifecycle" object."""
+    """``check --json`` keeps {"ok", "modes"} and adds a "lifecycle" object (and the "fairness" glossary)."""
     assert cli.main(["check", "--json", "--mode", "decode"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert set(data) == {"ok", "modes", "lifecycle"}
+    assert set(data) == {"ok", "modes", "lifecycle", "fairness"}
     assert list(data["modes"]) == ["decode"]
     assert data["ok"] is True
     assert {r["id"] for r in data["lifecycle"]["invariants"]} >= {

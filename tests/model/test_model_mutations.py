@@ -389,7 +389,8 @@ def test_aborted_waiting_forever_breaks_done_reachable() -> None:
         rows = remove(ABORTED, kind, rows=rows)
         forbidden[(ABORTED, kind)] = "STREAM-EVENT-ORDER"
     report = assert_caught(Mode.AGGREGATED, rows, DONE_REACHABLE, 2, forbidden)
-    assert violated_rules(report) == {DONE_REACHABLE}
+    # A state nothing leaves but by loops is also a fair run that never ends.
+    assert violated_rules(report) == {DONE_REACHABLE, "DONE-EVENTUALLY"}
 
 
 # --------------------------------------------------------------------------- tables stay apart
@@ -405,3 +406,100 @@ def test_a_table_never_answers_with_another_tables_cached_step() -> None:
     streaming = shipped.step(shipped.initial(Mode.AGGREGATED), parse_event("setup")).after
     shipped.step(streaming, parse_event("drop"))  # caches the shipped answer on the state object
     assert ABORT in mutant.step(streaming, parse_event("drop")).actions
+
+
+# --------------------------------------------------------------------------- blind spots closed by judging actions
+
+
+def test_ignored_stop_calling_abort_breaks_ignored_changes_nothing() -> None:
+    """Bug: a late stop that the table records as ignored still calls abort.
+    The state is left as it was, so the abort count in the state never sees
+    the second abort; only the step's actions show it.  Minimum 3 in agg:
+    setup, stop (the first abort), stop."""
+    rows = mutate(ABORTED, EventKind.STOP, actions=(ABORT,))
+    assert_caught(Mode.AGGREGATED, rows, "IGNORED-CHANGES-NOTHING", 3)
+    assert_caught(Mode.AGGREGATED, rows, "ABORT-ONCE", 3)
+
+
+def test_reversed_actions_break_actions_in_order() -> None:
+    """Bug: the terminal's actions run backwards, so the watch is released and
+    reading stops before the terminal reaches the client.  Minimum 2: setup,
+    terminal."""
+    rows = mutate(STREAMING, EventKind.TERMINAL, actions=(RELEASE, STOP_READING, FWD))
+    assert_caught(Mode.AGGREGATED, rows, "ACTIONS-IN-ORDER", 2)
+
+
+def test_released_chunk_forwarded_before_the_abort_breaks_actions_in_order() -> None:
+    """Bug: the chunk that releases a deferred abort is forwarded before abort
+    is called.  Minimum 3: setup, stop (CancelPending), token_chunk."""
+    rows = mutate(CANCEL_PENDING, EventKind.TOKEN_CHUNK, actions=(FWD, ABORT))
+    assert_caught(Mode.DECODE, rows, "ACTIONS-IN-ORDER", 3)
+
+
+_SHORTEST_TO = {IDLE: 0, STREAMING: 1, CANCEL_PENDING: 2, ABORTED: 2, DONE: 1}
+"""Events needed to reach each state: setup; setup, stop; setup_failed for Done."""
+
+
+@pytest.mark.parametrize(("key", "rule"), sorted(FORBIDDEN.items(), key=str), ids=str)
+def test_forbidden_event_ignored_instead_of_refused_is_caught(key: tuple[ControlState, EventKind], rule: str) -> None:
+    """Bug: an event the protocol forbids (STREAM-EVENT-ORDER, or an engine item
+    after Done under STREAM-TERMINAL-LAST) is quietly ignored instead of refused,
+    so a trace with a chunk before setup or a second setup would pass.  The
+    minimum is the path to the state plus the event itself."""
+    state, kind = key
+    forbidden = {other: why for other, why in FORBIDDEN.items() if other != key}
+    rows = (*REQUEST_TABLE, Transition((state,), kind, Guard("always", lambda s, e: True), None, (), rule,
+                                       ignored=True))
+    mode = Mode.DECODE if state is CANCEL_PENDING else Mode.AGGREGATED
+    assert_caught(mode, rows, rule, _SHORTEST_TO[state] + 1, forbidden)
+
+
+def test_drop_without_stop_reading_breaks_stream_drop() -> None:
+    """Bug: a dropped stream releases the watch but the engine is still read
+    (and keeps generating for nobody).  Minimum 2: setup, drop."""
+    rows = mutate(STREAMING, EventKind.DROP, actions=(RELEASE,))
+    assert_caught(Mode.AGGREGATED, rows, "STREAM-DROP", 2)
+
+
+def test_notice_ending_the_request_breaks_done_when_ended() -> None:
+    """Bug: in Idle a first-token notice (ignored outside decode) ends the
+    request, so the stream that setup would bring is never forwarded.
+    Minimum 1: first_token."""
+    rows = mutate(IDLE, EventKind.FIRST_TOKEN_NOTICE, "not decode or first-token seen", target=DONE, ignored=False)
+    assert_caught(Mode.AGGREGATED, rows, "DONE-WHEN-ENDED", 1)
+
+
+def test_stop_ending_the_request_breaks_done_when_ended() -> None:
+    """Bug: a stop ends the request at once, dropping the engine's cancelled
+    terminal.  Minimum 2: setup, stop."""
+    rows = mutate(STREAMING, EventKind.STOP, "not decode or first-token seen", target=DONE)
+    assert_caught(Mode.AGGREGATED, rows, "DONE-WHEN-ENDED", 2)
+
+
+def test_notice_not_noted_breaks_decode_first_token() -> None:
+    """Bug: the side-channel notice is accepted but not recorded, so a later
+    stop defers an abort that should fire at once.  The old invariant only
+    checked that nothing else notes first-token.  Minimum 1: first_token."""
+    rows = mutate(IDLE, EventKind.FIRST_TOKEN_NOTICE, "decode, before first-token", effects=())
+    assert_caught(Mode.DECODE, rows, "DECODE-FIRST-TOKEN", 1)
+
+
+def test_setup_error_returned_mid_stream_breaks_setup_failure() -> None:
+    """Bug: a token chunk also returns a setup error to generate's caller.
+    Minimum 2: setup, token_chunk."""
+    rows = mutate(STREAMING, EventKind.TOKEN_CHUNK, actions=(FWD, SETUP_ERR))
+    assert_caught(Mode.AGGREGATED, rows, "STREAM-SETUP-FAILURE", 2)
+
+
+def test_watch_released_before_setup_breaks_watch_released() -> None:
+    """Bug: a stop before setup releases a watch nobody holds (a double
+    release once the request ends).  Minimum 1: stop."""
+    rows = mutate(IDLE, EventKind.STOP, "not cancelled", actions=(RELEASE,))
+    assert_caught(Mode.AGGREGATED, rows, "WATCH-RELEASED", 1)
+
+
+def test_reading_stopped_mid_stream_breaks_terminal_last() -> None:
+    """Bug: a token-less chunk stops reading, losing everything after it.
+    Minimum 2: setup, empty_chunk."""
+    rows = mutate(STREAMING, EventKind.EMPTY_CHUNK, actions=(FWD, STOP_READING))
+    assert_caught(Mode.AGGREGATED, rows, "STREAM-TERMINAL-LAST", 2)

@@ -1,0 +1,79 @@
+"""Running SPIN on the Promela export of the request table: an independent checker.
+
+The export (``model/explore/promela.py``) is written to a temporary folder,
+SPIN generates a verifier, a C compiler builds it, and the verifier checks
+each ``ltl`` claim in turn (``pan -a -N claim``, acceptance cycles on, so
+liveness counts).  Every step has a time limit; the folder is removed.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from dynamo_backend_protocol.model.explore.promela import claims, promela_body
+from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable
+from dynamo_backend_protocol.model.vocabulary import Mode
+
+STEP_TIMEOUT = 120.0
+"""Seconds any one of spin, the compiler or one verifier run may take."""
+
+_ERRORS = re.compile(r"errors: (\d+)")
+
+
+class SpinUnavailable(Exception):
+    """SPIN or a C compiler is not installed, or a run failed before it gave a verdict."""
+
+
+@dataclass(frozen=True)
+class SpinVerdict:
+    rule: str
+    name: str
+    holds: bool
+
+
+def spin_commands() -> tuple[str, str]:
+    spin, compiler = shutil.which("spin"), shutil.which("cc") or shutil.which("gcc")
+    if spin is None or compiler is None:
+        raise SpinUnavailable("check --engine spin needs spin and a C compiler (apt-get install -y spin gcc)")
+    return spin, compiler
+
+
+def _run(argv: list[str], folder: Path) -> str:
+    try:
+        done = subprocess.run(argv, cwd=folder, capture_output=True, text=True, timeout=STEP_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        raise SpinUnavailable(f"{Path(argv[0]).name} took longer than {STEP_TIMEOUT:.0f} s") from None
+    if done.returncode != 0 and Path(argv[0]).name != "pan":
+        raise SpinUnavailable(f"{Path(argv[0]).name} failed: {(done.stderr or done.stdout).strip()[:300]}")
+    return done.stdout
+
+
+def spin_check(mode: Mode, table: CompiledTable = DEFAULT_TABLE, with_transfer: bool = False) -> list[SpinVerdict]:
+    """SPIN's verdict on every state invariant and liveness property of ``mode`` (with
+    ``with_transfer``: every state invariant of the decode request composed with its KV transfer)."""
+    return list(_verdicts(promela_body(mode, table, with_transfer), tuple(claims(with_transfer))))
+
+
+@cache
+def _verdicts(model: str, claims: tuple[tuple[str, str, str], ...]) -> tuple[SpinVerdict, ...]:
+    """Modes whose exports are the same text (agg, prefill, encode today) are verified once."""
+    spin, compiler = spin_commands()
+    with tempfile.TemporaryDirectory(prefix="dbp-spin-") as name:
+        folder = Path(name)
+        (folder / "model.pml").write_text(model)
+        _run([spin, "-a", "model.pml"], folder)
+        _run([compiler, "-w", "-O0", "-o", "pan", "pan.c"], folder)
+        verdicts: list[SpinVerdict] = []
+        for rule, invariant, claim in claims:
+            out = _run([str(folder / "pan"), "-a", "-N", claim], folder)
+            found = _ERRORS.search(out)
+            if found is None:
+                raise SpinUnavailable(f"pan gave no verdict for {claim}: {out.strip()[-300:]}")
+            verdicts.append(SpinVerdict(rule, invariant, found.group(1) == "0"))
+        return tuple(verdicts)
