@@ -11,6 +11,7 @@ the spec's fault model (section 14) states what the adapter does with them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dynamo_backend_protocol.model.invariants import LIVE, Invariant
@@ -122,9 +123,23 @@ def interrupt_ends_the_request_without_delivering(case: FaultCase) -> bool:
     )
 
 
-FAULT_INVARIANTS: tuple[Invariant[FaultCase], ...] = (
-    Invariant(FAULT_ENGINE_RAISES, engine_fault_ends_the_request_with_one_error.__name__,
-              engine_fault_ends_the_request_with_one_error),
-    Invariant(FAULT_INTERRUPT, interrupt_ends_the_request_without_delivering.__name__,
-              interrupt_ends_the_request_without_delivering),
+def _in_every_fault(case_holds: Callable[[FaultCase], bool]) -> Callable[[RequestState], bool]:
+    def holds(state: RequestState) -> bool:
+        return all(
+            case_holds(FaultCase(state, response))
+            for response in FAULT_RESPONSES.values()
+            if fault_can_happen(state, response)
+        )
+
+    return holds
+
+
+FAULT_INVARIANTS: tuple[Invariant[RequestState], ...] = tuple(
+    Invariant(rule, case_holds.__name__, _in_every_fault(case_holds))
+    for rule, case_holds in (
+        (FAULT_ENGINE_RAISES, engine_fault_ends_the_request_with_one_error),
+        (FAULT_INTERRUPT, interrupt_ends_the_request_without_delivering),
+    )
 )
+"""State invariants: in this state, every fault that can happen ends the request as its rule says.
+The explorer checks them on every reachable state with the table's own invariants."""
