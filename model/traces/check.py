@@ -37,6 +37,7 @@ too large, invalid UTF-8 are malformed lines like any other.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -319,7 +320,8 @@ class TraceChecker:
     def __init__(self, table: CompiledTable = DEFAULT_TABLE, on_request: RequestSink | None = None) -> None:
         self._table = table
         self._open: dict[str, RequestSummary] = {}
-        self._settled: dict[str, RequestSummary] = {}
+        self._settled: OrderedDict[str, RequestSummary] = OrderedDict()
+        self._initial = {mode: table.initial(mode) for mode in Mode}
         self._report = TraceReport()
         self._on_request = self._report.requests.append if on_request is None else on_request
         self._finished = False
@@ -340,17 +342,26 @@ class TraceChecker:
         if summary is None:
             summary = self._settled.get(name)
             if summary is None:
-                summary = RequestSummary(name, line, record.mode, self._table.initial(record.mode))
+                summary = RequestSummary(name, line, record.mode, self._initial[record.mode])
                 self._open[name] = summary
-        if not summary.conforms or summary.state is None:
+        state = summary.state
+        if not summary.conforms or state is None:
             summary.skipped += 1
             return
-        divergence = self._compare(summary.state, record, line)
+        # The common case first: the step is cached on the (interned) state and the line agrees.
+        step = state.successors.get(record.event) if record.mode is state.mode else None
+        if step is not None and step.after.control is record.state and step.actions == record.actions:
+            summary.checked += 1
+            summary.state = step.after
+            if step.after.control is ControlState.DONE and name in self._open:
+                self._settle(summary)
+            return
+        divergence = self._compare(state, record, line)
         if divergence is not None:
             summary.divergence = divergence
         else:
             summary.checked += 1
-            summary.state = self._table.step(summary.state, record.event).after
+            summary.state = self._table.step(state, record.event).after
         if summary.settled and name in self._open:
             self._settle(summary)
 
@@ -374,8 +385,7 @@ class TraceChecker:
         del self._open[summary.request]
         self._settled[summary.request] = summary
         if len(self._settled) > SETTLED_WINDOW:
-            oldest = next(iter(self._settled))
-            self._emit(self._settled.pop(oldest))
+            self._emit(self._settled.popitem(last=False)[1])
 
     def _emit(self, summary: RequestSummary) -> None:
         self._report.verdicts[summary.verdict] += 1
