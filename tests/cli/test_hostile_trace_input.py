@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from dynamo_backend_protocol.model.traces.check import SETTLED_WINDOW
 from dynamo_backend_protocol.reference.cli import main
 from dynamo_backend_protocol.reference.cli.trace import check_file
 from hypothesis import HealthCheck, given, settings
@@ -229,3 +230,29 @@ def test_json_output_streams_in_bounded_memory(tmp_path: Path) -> None:
     code, out = no_traceback(small, "--json")
     document = json.loads(out)
     assert code == 0 and len(document["requests"]) == 5_000 and document["counts"]["conforms"] == 5_000
+
+
+def late_stop(request: str) -> str:
+    """A stop crossing the terminal on the wire: in Done it is ignored, so the line shows Done and no action."""
+    return line(request, "stop", "Done", [])
+
+
+def test_a_late_line_of_a_recently_settled_request_is_checked_against_done(tmp_path: Path) -> None:
+    """FAULT-TRACE-INPUT (DONE-ABSORBING): forgetting settled requests must not turn a late stop that
+    arrives a few requests after the terminal into a new request: it is checked against Done."""
+    others = [setup_failed(f"other-{n}") for n in range(100)]
+    path = write_lines(tmp_path / "late.jsonl", [*good_request("r1"), *others, late_stop("r1")])
+    report = check_file(str(path))
+    [r1] = [summary for summary in report.requests if summary.request == "r1"]
+    assert report.ok and r1.checked == 4
+
+
+def test_a_line_naming_a_request_forgotten_long_ago_starts_a_new_request(tmp_path: Path) -> None:
+    """FAULT-TRACE-INPUT: past the window of settled requests a name is free again (the adapter's writer
+    never reuses one); a line naming it is checked as the first line of a new request, and both
+    requests are reported, so nothing is hidden."""
+    others = [setup_failed(f"other-{n}") for n in range(SETTLED_WINDOW + 1)]
+    path = write_lines(tmp_path / "reused.jsonl", [*good_request("r1"), *others, late_stop("r1")])
+    report = check_file(str(path))
+    assert [summary.verdict for summary in report.requests if summary.request == "r1"] == ["conforms", "diverges"]
+    assert not report.ok
