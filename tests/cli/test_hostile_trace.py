@@ -3,7 +3,7 @@
 A trace validator is pointed at whatever a broken adapter (or a broken disk)
 produced.  Whatever it reads, it must answer with a clear report naming line
 numbers, the documented exit code (0 every request conforms; 1 a request
-diverges or a line is malformed; 2 the input cannot be read at all) and never
+diverges, a line is malformed or there is no record; 2 the input cannot be read at all) and never
 a traceback, and its memory must not grow with the size of the file.
 
 Valid trace lines are written by hand from the transition table (what setup,
