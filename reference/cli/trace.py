@@ -69,7 +69,10 @@ def check_file(path: str, on_request: RequestSink | None = None) -> TraceReport:
     checker = TraceChecker(on_request=on_request)
     try:
         if path == "-":
-            _feed(checker, sys.stdin.buffer)
+            stdin = getattr(sys.stdin, "buffer", None)
+            if stdin is None:
+                raise UsageError("standard input is closed or not a byte stream")
+            _feed(checker, stdin)
         else:
             with open(path, "rb") as stream:
                 _feed(checker, stream)

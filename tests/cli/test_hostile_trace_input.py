@@ -256,3 +256,14 @@ def test_a_line_naming_a_request_forgotten_long_ago_starts_a_new_request(tmp_pat
     report = check_file(str(path))
     assert [summary.verdict for summary in report.requests if summary.request == "r1"] == ["conforms", "diverges"]
     assert not report.ok
+
+
+def test_closed_standard_input_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """FAULT-TRACE-INPUT: ``trace - <&-`` (standard input closed, so Python has none) used to end in an
+    AttributeError traceback; it is input that cannot be read: one line on stderr, exit 2."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "stdin", None)
+        code = main(["trace", "-"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err.startswith("error: standard input") and captured.err.count("\n") == 1
