@@ -129,3 +129,19 @@ def _shape_problem(
             f"must be an object on an encode-mode {reason!r} terminal, got {_describe(item.get('encoder_result'))}",
         )
     return None
+
+
+def unreadable_item(position: int, fault: Exception) -> ChunkProblem:
+    """The problem reported for an item whose fields could not even be read (FAULT-ENGINE-RAISES):
+    its mapping or one of its values raised while being looked at."""
+    return ChunkProblem(position, "<item>", f"could not be read: {describe_exception(fault)}")
+
+
+def describe_exception(fault: BaseException) -> str:
+    """``Type: message``, even when the exception's own ``str`` raises."""
+    try:
+        message = str(fault)
+    except Exception:
+        message = "<message unprintable>"
+    name = type(fault).__name__
+    return f"{name}: {message}" if message else name

@@ -35,6 +35,19 @@ RULES: dict[str, str] = {
     "DONE-REACHABLE": "from every state some event sequence reaches Done",
     "DONE-EVENTUALLY": "every request eventually reaches Done, if setup returns and the engine's stream ends",
     "TABLE-WELL-FORMED": "every event the protocol allows in a state matches exactly one row of the table",
+    # Faults (spec section 14).
+    "FAULT-ENGINE-RAISES": (
+        "an engine exception at setup, mid-stream or in an item's accessors ends the request with one typed error"
+    ),
+    "FAULT-INTERRUPT": "a BaseException passing through the adapter propagates unchanged, and the request still ends",
+    "FAULT-CLEANUP-BOUNDED": "a raising or overrunning abort or stream close is abandoned at its bound and counted",
+    "FAULT-SINK-ISOLATED": "a failing trace sink is counted and logged once; the stream does not depend on it",
+    "FAULT-SIGNAL-ANY-THREAD": (
+        "a signal from any thread is heard before the next stream-ending event; the signaller never sees an error"
+    ),
+    "FAULT-TRACE-INPUT": (
+        "trace answers any input with a report and an exit code, never a traceback, in memory bounded by open requests"
+    ),
     # Engine lifecycle.
     "LIFECYCLE-START-FIRST": (
         "start is called once, first; generate, abort and drain are served only after it succeeded, before cleanup"

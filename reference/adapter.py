@@ -31,9 +31,11 @@ from dynamo_backend_protocol.model import (
     Step,
     event,
 )
-from dynamo_backend_protocol.model.chunks import ERROR, classify_item
+from dynamo_backend_protocol.model.chunks import ERROR, classify_item, unreadable_item
+from dynamo_backend_protocol.model.faults import Fault, fault_event
 from dynamo_backend_protocol.model.machine import FORWARD_ONLY
 from dynamo_backend_protocol.reference.annotated import Annotated, as_dynamo_error
+from dynamo_backend_protocol.reference.bounded import within
 from dynamo_backend_protocol.reference.context import Context, Signal
 from dynamo_backend_protocol.reference.engine import call_optional
 
@@ -43,9 +45,13 @@ TraceSink = Callable[[str, Sequence[Step]], None]
 """Called once per request when it reaches Done, with the request id and its steps."""
 
 _SETUP = event(EventKind.SETUP)
-_SETUP_FAILED = event(EventKind.SETUP_FAILED)
 _END = event(EventKind.END)
 _DROP = event(EventKind.DROP)
+_SETUP_RAISED = fault_event(Fault.SETUP_RAISED)
+_SETUP_INTERRUPTED = fault_event(Fault.SETUP_INTERRUPTED)
+_STREAM_RAISED = fault_event(Fault.STREAM_RAISED)
+_ITEM_UNREADABLE = fault_event(Fault.ITEM_UNREADABLE)
+_STREAM_INTERRUPTED = fault_event(Fault.STREAM_INTERRUPTED)
 _SIGNAL_EVENTS: dict[Signal, Event] = {
     "stop": event(EventKind.STOP),
     "kill": event(EventKind.KILL),
@@ -90,9 +96,12 @@ class EngineAdapter:
         """Aborts that raised or overran ``abort_timeout``."""
         self.close_failures = 0
         """Engine streams whose closing raised or overran ``close_timeout``."""
+        self.sink_failures = 0
+        """Calls of ``trace_sink`` that raised; the stream went on as if it had not."""
         self.keep_traces = keep_traces
         """Each request keeps its model steps (``ResponseStream.trace``); off, it keeps none."""
         self._tasks: set[asyncio.Task[None]] = set()
+        self._abandoned: set[asyncio.Task[None]] = set()
 
     async def generate(self, request: dict[str, Any], context: Context) -> ResponseStream:
         """Set up the engine's stream.  A setup failure is raised as a :class:`DynamoError`."""
@@ -104,14 +113,12 @@ class EngineAdapter:
             stream = _as_async_iterator(produced)
         except Exception as exc:
             error = as_dynamo_error(exc)
-            driver.catch_up_with_context()
-            driver.perform(driver.fire(_SETUP_FAILED))
+            driver.end_now(_SETUP_RAISED)
             raise error from exc
-        except asyncio.CancelledError:
-            # The caller gave up while the engine was setting up: no stream will
-            # exist, so the request ends as a failed setup and stays traced.
-            driver.catch_up_with_context()
-            driver.perform(driver.fire(_SETUP_FAILED))
+        except BaseException:
+            # The caller gave up while the engine was setting up, or an interrupt:
+            # no stream will exist, so the request ends as a failed setup and stays traced.
+            driver.end_now(_SETUP_INTERRUPTED)
             raise
         driver.start(stream)
         return ResponseStream(driver)
@@ -125,14 +132,35 @@ class EngineAdapter:
     def background_tasks(self) -> int:
         return len(self._tasks)
 
+    @property
+    def abandoned_tasks(self) -> int:
+        """Aborts and closes given up at their bound that have not finished yet (their
+        engine swallowed the cancellation); :meth:`settle` does not wait for them."""
+        return len(self._abandoned)
+
     def _track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _abandon(self, task: asyncio.Task[None]) -> None:
+        self._abandoned.add(task)
+        task.add_done_callback(_forget_abandoned(self._abandoned))
+
+    def _deliver_trace(self, request: str, steps: Sequence[Step]) -> None:
+        sink = self.trace_sink
+        assert sink is not None
+        try:
+            sink(request, steps)
+        except Exception:
+            # The trace is a by-product: a full disk must not cost the client its terminal.
+            self.sink_failures += 1
+            if self.sink_failures == 1:
+                logger.warning("trace_sink raised for request %s; later failures are only counted", request,
+                               exc_info=True)
+
     async def _abort(self, context: Context) -> None:
         try:
-            async with asyncio.timeout(self.abort_timeout):
-                await call_optional(self.engine, "abort", context)
+            await within(call_optional(self.engine, "abort", context), self.abort_timeout, self._abandon)
         except TimeoutError:
             self.abort_failures += 1
             logger.warning("engine.abort for request %s overran %ss; cancelled", context.id(), self.abort_timeout)
@@ -142,11 +170,25 @@ class EngineAdapter:
             logger.warning("engine.abort raised for request %s", context.id(), exc_info=True)
 
 
+def _forget_abandoned(abandoned: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
+    def forget(task: asyncio.Task[None]) -> None:
+        abandoned.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not report it: it was counted when abandoned
+
+    return forget
+
+
 def _as_async_iterator(produced: object) -> AsyncIterator[Any]:
     aiter_method = getattr(produced, "__aiter__", None)
     if aiter_method is None:
         raise TypeError(f"engine.generate must produce an async iterator, got {type(produced).__name__}")
     iterator: AsyncIterator[Any] = aiter_method()
+    if not callable(getattr(iterator, "__anext__", None)):
+        raise TypeError(
+            f"engine.generate produced a {type(produced).__name__} whose __aiter__ returned "
+            f"{type(iterator).__name__}, which is not an async iterator (no __anext__)"
+        )
     return iterator
 
 
@@ -179,8 +221,16 @@ class _RequestDriver:
     def fire(self, ev: Event) -> tuple[ActionKind, ...]:
         actions = self.machine.fire(ev)
         if self.machine.state.control is _DONE and self._adapter.trace_sink is not None:
-            self._adapter.trace_sink(self.context.id(), self.machine.history)
+            self._adapter._deliver_trace(self.context.id(), self.machine.history)
         return actions
+
+    def end_now(self, ev: Event) -> bool:
+        """End the request with ``ev`` after hearing every signal given so far; returns
+        whether stop-reading is owed.  A request already over stays as it is."""
+        if self.machine.state.control is _DONE:
+            return False
+        self.catch_up_with_context()
+        return self.perform(self.fire(ev))
 
     def catch_up_with_context(self) -> None:
         """Fire the signals the context already shows but this request has not heard yet.
@@ -201,17 +251,29 @@ class _RequestDriver:
 
     def start(self, stream: AsyncIterator[Any]) -> None:
         self.stream = stream
+        # Listen first, then catch up: a signal from another thread is then either
+        # already in the context or reaches the listener; none falls between the two.
+        self.context.add_listener(self._on_signal)
+        self._listening = True
         self.catch_up_with_context()
         self.perform(self.fire(_SETUP))
-        if self.machine.state.watching:
-            self.context.add_listener(self._on_signal)
-            self._listening = True
+        if not self.machine.state.watching:
+            self._release_watch()
 
     def _on_signal(self, signal: Signal) -> None:
-        if threading.get_ident() != self._thread:
-            self._loop.call_soon_threadsafe(self._hear, signal)
-        else:
-            self._hear(signal)
+        """Called by the context on the signaller's thread, which must never see the adapter's errors."""
+        try:
+            if threading.get_ident() != self._thread:
+                if not self._loop.is_closed():
+                    self._loop.call_soon_threadsafe(self._hear, signal)
+            else:
+                self._hear(signal)
+        except RuntimeError:
+            if not self._loop.is_closed():
+                raise
+            # The loop closed between the check and the call: nothing is left to hear it.
+        except Exception:
+            logger.exception("handling signal %r of request %s failed", signal, self.context.id())
 
     # Actions that need no await; stop-reading is awaited by the caller when it can.
 
@@ -235,8 +297,12 @@ class _RequestDriver:
             return
         if threading.get_ident() == self._thread:
             self._adapter._track(loop.create_task(work()))
-        else:
+            return
+        try:
             loop.call_soon_threadsafe(lambda: self._adapter._track(loop.create_task(work())))
+        except RuntimeError:
+            if not loop.is_closed():
+                raise
 
     def _release_watch(self) -> None:
         if self._listening:
@@ -253,8 +319,7 @@ class _RequestDriver:
         if aclose is None:
             return
         try:
-            async with asyncio.timeout(self._adapter.close_timeout):
-                await aclose()
+            await within(aclose(), self._adapter.close_timeout, self._adapter._abandon)
         except TimeoutError:
             self._adapter.close_failures += 1
             logger.warning(
@@ -269,13 +334,12 @@ class _RequestDriver:
 
     def abandon(self) -> None:
         """The consumer dropped the stream without closing it: fire drop now, close later."""
-        if self.machine.state.control is _DONE:
-            return
-        if self.perform(self.fire(_DROP)) and self.stream is not None:
+        if self.end_now(_DROP) and self.stream is not None:
             self._start_task(self.close_engine_stream)
 
-    async def dropped(self) -> None:
-        if self.machine.state.control is not _DONE and self.perform(self.fire(_DROP)):
+    async def ended_by(self, ev: Event) -> None:
+        """End the request with ``ev`` (a drop, an interrupt) and close the engine's stream if owed."""
+        if self.end_now(ev):
             await self.close_engine_stream()
 
     # The stream.
@@ -304,19 +368,28 @@ class _RequestDriver:
                 except asyncio.CancelledError:
                     if _cancelled_from_outside():
                         raise
-                    item, ev = None, ERROR
+                    item, ev = None, _STREAM_RAISED
                     error = DynamoError(BackendError.CANCELLED, "the engine's stream raised CancelledError")
                 except Exception as exc:
-                    item, error, ev = None, as_dynamo_error(exc), ERROR
+                    item, error, ev = None, as_dynamo_error(exc), _STREAM_RAISED
+                except GeneratorExit:
+                    # A consumer closing this stream throws GeneratorExit at a yield, never
+                    # into a read: here it can only be the engine's own doing.
+                    item, ev = None, _STREAM_RAISED
+                    error = DynamoError(BackendError.UNKNOWN, "the engine's stream raised GeneratorExit")
                 else:
                     position += 1
-                    classified = classify_item(item, position, mode, validate)
-                    if type(classified) is Event:
-                        ev = classified
-                        if ev is ERROR:
-                            error = item
+                    try:
+                        classified = classify_item(item, position, mode, validate)
+                    except Exception as exc:
+                        error, ev = unreadable_item(position, exc), _ITEM_UNREADABLE
                     else:
-                        error, ev = classified, ERROR  # type: ignore[assignment]
+                        if type(classified) is Event:
+                            ev = classified
+                            if ev is ERROR:
+                                error = item
+                        else:
+                            error, ev = classified, ERROR  # type: ignore[assignment]
                 # Per-token path: a step that only forwards and stays put is
                 # recorded without the general dispatch.  Same decision, fewer steps.
                 state = machine.state
@@ -347,7 +420,10 @@ class _RequestDriver:
                 if machine.state.control is _DONE:
                     return
         except (GeneratorExit, asyncio.CancelledError):
-            await self.dropped()
+            await self.ended_by(_DROP)
+            raise
+        except BaseException:
+            await self.ended_by(_STREAM_INTERRUPTED)
             raise
 
 
@@ -384,7 +460,7 @@ class ResponseStream:
             self._driver.abandon()
             return
         await self._items.aclose()  # type: ignore[attr-defined]
-        await self._driver.dropped()
+        await self._driver.ended_by(_DROP)
 
     @property
     def machine(self) -> RequestMachine:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dynamo_backend_protocol.model import BackendError, DynamoError
+from dynamo_backend_protocol.model.chunks import describe_exception
 
 
 class Annotated:
@@ -42,5 +43,4 @@ def as_dynamo_error(exc: BaseException) -> DynamoError:
     """Typed errors keep their kind; anything else becomes ``Unknown`` naming the exception."""
     if isinstance(exc, DynamoError):
         return exc
-    message = str(exc)
-    return DynamoError(BackendError.UNKNOWN, f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
+    return DynamoError(BackendError.UNKNOWN, describe_exception(exc))

@@ -278,13 +278,23 @@ class Context:
         if signal != "first_token":
             for waiter in self._waiters:
                 if not waiter.done():
-                    waiter.get_loop().call_soon_threadsafe(_resolve, waiter)
+                    _wake(waiter)
         for listener in tuple(self._listeners):
             listener(signal)
 
     def __repr__(self) -> str:
         flags = [name for name, on in (("stopped", self._stopped), ("killed", self._killed)) if on]
         return f"Context({self._id!r}{', ' if flags else ''}{', '.join(flags)})"
+
+
+def _wake(waiter: asyncio.Future[bool]) -> None:
+    """Resolve ``waiter`` on its loop, from any thread; a loop already closed has nobody left to wake."""
+    loop = waiter.get_loop()
+    try:
+        loop.call_soon_threadsafe(_resolve, waiter)
+    except RuntimeError:
+        if not loop.is_closed():
+            raise
 
 
 def _resolve(waiter: asyncio.Future[bool]) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from dynamo_backend_protocol.model.explore.checking import MachineReport, MachineSpec, timed_check
+from dynamo_backend_protocol.model.faults import FAULT_INVARIANTS
 from dynamo_backend_protocol.model.invariants import (
     DONE_REACHABLE,
     STATE_INVARIANTS,
@@ -68,7 +69,7 @@ def explore(
             event_name=lambda ev: ev.name,
             describe_state=RequestState.describe,
             describe_step=_describe_step,
-            state_invariants=STATE_INVARIANTS,
+            state_invariants=(*STATE_INVARIANTS, *FAULT_INVARIANTS),
             step_invariants=STEP_INVARIANTS,
             forbidden=(ProtocolViolation,),
             malformed=(TableError,),

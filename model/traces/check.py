@@ -19,17 +19,29 @@ number.  If the line names its request, that request is marked malformed and
 its later lines are skipped for the same reason; other requests are checked
 as usual.
 
-Memory is bounded by the number of distinct requests: per request only a
-small summary and a reference to an interned model state are kept, never the
-history (a plain :class:`RequestMachine` would keep every step).
+Memory is bounded by the requests still open (FAULT-TRACE-INPUT): per open
+request a small summary and a reference to an interned model state, never the
+history.  A request that is settled (it reached Done conforming, or it failed)
+stays for the next :data:`SETTLED_WINDOW` settled requests, so late lines of
+it (a stop crossing the terminal) are still checked against Done; then its
+summary is handed to the checker's ``on_request`` and only the counts remain.
+A later line naming it starts a new request of that name.  The adapter's
+trace writer makes names unique, so its traces never meet that case.
+
+Lines are decoded with msgspec straight into the five fields; only a line
+that does not fit is decoded again generically to say what is wrong with it.
+No line of any content makes the checker raise: nesting too deep, numbers
+too large, invalid UTF-8 are malformed lines like any other.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import msgspec
 from dynamo_backend_protocol.model.errors import DynamoError
 from dynamo_backend_protocol.model.explore.reachability import allowed_events
 from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable, ProtocolViolation, TableError
@@ -46,6 +58,8 @@ from dynamo_backend_protocol.model.vocabulary import (
 REQUIRED_FIELDS = ("request", "mode", "event", "state", "actions")
 MAX_KEPT_ORPHANS = 100
 """Malformed lines that name no request are counted; only this many are kept for the report."""
+SETTLED_WINDOW = 4096
+"""How many settled requests are kept to check their late lines before they are reported and forgotten."""
 
 
 @dataclass(frozen=True)
@@ -68,11 +82,63 @@ class MalformedRecord(ValueError):
         self.request = request
 
 
-def parse_record(text: str) -> TraceRecord:
+class _Fields(msgspec.Struct):
+    """The five fields of a well-formed line, as msgspec decodes them (other keys are ignored)."""
+
+    request: str
+    mode: str
+    event: str
+    state: str
+    actions: tuple[str, ...]
+
+
+_FAST = msgspec.json.Decoder(_Fields)
+_MODES = {mode.value: mode for mode in Mode}
+_STATES = {state.value: state for state in ControlState}
+_EVENTS: dict[str, Event] = {}
+_ACTION_LISTS: dict[tuple[str, ...], tuple[ActionKind, ...]] = {}
+_ACTION_LIST_CACHE = 1024
+"""Distinct action lists remembered; a valid trace has a handful, garbage must not grow the cache."""
+
+
+def parse_record(text: str | bytes) -> TraceRecord:
+    """One trace line as a record; raises :class:`MalformedRecord` saying what is wrong, never anything else."""
+    try:
+        fields = _FAST.decode(text)
+    except (msgspec.DecodeError, RecursionError, UnicodeError):
+        return _parse_generic(text)
+    request = fields.request
+    mode = _MODES.get(fields.mode)
+    ev = _EVENTS.get(fields.event)
+    state = _STATES.get(fields.state)
+    actions = _ACTION_LISTS.get(fields.actions)
+    if mode is None or ev is None or state is None or actions is None:
+        mode = _parse_mode(fields.mode, request)
+        ev = _parse_event(fields.event, request)
+        state = _parse_state(fields.state, request)
+        actions = _parse_actions(fields.actions, request)
+    return TraceRecord(request, mode, ev, state, actions)
+
+
+def _parse_generic(text: str | bytes) -> TraceRecord:
+    """The slow path, for lines msgspec would not take as they are: decode whatever the line holds
+    with the standard library (which also takes what msgspec refuses, such as an escaped lone
+    surrogate) and name the first thing wrong with it."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedRecord("line is not UTF-8 text") from None
+    if "\x00" in text:
+        raise MalformedRecord("line contains a NUL byte")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise MalformedRecord(f"not valid JSON ({error.msg} at column {error.colno})") from None
+    except RecursionError:
+        raise MalformedRecord("not valid JSON for this checker (nested too deeply)") from None
+    except ValueError as error:  # e.g. an integer of more digits than Python converts
+        raise MalformedRecord(f"not valid JSON for this checker ({error})") from None
     if not isinstance(data, dict):
         raise MalformedRecord(f"expected a JSON object, got {_json_type(data)}")
     request = data.get("request")
@@ -87,15 +153,30 @@ def parse_record(text: str) -> TraceRecord:
     if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
         raise MalformedRecord("field 'actions' must be a list of strings", named)
     assert named is not None
+    return TraceRecord(
+        named,
+        _parse_mode(data["mode"], named),
+        _parse_event(data["event"], named),
+        _parse_state(data["state"], named),
+        _parse_actions(tuple(actions), named),
+    )
+
+
+def _parse_mode(text: str, request: str) -> Mode:
     try:
-        mode = Mode.parse(data["mode"])
+        return Mode.parse(text)
     except DynamoError as error:
-        raise MalformedRecord(f"field 'mode': {error.message}", named) from None
+        raise MalformedRecord(f"field 'mode': {error.message}", request) from None
+
+
+def _parse_event(text: str, request: str) -> Event:
     try:
-        ev = parse_event(data["event"])
+        ev = parse_event(text)
     except UnknownEvent:
-        raise MalformedRecord(f"field 'event': unknown event {data['event']!r}", named) from None
-    return TraceRecord(named, mode, ev, _parse_state(data["state"], named), _parse_actions(actions, named))
+        raise MalformedRecord(f"field 'event': unknown event {text!r}", request) from None
+    if text == ev.name:
+        _EVENTS[text] = ev
+    return ev
 
 
 def _json_type(value: object) -> str:
@@ -113,9 +194,9 @@ def _json_type(value: object) -> str:
 
 
 def _parse_state(text: str, request: str) -> ControlState:
-    for state in ControlState:
-        if state.value == text:
-            return state
+    state = _STATES.get(text)
+    if state is not None:
+        return state
     valid = ", ".join(state.value for state in ControlState)
     raise MalformedRecord(f"field 'state': unknown state {text!r}; valid states: {valid}", request)
 
@@ -123,7 +204,7 @@ def _parse_state(text: str, request: str) -> ControlState:
 _ACTIONS = {action.value: action for action in ActionKind}
 
 
-def _parse_actions(names: list[str], request: str) -> tuple[ActionKind, ...]:
+def _parse_actions(names: tuple[str, ...], request: str) -> tuple[ActionKind, ...]:
     actions: list[ActionKind] = []
     for name in names:
         action = _ACTIONS.get(name)
@@ -131,7 +212,10 @@ def _parse_actions(names: list[str], request: str) -> tuple[ActionKind, ...]:
             valid = ", ".join(_ACTIONS)
             raise MalformedRecord(f"field 'actions': unknown action {name!r}; valid actions: {valid}", request)
         actions.append(action)
-    return tuple(actions)
+    parsed = tuple(actions)
+    if len(_ACTION_LISTS) < _ACTION_LIST_CACHE:
+        _ACTION_LISTS[names] = parsed
+    return parsed
 
 
 @dataclass(frozen=True)
@@ -160,7 +244,7 @@ class Malformed:
     request: str | None
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestSummary:
     request: str
     first_line: int
@@ -179,6 +263,11 @@ class RequestSummary:
         return self.divergence is None and self.malformed is None
 
     @property
+    def settled(self) -> bool:
+        """Reached Done conforming, or failed: its verdict can no longer change."""
+        return not self.conforms or (self.state is not None and self.state.control is ControlState.DONE)
+
+    @property
     def verdict(self) -> str:
         if self.divergence is not None:
             return "diverges"
@@ -190,54 +279,91 @@ class RequestSummary:
 @dataclass
 class TraceReport:
     requests: list[RequestSummary] = field(default_factory=list)
+    """Every request's summary when the checker collects them (``on_request`` not given)."""
     orphans: list[Malformed] = field(default_factory=list)
     """Malformed lines that name no request (at most :data:`MAX_KEPT_ORPHANS`)."""
     orphan_count: int = 0
     lines: int = 0
     """Non-blank lines read."""
+    verdicts: dict[str, int] = field(default_factory=lambda: {"conforms": 0, "diverges": 0, "malformed": 0})
+    """How many requests got each verdict."""
 
     @property
     def ok(self) -> bool:
-        return self.orphan_count == 0 and all(summary.conforms for summary in self.requests)
+        """Every request conforms, no line is malformed, and there was something to check."""
+        return (
+            self.lines > 0
+            and self.orphan_count == 0
+            and self.verdicts["diverges"] == 0
+            and self.verdicts["malformed"] == 0
+        )
+
+    @property
+    def total(self) -> int:
+        return sum(self.verdicts.values())
 
     def counts(self) -> dict[str, int]:
-        counts = {"conforms": 0, "diverges": 0, "malformed": 0}
-        for summary in self.requests:
-            counts[summary.verdict] += 1
-        return counts
+        return dict(self.verdicts)
+
+
+RequestSink = Callable[[RequestSummary], None]
 
 
 class TraceChecker:
-    """Feed it lines in order with :meth:`feed`; read :meth:`report` at the end."""
+    """Feed it lines in order with :meth:`feed`; read :meth:`report` at the end.
 
-    def __init__(self, table: CompiledTable = DEFAULT_TABLE) -> None:
+    Each request's summary goes to ``on_request`` once its verdict is final
+    (see the module's note on memory); without ``on_request`` the report
+    collects them in :attr:`TraceReport.requests`.
+    """
+
+    def __init__(self, table: CompiledTable = DEFAULT_TABLE, on_request: RequestSink | None = None) -> None:
         self._table = table
-        self._requests: dict[str, RequestSummary] = {}
+        self._open: dict[str, RequestSummary] = {}
+        self._settled: OrderedDict[str, RequestSummary] = OrderedDict()
+        self._initial = {mode: table.initial(mode) for mode in Mode}
         self._report = TraceReport()
+        self._on_request = self._report.requests.append if on_request is None else on_request
+        self._finished = False
 
-    def feed(self, line: int, text: str) -> None:
+    def feed(self, line: int, text: str | bytes) -> None:
         """Check one line; blank lines are skipped without a report."""
-        if not text.strip():
-            return
-        self._report.lines += 1
         try:
             record = parse_record(text)
         except MalformedRecord as error:
+            if not text.strip():
+                return
+            self._report.lines += 1
             self._malformed(Malformed(line, error.problem, error.request))
             return
-        summary = self._requests.get(record.request)
+        self._report.lines += 1
+        name = record.request
+        summary = self._open.get(name)
         if summary is None:
-            summary = RequestSummary(record.request, line, record.mode, self._table.initial(record.mode))
-            self._add(summary)
-        if not summary.conforms or summary.state is None:
+            summary = self._settled.get(name)
+            if summary is None:
+                summary = RequestSummary(name, line, record.mode, self._initial[record.mode])
+                self._open[name] = summary
+        state = summary.state
+        if not summary.conforms or state is None:
             summary.skipped += 1
             return
-        divergence = self._compare(summary.state, record, line)
+        # The common case first: the step is cached on the (interned) state and the line agrees.
+        step = state.successors.get(record.event) if record.mode is state.mode else None
+        if step is not None and step.after.control is record.state and step.actions == record.actions:
+            summary.checked += 1
+            summary.state = step.after
+            if step.after.control is ControlState.DONE and name in self._open:
+                self._settle(summary)
+            return
+        divergence = self._compare(state, record, line)
         if divergence is not None:
             summary.divergence = divergence
-            return
-        summary.checked += 1
-        summary.state = self._table.step(summary.state, record.event).after
+        else:
+            summary.checked += 1
+            summary.state = self._table.step(state, record.event).after
+        if summary.settled and name in self._open:
+            self._settle(summary)
 
     def reject(self, line: int, problem: str) -> None:
         """A line the reader could not even turn into text (bad encoding, too long)."""
@@ -245,11 +371,25 @@ class TraceChecker:
         self._malformed(Malformed(line, problem, None))
 
     def report(self) -> TraceReport:
+        """The report; the requests still held are reported now, in the order they first appeared."""
+        if not self._finished:
+            self._finished = True
+            held = sorted([*self._settled.values(), *self._open.values()], key=lambda summary: summary.first_line)
+            self._settled.clear()
+            self._open.clear()
+            for summary in held:
+                self._emit(summary)
         return self._report
 
-    def _add(self, summary: RequestSummary) -> None:
-        self._requests[summary.request] = summary
-        self._report.requests.append(summary)
+    def _settle(self, summary: RequestSummary) -> None:
+        del self._open[summary.request]
+        self._settled[summary.request] = summary
+        if len(self._settled) > SETTLED_WINDOW:
+            self._emit(self._settled.popitem(last=False)[1])
+
+    def _emit(self, summary: RequestSummary) -> None:
+        self._report.verdicts[summary.verdict] += 1
+        self._on_request(summary)
 
     def _malformed(self, problem: Malformed) -> None:
         if problem.request is None:
@@ -257,12 +397,15 @@ class TraceChecker:
             if len(self._report.orphans) < MAX_KEPT_ORPHANS:
                 self._report.orphans.append(problem)
             return
-        summary = self._requests.get(problem.request)
+        name = problem.request
+        summary = self._open.get(name) or self._settled.get(name)
         if summary is None:
-            summary = RequestSummary(problem.request, problem.line, None, None)
-            self._add(summary)
+            summary = RequestSummary(name, problem.line, None, None)
+            self._open[name] = summary
         if summary.conforms:
             summary.malformed = problem
+            if name in self._open:
+                self._settle(summary)
         else:
             summary.skipped += 1
 
@@ -295,7 +438,7 @@ class TraceChecker:
         return Divergence(line, record.event, state.control, *observed, expected_state, step.actions, step.rule, reason)
 
 
-def check_lines(lines: Iterable[str], table: CompiledTable = DEFAULT_TABLE) -> TraceReport:
+def check_lines(lines: Iterable[str | bytes], table: CompiledTable = DEFAULT_TABLE) -> TraceReport:
     """Check a whole trace given as lines (numbered from 1)."""
     checker = TraceChecker(table)
     for number, text in enumerate(lines, start=1):

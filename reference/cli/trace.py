@@ -1,24 +1,28 @@
 """``trace``: check a recorded JSON Lines trace against the model.
 
-Exit codes: 0 every request conforms; 1 some request diverges or some line is
-malformed; 2 the input cannot be read at all (missing, a directory, not text).
-The file is streamed line by line; see :mod:`model.trace_check` for what is
-kept per request.
+Exit codes: 0 every request conforms; 1 some request diverges, some line is
+malformed, or there is no record at all; 2 the input cannot be read at all
+(missing, a directory, not text).  The file is streamed line by line and so
+is the report, text or ``--json``: each request is printed once its verdict
+is final (see :mod:`model.traces.check` for what is kept meanwhile).  Text
+output escapes what is not printable, so a request id cannot forge a line.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 from dynamo_backend_protocol.model.rules import summary as rule_summary
 from dynamo_backend_protocol.model.teach.narrate import describe_events
 from dynamo_backend_protocol.model.traces.check import (
     Divergence,
     Malformed,
+    RequestSink,
     RequestSummary,
     TraceChecker,
     TraceReport,
@@ -50,16 +54,25 @@ def register(subparsers: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    report = check_file(args.file)
-    print(render_json(report) if args.json else render(report))
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # A name the terminal cannot encode is escaped, not a crash halfway through the report.
+        sys.stdout.reconfigure(errors="backslashreplace")
+    output = JsonOutput(sys.stdout) if args.json else TextOutput(sys.stdout)
+    report = check_file(args.file, output.request)
+    output.finish(report)
     return 0 if report.ok else 1
 
 
-def check_file(path: str) -> TraceReport:
-    checker = TraceChecker()
+def check_file(path: str, on_request: RequestSink | None = None) -> TraceReport:
+    """Check the trace at ``path`` (``-``: standard input).  Each request's summary goes to
+    ``on_request`` as soon as it is final; without it the report collects them all."""
+    checker = TraceChecker(on_request=on_request)
     try:
         if path == "-":
-            _feed(checker, sys.stdin.buffer)
+            stdin = getattr(sys.stdin, "buffer", None)
+            if stdin is None:
+                raise UsageError("standard input is closed or not a byte stream")
+            _feed(checker, stdin)
         else:
             with open(path, "rb") as stream:
                 _feed(checker, stream)
@@ -82,35 +95,35 @@ def _feed(checker: TraceChecker, stream: BinaryIO) -> None:
             checker.feed(number, text)
 
 
-def read_lines(stream: BinaryIO) -> Iterator[tuple[int, str | None, str | None]]:
-    """Yield ``(line number, text, None)`` or ``(line number, None, problem)``.
+def read_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes | None, str | None]]:
+    """Yield ``(line number, raw line, None)`` or ``(line number, None, problem)``.
 
     The first line decides whether this is text at all: undecodable bytes or a
-    NUL there raise :class:`NotText`; later, they make just that line malformed.
+    NUL there raise :class:`NotText`; later, the checker reports them as that
+    line's problem.
     """
+    readline = stream.readline
+    limit = MAX_LINE_BYTES + 1
+    raw = readline(limit)
+    if raw and not _looks_like_text(raw):
+        raise NotText
     number = 0
-    while True:
-        raw = stream.readline(MAX_LINE_BYTES + 1)
-        if not raw:
-            return
+    while raw:
         number += 1
         if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
             _skip_rest_of_line(stream)
             yield number, None, f"line is longer than {MAX_LINE_BYTES} bytes"
-            continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            if number == 1:
-                raise NotText from None
-            yield number, None, "line is not UTF-8 text"
-            continue
-        if "\x00" in text:
-            if number == 1:
-                raise NotText
-            yield number, None, "line contains a NUL byte"
-            continue
-        yield number, text, None
+        else:
+            yield number, raw, None
+        raw = readline(limit)
+
+
+def _looks_like_text(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return b"\x00" not in raw
 
 
 def _skip_rest_of_line(stream: BinaryIO) -> None:
@@ -154,25 +167,57 @@ def _request_lines(summary: RequestSummary) -> list[str]:
     return [f"{head}: conforms ({summary.checked} line(s), {ending})"]
 
 
-def render(report: TraceReport) -> str:
-    lines: list[str] = []
-    for summary in report.requests:
-        lines.extend(_request_lines(summary))
-    for orphan in report.orphans:
-        lines.append(f"line {orphan.line}: MALFORMED: {orphan.problem}")
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable escaped (newlines, ANSI escapes, lone
+    surrogates), so what a trace names cannot start a line of its own or recolour the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else _escape(char) for char in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def _verdict_lines(report: TraceReport) -> list[str]:
+    lines = [f"line {orphan.line}: MALFORMED: {orphan.problem}" for orphan in report.orphans]
     hidden = report.orphan_count - len(report.orphans)
     if hidden:
         lines.append(f"... and {hidden} more malformed line(s) naming no request")
     counts = report.counts()
-    total = len(report.requests)
     if not report.lines:
         lines.append("no trace records found")
     verdict = "trace conforms" if report.ok else "TRACE DOES NOT CONFORM"
     lines.append(
-        f"{verdict}: {total} request(s): {counts['conforms']} conform, {counts['diverges']} diverge, "
+        f"{verdict}: {report.total} request(s): {counts['conforms']} conform, {counts['diverges']} diverge, "
         f"{counts['malformed']} malformed; {report.orphan_count} malformed line(s) naming no request"
     )
-    return "\n".join(lines)
+    return lines
+
+
+def render(report: TraceReport) -> str:
+    """The whole text report of a checker that collected its requests."""
+    lines = [line for summary in report.requests for line in _request_lines(summary)]
+    return "\n".join(printable(line) for line in [*lines, *_verdict_lines(report)])
+
+
+class TextOutput:
+    """Prints each request's lines as soon as it is final, then the verdict."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+
+    def request(self, summary: RequestSummary) -> None:
+        self._out.write("".join(printable(line) + "\n" for line in _request_lines(summary)))
+
+    def finish(self, report: TraceReport) -> None:
+        self._out.write("".join(printable(line) + "\n" for line in _verdict_lines(report)))
+        self._out.flush()
 
 
 def _malformed_dict(found: Malformed) -> dict[str, object]:
@@ -208,14 +253,36 @@ def _summary_dict(summary: RequestSummary) -> dict[str, object]:
     return entry
 
 
+def _closing_fields(report: TraceReport) -> dict[str, object]:
+    return {
+        "malformed_without_request": [_malformed_dict(orphan) for orphan in report.orphans],
+        "malformed_without_request_count": report.orphan_count,
+        "lines": report.lines,
+        "counts": report.counts(),
+        "ok": report.ok,
+    }
+
+
 def render_json(report: TraceReport) -> str:
-    return json.dumps(
-        {
-            "ok": report.ok,
-            "lines": report.lines,
-            "requests": [_summary_dict(summary) for summary in report.requests],
-            "malformed_without_request": [_malformed_dict(orphan) for orphan in report.orphans],
-            "malformed_without_request_count": report.orphan_count,
-        },
-        indent=2,
-    )
+    """The whole JSON report of a checker that collected its requests."""
+    return json.dumps({"requests": [_summary_dict(summary) for summary in report.requests], **_closing_fields(report)},
+                      indent=2)
+
+
+class JsonOutput:
+    """Streams one JSON object: ``requests`` first, one entry per line as each request is final,
+    then the fields only known at the end (``ok``, ``lines``, ``counts``, the orphans)."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._started = False
+
+    def request(self, summary: RequestSummary) -> None:
+        separator = ",\n    " if self._started else '{\n  "requests": [\n    '
+        self._out.write(separator + json.dumps(_summary_dict(summary)))
+        self._started = True
+
+    def finish(self, report: TraceReport) -> None:
+        opening = "\n  ]," if self._started else '{\n  "requests": [],'
+        self._out.write(opening + json.dumps(_closing_fields(report), indent=2)[1:] + "\n")
+        self._out.flush()

@@ -21,12 +21,13 @@ from dynamo_backend_protocol.model import (
     Mode,
 )
 from dynamo_backend_protocol.model.explore import ExplorationReport, explore_all
+from dynamo_backend_protocol.model.faults import FAULT_INVARIANTS
 from dynamo_backend_protocol.model.invariants import DONE_REACHABLE, TABLE_WELL_FORMED, all_invariants
 from dynamo_backend_protocol.reference.cli import check as cli_check
 from dynamo_backend_protocol.reference.cli import main
 
 ALL_MODE_SLUGS = {"agg", "prefill", "decode", "encode"}
-REQUEST_RULE_IDS = {inv.rule for inv in all_invariants()} | {DONE_REACHABLE, TABLE_WELL_FORMED}
+REQUEST_RULE_IDS = {inv.rule for inv in [*all_invariants(), *FAULT_INVARIANTS]} | {DONE_REACHABLE, TABLE_WELL_FORMED}
 INVARIANT_KEYS = {"id", "name", "holds", "counterexample"}
 
 

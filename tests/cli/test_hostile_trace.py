@@ -3,7 +3,7 @@
 A trace validator is pointed at whatever a broken adapter (or a broken disk)
 produced.  Whatever it reads, it must answer with a clear report naming line
 numbers, the documented exit code (0 every request conforms; 1 a request
-diverges or a line is malformed; 2 the input cannot be read at all) and never
+diverges, a line is malformed or there is no record; 2 the input cannot be read at all) and never
 a traceback, and its memory must not grow with the size of the file.
 
 Valid trace lines are written by hand from the transition table (what setup,
@@ -115,21 +115,30 @@ def test_missing_or_directory_is_unreadable(kind: str, tmp_path: Path, capsys: p
     assert len(err.strip().splitlines()) == 1
 
 
-# --------------------------------------------------------------------------- empty input: exit 0
+# --------------------------------------------------------------------------- empty input: exit 1
 
 
 @pytest.mark.parametrize("content", ["", "\n\n   \n"], ids=["empty", "blank-lines"])
-def test_empty_file_conforms_vacuously_and_says_so(
+def test_input_without_records_is_reported_as_such_and_exits_1(
     content: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """An empty trace has no request that diverges and no malformed line, so it conforms (exit 0),
-    but the report must say that nothing was checked rather than look like a real pass."""
+    """FAULT-TRACE-INPUT: a trace with no record (a writer that never ran, the wrong file) is not a
+    pass: the report says nothing was found and the exit code is 1, so a CI gate cannot go green on it."""
     path = tmp_path / "empty.jsonl"
     path.write_text(content, encoding="utf-8")
     code, out, _ = run_trace(path, capsys)
-    assert code == 0
+    assert code == 1
     assert "no trace records found" in out
-    assert "0 request(s)" in out
+    assert "trace conforms" not in out
+
+
+def test_dev_null_is_reported_as_no_records(capsys: pytest.CaptureFixture[str]) -> None:
+    """FAULT-TRACE-INPUT: ``trace /dev/null`` (a path typo'd into a device) is an input with no records: exit 1."""
+    if not os.path.exists(os.devnull):
+        pytest.skip(f"{os.devnull} does not exist on this system")
+    code, out, _ = run_trace(Path(os.devnull), capsys)
+    assert code == 1
+    assert "no trace records found" in out
 
 
 # --------------------------------------------------------------------------- malformed lines: exit 1

@@ -272,7 +272,7 @@ def test_reader_skips_an_overlong_line_and_goes_on() -> None:
     data = b"a" * (MAX_LINE_BYTES * 2 + 10) + b"\nnext\n"
     read = list(read_lines(io.BytesIO(data)))
     assert read[0][0] == 1 and read[0][1] is None and "longer than" in (read[0][2] or "")
-    assert read[1] == (2, "next\n", None)
+    assert read[1] == (2, b"next\n", None)
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
