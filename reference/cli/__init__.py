@@ -11,7 +11,7 @@ from typing import Protocol
 
 from dynamo_backend_protocol.reference.cli.support import Subparsers, UsageError
 
-SUBCOMMANDS = ("check", "conform", "diagram", "explain", "trace", "bench")
+SUBCOMMANDS = ("check", "conform", "diagram", "explain", "trace", "bench", "differential")
 """Each name ``n`` is the module ``cli.n`` with ``register(subparsers)``."""
 
 
