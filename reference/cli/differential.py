@@ -26,8 +26,8 @@ def register(subparsers: Subparsers) -> None:
     )
     add_mode_option(parser, allow_all=True, default="all")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--examples", type=int, default=12, metavar="N",
-                        help="drawn schedules per mode (default: 12)")
+    parser.add_argument("--examples", type=int, default=20, metavar="N",
+                        help="drawn schedules per mode (default: 20)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the drawn schedules (default: 0)")
     parser.set_defaults(run=run)
 

@@ -295,16 +295,17 @@ def make_play(name: str, events: Sequence[Event], mode: Mode, table: CompiledTab
 def _dropped_after_stop(
     predicted: Outcome, events: tuple[Event, ...], mode: Mode, table: CompiledTable
 ) -> list[Outcome]:
-    """The outcomes where the worker's response stream goes away after a client stop.
+    """The outcomes where the worker's response stream goes away after a client stop or leave.
 
     A client that stops receives nothing more: its stream ends at once, so
     the worker's next send to it fails and the worker's response stream goes
-    away, a ``drop`` at a moment the worker does not choose.  Each item after
-    the stop may be the one whose send fails.  What the adapter then does is
+    away, a ``drop`` at a moment the worker does not choose; a client that
+    left is gone the same way once its kill was heard.  Each item after that
+    may be the one whose send fails.  What the adapter then does is
     the request table's (in decode before first-token, DECODE-DROP: no abort);
     Dynamo's Python bridge still drives the engine's generator to its end.
     """
-    stops = [index for index, ev in enumerate(events) if ev.kind is EventKind.STOP]
+    stops = [index for index, ev in enumerate(events) if ev.kind in (EventKind.STOP, EventKind.DISCONNECT)]
     setups = [index for index, ev in enumerate(events) if ev.kind is EventKind.SETUP]
     if not stops or not setups:
         return []

@@ -22,7 +22,7 @@ from dynamo_backend_protocol.reference.differential.plays import (
 Record = dict[str, Any]
 Sink = Callable[[Record], None]
 
-GATE_TIMEOUT = 2.0
+GATE_TIMEOUT = 1.0
 """Seconds a gate waits before it gives up and records the timeout (only a divergence ever waits this long)."""
 BARRIER_TIMEOUT = 2.0
 """Seconds a barrier request waits for a play's engine stream to end."""

@@ -55,6 +55,10 @@ def build_worker(mode: str, model_dir: str, namespace: str, log: TextIO) -> Any:
         async def cleanup(self) -> None:
             await scripted.cleanup()
 
+        async def is_quiescent(self) -> bool:
+            # No KV transfers ever: a prefill worker need not wait out its drain budget.
+            return True
+
     config = worker_api.WorkerConfig(
         namespace=namespace,
         component="differential",
