@@ -7,6 +7,10 @@ so the comparison against Dynamo's adapter means something.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from dynamo_backend_protocol.model import Mode, parse_event
@@ -68,3 +72,21 @@ def test_our_adapter_agrees_with_the_model_on_every_play(mode: Mode) -> None:
         return found
 
     assert [(name, found) for name, found in asyncio.run(play_all()) if found] == []
+
+
+def test_without_dynamo_the_command_says_so_in_one_line_and_exits_2(tmp_path: Path) -> None:
+    """A backend author without Dynamo's wheels gets one line naming what to install, exit 2,
+    and no traceback (here an empty ``dynamo`` package hides the real one)."""
+    (tmp_path / "dynamo").mkdir()
+    (tmp_path / "dynamo" / "__init__.py").write_text("")
+    run = subprocess.run(
+        [sys.executable, "-m", "dynamo_backend_protocol", "differential", "--mode", "agg"],
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2
+    [line] = run.stderr.strip().splitlines()
+    assert "Dynamo's packages are not installed" in line
+    assert "ai-dynamo-runtime==1.6.1" in line
