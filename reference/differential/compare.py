@@ -108,6 +108,7 @@ class Verdict:
             "scenario": self.play.name,
             "mode": self.play.mode.value,
             "events": [ev.name for ev in self.play.events],
+            "rules": list(self.play.rules),
             "verdict": self.word,
             "model": self.play.predicted.as_json(),
             "model_also_allows": [outcome.as_json() for outcome in self.play.allowed[1:]],

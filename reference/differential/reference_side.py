@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 
-from dynamo_backend_protocol.model import CompiledTable, DynamoError, Mode
+from dynamo_backend_protocol.model import DEFAULT_TABLE, BackendError, CompiledTable, DynamoError, Mode
 from dynamo_backend_protocol.reference.adapter import EngineAdapter
 from dynamo_backend_protocol.reference.context import Context
 from dynamo_backend_protocol.reference.differential.compare import outcome_of
@@ -21,19 +21,16 @@ from dynamo_backend_protocol.reference.differential.scripted_engine import BARRI
 
 
 def _typed_error(message: str) -> Exception:
-    from dynamo_backend_protocol.model import BackendError
-
     return DynamoError(BackendError.INVALID_ARGUMENT, message)
 
 
 class ReferenceSide:
     """One scripted engine behind one of our adapters, for one mode."""
 
-    def __init__(self, mode: Mode, table: CompiledTable | None = None) -> None:
+    def __init__(self, mode: Mode, table: CompiledTable = DEFAULT_TABLE) -> None:
         self.records: list[Record] = []
         self.engine = ScriptedEngine("differential", self.records.append, _typed_error, mode.value)
-        adapter_options = {} if table is None else {"table": table}
-        self.adapter = EngineAdapter(self.engine, mode, **adapter_options)  # type: ignore[arg-type]
+        self.adapter = EngineAdapter(self.engine, mode, table=table)
 
     async def play(self, play: Play) -> Outcome:
         context = Context()

@@ -9,6 +9,8 @@ the stream just ending).  The same seed draws the same schedules.
 
 from __future__ import annotations
 
+import contextlib
+
 from dynamo_backend_protocol.model import Event, EventKind, FinishReason, Mode, event
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
@@ -47,8 +49,15 @@ def drawn_schedules(mode: Mode, examples: int, seed_value: int) -> list[tuple[Ev
               suppress_health_check=list(HealthCheck))
     @given(schedules())
     def collect(schedule: tuple[Event, ...]) -> None:
-        if len(found) < examples and schedule not in found:
+        if schedule not in found:
             found.append(schedule)
+        if len(found) >= examples:
+            raise _Enough
 
-    collect()
-    return found
+    with contextlib.suppress(_Enough):
+        collect()
+    return found[:examples]
+
+
+class _Enough(Exception):
+    """Stops the draw once enough distinct schedules were found."""
