@@ -47,7 +47,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         for report in reports:
             print(_summary(report))
-    return 0 if all(report.diverged == 0 for report in reports) else 1
+    if any(report.diverged for report in reports):
+        return 1
+    unserved = [report for report in reports if report.unavailable]
+    if unserved:
+        # The modes that ran are reported above; one line says which could not.
+        reasons = "; ".join(f"{report.mode.value}: {report.unavailable}" for report in unserved)
+        print(f"error: differential: Dynamo's worker could not serve {reasons}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _print_verdict(verdict: Verdict) -> None:

@@ -85,9 +85,17 @@ async def run_modes(
                 client, report.unavailable = None, str(error)
             client_views: dict[str, tuple[tuple[Item, ...], ClientEnd]] = {}
             ours: dict[str, Outcome] = {}
+            serving = client is not None
             for play in plays:
-                if client is not None:
-                    client_views[play.name] = await client.play(play)
+                if client is not None and serving:
+                    try:
+                        client_views[play.name] = await client.play(play)
+                    except (UpstreamUnavailable, TimeoutError) as error:
+                        serving = False
+                        report.unavailable = client.worker.failure() or (
+                            f"the {mode.value} worker stopped answering during {play.name}: "
+                            f"{error or 'no reply in time'}"
+                        )
                 ours[play.name] = await reference.play(play)
             upstream_records: list[Record] = []
             if client is not None:

@@ -236,6 +236,10 @@ class UpstreamClient:
         winding down after its last item."""
 
     async def play(self, play: Play) -> tuple[tuple[Item, ...], ClientEnd]:
+        """The client's side of ``play``; raises :class:`UpstreamUnavailable` if the worker has died."""
+        failed = self.worker.failure()
+        if failed is not None:
+            raise UpstreamUnavailable(failed)
         context = self._core.Context()
         pending = list(play.client)
         request = _request(play.script())

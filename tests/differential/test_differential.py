@@ -21,6 +21,8 @@ import pytest
 from dynamo_backend_protocol.model import ActionKind, CompiledTable, ControlState, EventKind, Mode
 from dynamo_backend_protocol.model.table import REQUEST_TABLE
 from dynamo_backend_protocol.reference.cli import differential as differential_cli
+from dynamo_backend_protocol.reference.cli import main
+from dynamo_backend_protocol.reference.differential import upstream
 from dynamo_backend_protocol.reference.differential.run import ModeReport, run_modes
 from optional_tools import require_dynamo
 
@@ -172,3 +174,19 @@ def _is_running(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_a_worker_that_cannot_start_is_named_with_its_error_and_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """When Dynamo's worker cannot start, the command must say which worker and the exact
+    error it died with, in one line with exit 2, and still leave nothing behind."""
+    require_dynamo()
+    monkeypatch.setattr(upstream, "_MODULE", "dynamo_backend_protocol.no_such_worker")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    assert main(["differential", "--mode", "agg", "--examples", "0"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "the agg worker exited with status 1" in line
+    assert "No module named dynamo_backend_protocol.no_such_worker" in line
+    assert list(tmp_path.iterdir()) == []
