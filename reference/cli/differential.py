@@ -21,7 +21,7 @@ def register(subparsers: Subparsers) -> None:
             "For each teaching scenario and each drawn schedule, in each mode: play it through Dynamo's "
             "compiled Rust adapter (a real Worker process on 127.0.0.1) and through our adapter with a "
             "scripted recording engine, and hold both to what the model allows. Exit 0 when all agree, "
-            "1 on a divergence, 2 when Dynamo is not installed or its worker cannot start."
+            "1 on a divergence, 2 when Dynamo is not installed or a mode's worker cannot start."
         ),
     )
     add_mode_option(parser, allow_all=True, default="all")
