@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import importlib
 import importlib.util
@@ -106,6 +107,16 @@ def _environment(settings: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
+def _end_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it if this process dies without
+    ending it (a SIGKILL leaves no chance to run ``stop``)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 class UpstreamWorker:
     """One worker process serving one mode; ended by its pid."""
 
@@ -123,6 +134,7 @@ class UpstreamWorker:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
+                preexec_fn=_end_with_parent if sys.platform == "linux" else None,
             )
 
     @property
