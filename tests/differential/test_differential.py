@@ -9,6 +9,7 @@ mode is started once and reused across its plays.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 from dynamo_backend_protocol.model import ActionKind, CompiledTable, ControlState, EventKind, Mode
 from dynamo_backend_protocol.model.table import REQUEST_TABLE
+from dynamo_backend_protocol.model.teach.scenarios import SCENARIOS
 from dynamo_backend_protocol.reference.cli import differential as differential_cli
 from dynamo_backend_protocol.reference.cli import main
 from dynamo_backend_protocol.reference.differential import upstream
@@ -99,7 +101,8 @@ def _workers_of(run_pid: int) -> list[int]:
 
 def _start_cli(tmp_path: Path, examples: int = 0) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "dynamo_backend_protocol", "differential", "--mode", "agg", "--examples", str(examples)],
+        [sys.executable, "-m", "dynamo_backend_protocol", "differential", "--mode", "agg", "--examples", str(examples),
+         "--json"],
         env={**os.environ, "TMPDIR": str(tmp_path)},
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -108,12 +111,18 @@ def _start_cli(tmp_path: Path, examples: int = 0) -> subprocess.Popen[bytes]:
 
 
 def test_a_finished_run_leaves_no_process_or_folder_behind(tmp_path: Path) -> None:
-    """A run that ends normally must have ended its worker (by pid) and removed its temporary
-    model directory and discovery folder."""
+    """A run that ends normally must print its figures, have ended its worker (by pid) and
+    removed its temporary model directory and discovery folder."""
     require_dynamo()
     run = _start_cli(tmp_path)
     out, _ = run.communicate(timeout=WAIT)
     assert run.returncode == 0, out.decode()
+    [figures] = json.loads(out)["modes"]
+    assert figures["mode"] == "agg"
+    assert figures["scenarios"] == len([s for s in SCENARIOS if s.applies_to(Mode.AGGREGATED)])
+    assert figures["agreed"] + figures["upstream_findings"] == figures["scenarios"]
+    assert figures["diverged"] == 0
+    assert figures["seconds"] > 0
     assert _workers_of(run.pid) == []
     assert list(tmp_path.iterdir()) == []
 
