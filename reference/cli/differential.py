@@ -61,9 +61,16 @@ def run(args: argparse.Namespace) -> int:
 def _print_verdict(verdict: Verdict) -> None:
     word = verdict.word if verdict.agreed or verdict.explained else "DIVERGE"
     print(f"{verdict.play.mode.value:<7} {verdict.play.name:<34} {word}")
+    if verdict.agreed:
+        return
+    print(f"        events: {', '.join(ev.name for ev in verdict.play.events)}")
+    print(f"        model:        {verdict.play.predicted.brief()}")
+    for side, seen in (("rust adapter", verdict.upstream), ("our adapter", verdict.reference)):
+        if seen is not None:
+            print(f"        {side + ':':<13} {seen.brief()}")
     for side, found in (("rust adapter", verdict.upstream_differences), ("our adapter", verdict.reference_differences)):
         for difference in found:
-            print(f"        {side}: {difference}")
+            print(f"        {side} differs: {difference}")
 
 
 def _summary(report: ModeReport) -> str:

@@ -70,7 +70,7 @@ class EngineStep:
 class ClientStep:
     op: ClientOp
     after_items: int
-    """Act once this many items have arrived; -1 means before the request is sent."""
+    """Act once this many items have arrived; -1 (a stop only) means before the request is sent."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,15 @@ class Outcome:
     stopped: bool
     killed: bool
     gate_timeouts: tuple[str, ...] = ()
+
+    def brief(self) -> str:
+        """One line: what the client got, the aborts, the generator's end, the context flags."""
+        aborts = ", ".join("after first-token" if after else "before first-token" for after in self.aborts)
+        return (
+            f"client {' '.join(item.text() for item in self.items) or '(nothing)'} then {self.client_end}; "
+            f"abort {aborts or 'never'}; generator {'/'.join(sorted(self.ending))}; "
+            f"stopped={self.stopped} killed={self.killed}"
+        )
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -211,9 +220,9 @@ def make_play(name: str, events: Sequence[Event], mode: Mode, table: CompiledTab
     for ev in played:
         steps = stream if set_up else setup
         if ev is None:
-            if visible is not None:
-                raise NotPlayable(f"{name}: the client acts again after it stopped or left")
-            client.append(ClientStep("disconnect", len(items) if set_up else -1))
+            if not set_up:
+                raise NotPlayable(f"{name}: a client cannot leave a request it has not sent")
+            client.append(ClientStep("disconnect", len(items)))
             visible = len(items)
             probing = True
             continue

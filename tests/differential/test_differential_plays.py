@@ -16,7 +16,7 @@ import pytest
 from dynamo_backend_protocol.model import Mode, parse_event
 from dynamo_backend_protocol.model.teach.scenarios import scenario
 from dynamo_backend_protocol.reference.differential.compare import differences
-from dynamo_backend_protocol.reference.differential.plays import make_play
+from dynamo_backend_protocol.reference.differential.plays import NotPlayable, make_play
 from dynamo_backend_protocol.reference.differential.reference_side import ReferenceSide
 from dynamo_backend_protocol.reference.differential.run import plays_for
 from dynamo_backend_protocol.reference.differential.schedules import drawn_schedules
@@ -90,3 +90,11 @@ def test_without_dynamo_the_command_says_so_in_one_line_and_exits_2(tmp_path: Pa
     [line] = run.stderr.strip().splitlines()
     assert "Dynamo's packages are not installed" in line
     assert "ai-dynamo-runtime==1.6.1" in line
+
+
+def test_a_sequence_no_client_can_act_out_is_refused_with_its_name() -> None:
+    """A client cannot leave a request it has not sent; such a schedule must be refused by
+    name rather than played as something else."""
+    events = [parse_event(name) for name in ("drop", "setup", "terminal:stop")]
+    with pytest.raises(NotPlayable, match="early-leave"):
+        make_play("early-leave", events, Mode.AGGREGATED)
