@@ -405,3 +405,11 @@ def test_a_table_never_answers_with_another_tables_cached_step() -> None:
     streaming = shipped.step(shipped.initial(Mode.AGGREGATED), parse_event("setup")).after
     shipped.step(streaming, parse_event("drop"))  # caches the shipped answer on the state object
     assert ABORT in mutant.step(streaming, parse_event("drop")).actions
+
+
+def test_disconnect_treated_as_a_silent_drop_breaks_runtime_disconnect_kills() -> None:
+    """Bug: the seed's reading, a client that goes away never aborts, applied to the real
+    runtime's disconnect (which the worker sees as a kill).  Minimum 2: setup, disconnect."""
+    rows = mutate(STREAMING, EventKind.DISCONNECT, "not decode or first-token seen", target=None, actions=(),
+                  effects=())
+    assert_caught(Mode.AGGREGATED, rows, "RUNTIME-DISCONNECT-KILLS", 2)
