@@ -295,6 +295,8 @@ def cancellation_recorded_once(step: Step) -> bool:
         return step.after.cancel is step.before.cancel
     if step.event.kind in (EventKind.STOP, EventKind.KILL) and step.before.control is not ControlState.DONE:
         return step.after.cancel is not None and step.after.cancel.value == step.event.kind.value
+    if step.event.kind is EventKind.DISCONNECT:
+        return True  # a kill by another name: see disconnect_is_a_kill
     return step.after.cancel is None
 
 
@@ -331,6 +333,23 @@ def actions_in_the_spec_order(step: Step) -> bool:
     """Each action at most once per step, in the order of the spec's section 5."""
     positions = [SPEC_ACTION_ORDER.index(action) for action in step.actions]
     return all(earlier < later for earlier, later in pairwise(positions))
+
+
+@step_invariant("RUNTIME-DISCONNECT-KILLS")
+def disconnect_is_a_kill(step: Step) -> bool:
+    """A client that went away is recorded as a kill and aborts exactly as a kill
+    would: at once, or (decode, before first-token) not yet."""
+    if step.event.kind is not EventKind.DISCONNECT or step.before.control is ControlState.DONE:
+        return True
+    if step.before.cancel is not None:
+        return step.after.cancel is step.before.cancel and ActionKind.CALL_ABORT not in step.actions
+    if step.after.cancel is None or step.after.cancel.value != "kill":
+        return False
+    aborted = ActionKind.CALL_ABORT in step.actions
+    if step.before.control is ControlState.IDLE:
+        return not aborted
+    deferred = step.before.mode is Mode.DECODE and not step.before.first_token
+    return aborted != deferred
 
 
 DONE_REACHABLE = "DONE-REACHABLE"

@@ -77,7 +77,11 @@ FORWARD_ONLY: tuple[ActionKind, ...] = (ActionKind.FORWARD_DATA,)
 """Every step whose only action is forward-data carries this very tuple, so the
 adapter's per-token path can recognise it by identity."""
 
-_CANCEL_CAUSE = {EventKind.STOP: CancelCause.STOP, EventKind.KILL: CancelCause.KILL}
+_CANCEL_CAUSE = {
+    EventKind.STOP: CancelCause.STOP,
+    EventKind.KILL: CancelCause.KILL,
+    EventKind.DISCONNECT: CancelCause.KILL,
+}
 
 
 class CompiledTable:

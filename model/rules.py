@@ -21,6 +21,9 @@ RULES: dict[str, str] = {
     "ABORT-NEEDS-CANCEL": "engine.abort is only called after stop or kill was observed on a live request",
     "ABORT-IMMEDIATE": "abort fires in the step that observes cancellation, unless decode mode defers it",
     "ABORT-EVENTUALLY": "a cancelled live request is eventually aborted or Done, if a first token or the end comes",
+    "RUNTIME-DISCONNECT-KILLS": (
+        "a remote client that goes away reaches the worker as a kill: it is cancellation, not a silent drop"
+    ),
     # Decode-mode deferral.
     "DECODE-DEFER": "in decode mode abort never fires before first-token",
     "DECODE-FIRST-TOKEN": "first-token is a chunk with tokens or a side-channel notice, nothing else",

@@ -244,8 +244,19 @@ def _rows() -> tuple[Transition, ...]:
             Transition((_S,), cancel, ABORT_DEFERRED, _CP, (), "DECODE-DEFER", (Effect.RECORD_CANCEL,)),
             Transition((_CP, _A), cancel, ALWAYS, None, (), "CANCEL-OBSERVED", ignored=True),
         ]
+    # A remote client going away: the runtime turns it into a kill on the
+    # worker's context, so it is observed exactly like one (and, in decode
+    # mode, deferred like one).
+    _KILLS = "RUNTIME-DISCONNECT-KILLS"
+    rows += [
+        Transition((_I,), EventKind.DISCONNECT, NOT_CANCELLED, None, (), _KILLS, (Effect.RECORD_CANCEL,)),
+        Transition((_I,), EventKind.DISCONNECT, ALREADY_CANCELLED, None, (), "CANCEL-OBSERVED", ignored=True),
+        Transition((_S,), EventKind.DISCONNECT, ABORT_NOW, _A, (_ABORT,), _KILLS, (Effect.RECORD_CANCEL,)),
+        Transition((_S,), EventKind.DISCONNECT, ABORT_DEFERRED, _CP, (), _KILLS, (Effect.RECORD_CANCEL,)),
+        Transition((_CP, _A), EventKind.DISCONNECT, ALWAYS, None, (), "CANCEL-OBSERVED", ignored=True),
+    ]
     # Done is absorbing: what the client or a side channel does afterwards is ignored.
-    for kind in (*_CANCELS, EventKind.FIRST_TOKEN_NOTICE, EventKind.DROP):
+    for kind in (*_CANCELS, EventKind.DISCONNECT, EventKind.FIRST_TOKEN_NOTICE, EventKind.DROP):
         rows.append(Transition((_D,), kind, ALWAYS, None, (), "DONE-ABSORBING", ignored=True))
     return tuple(rows)
 

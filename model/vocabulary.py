@@ -132,6 +132,8 @@ class EventKind(Slug):
     """The engine called context.notify_first_token() from a side channel."""
     DROP = "drop"
     """The consumer dropped the response stream."""
+    DISCONNECT = "disconnect"
+    """The remote client went away; the runtime delivers this to the worker as a kill."""
 
 
 ENGINE_STREAM_KINDS = frozenset(

@@ -47,6 +47,7 @@ _EVENT_MEANING: dict[EventKind, str] = {
     EventKind.KILL: "The request is killed (a kill also counts as a stop).",
     EventKind.FIRST_TOKEN_NOTICE: "The engine calls context.notify_first_token() from a side channel.",
     EventKind.DROP: "The client drops the response stream without stopping the request.",
+    EventKind.DISCONNECT: "The remote client goes away; the runtime tells the worker the request was killed.",
 }
 
 _ACTION_PHRASE: dict[ActionKind, str] = {

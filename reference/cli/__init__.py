@@ -11,7 +11,7 @@ from typing import Protocol
 
 from dynamo_backend_protocol.reference.cli.support import Subparsers, UsageError
 
-SUBCOMMANDS = ("check", "mutate", "export", "conform", "diagram", "explain", "teach", "trace", "bench")
+SUBCOMMANDS = ("check", "mutate", "export", "conform", "diagram", "explain", "teach", "trace", "bench", "differential")
 """Each name ``n`` is the module ``cli.n`` with ``register(subparsers)``."""
 
 

@@ -235,7 +235,7 @@ def test_forbidden_event_is_explained_with_its_rule_and_the_allowed_events(
     assert code == 0
     assert "NOT ALLOWED" in out
     assert "rule STREAM-EVENT-ORDER" in out
-    assert "Allowed in Idle: setup, setup_failed, stop, kill, first_token." in out
+    assert "Allowed in Idle: setup, setup_failed, stop, kill, first_token, disconnect." in out
     assert "\n3. terminal:stop\n" in out
     assert "The request ends in Done." in out
 

@@ -145,7 +145,7 @@ def test_an_event_after_done_is_caught_with_the_rule_that_forbids_it() -> None:
     assert only_request(report) == (5, "STREAM-TERMINAL-LAST", "not allowed here")
     found = report.requests[0].divergence
     assert found is not None
-    assert [ev.name for ev in found.allowed] == ["stop", "kill", "first_token", "drop"]
+    assert [ev.name for ev in found.allowed] == ["stop", "kill", "first_token", "drop", "disconnect"]
 
 
 def test_lines_after_done_are_still_checked_against_done() -> None:

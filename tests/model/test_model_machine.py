@@ -576,3 +576,24 @@ def test_mode_print_parse_round_trip(mode: Mode) -> None:
     """Printing gives the canonical slug and parsing it gives the same mode."""
     assert Mode.parse(str(mode)) is mode
     assert str(mode) == mode.value
+
+
+@pytest.mark.parametrize("mode", NOT_DECODE)
+def test_a_disconnect_aborts_like_a_kill(mode: Mode) -> None:
+    """RUNTIME-DISCONNECT-KILLS: a remote client leaving reaches the worker as a kill, so
+    outside decode mode it aborts at once and is recorded as a kill, unlike the silent drop."""
+    machine = RequestMachine(mode)
+    fire(machine, "setup")
+    fire(machine, "token_chunk")
+    assert fire(machine, "disconnect") == (ABORT,)
+    assert machine.state.cancel is CancelCause.KILL
+
+
+def test_a_decode_disconnect_before_first_token_is_deferred_like_a_kill() -> None:
+    """A decode request whose client leaves before first-token must not abort yet (the
+    prefill peer's KV transfer is in flight); its first token releases the abort."""
+    machine = RequestMachine(Mode.DECODE)
+    fire(machine, "setup")
+    assert fire(machine, "disconnect") == ()
+    assert where(machine) is ControlState.CANCEL_PENDING
+    assert ABORT in fire(machine, "token_chunk")

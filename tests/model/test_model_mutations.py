@@ -503,3 +503,11 @@ def test_reading_stopped_mid_stream_breaks_terminal_last() -> None:
     Minimum 2: setup, empty_chunk."""
     rows = mutate(STREAMING, EventKind.EMPTY_CHUNK, actions=(FWD, STOP_READING))
     assert_caught(Mode.AGGREGATED, rows, "STREAM-TERMINAL-LAST", 2)
+
+
+def test_disconnect_treated_as_a_silent_drop_breaks_runtime_disconnect_kills() -> None:
+    """Bug: the seed's reading, a client that goes away never aborts, applied to the real
+    runtime's disconnect (which the worker sees as a kill).  Minimum 2: setup, disconnect."""
+    rows = mutate(STREAMING, EventKind.DISCONNECT, "not decode or first-token seen", target=None, actions=(),
+                  effects=())
+    assert_caught(Mode.AGGREGATED, rows, "RUNTIME-DISCONNECT-KILLS", 2)

@@ -39,7 +39,8 @@ ENGINE_ITEMS = frozenset(
 )
 FORWARDED_ITEMS = frozenset({EventKind.TOKEN_CHUNK, EventKind.EMPTY_CHUNK, EventKind.TERMINAL, EventKind.ERROR})
 ENDINGS = frozenset({EventKind.TERMINAL, EventKind.ERROR, EventKind.END, EventKind.DROP})
-CANCELS = frozenset({EventKind.STOP, EventKind.KILL})
+CANCELS = frozenset({EventKind.STOP, EventKind.KILL, EventKind.DISCONNECT})
+"""A remote client going away is delivered as a kill (RUNTIME-DISCONNECT-KILLS)."""
 FORWARDS = (ActionKind.FORWARD_DATA, ActionKind.FORWARD_ERROR)
 
 MODES = st.one_of(st.just(Mode.DECODE), st.sampled_from(list(Mode)))
