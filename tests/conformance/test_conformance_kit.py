@@ -363,3 +363,35 @@ def test_assert_conforms_inside_an_event_loop_points_to_the_async_form() -> None
 def test_default_examples_keep_the_bundled_run_quick() -> None:
     """The default draws a bounded number of schedules (the CLI promise: well under 5 s)."""
     assert 0 < DEFAULT_EXAMPLES <= 100
+
+
+class SlowAbortEngine(SampleEngine):
+    """abort waits on something that never comes."""
+
+    async def abort(self, context: Any) -> None:
+        await asyncio.Event().wait()
+
+
+def test_an_abort_that_overruns_the_deadline_fails_abort_failed() -> None:
+    """An abort the runtime waits on forever holds the request's slot: AbortFailed, naming the deadline."""
+    report = conform(SlowAbortEngine, examples=0)
+    assert with_status(report, CheckStatus.FAILED) == {C.ABORT_FAILED}
+    assert f"did not return within {FAST_DEADLINE:g} s" in report.result(C.ABORT_FAILED).reason
+
+
+class SlowStartEngine(SampleEngine):
+    """start takes longer than the kit is told to wait."""
+
+    async def start(self, worker_id: int) -> Any:
+        await asyncio.sleep(5)
+        return await super().start(worker_id)
+
+
+def test_a_start_past_the_start_timeout_fails_start_failed_and_passes_nothing_that_needs_it() -> None:
+    """A start cut short leaves nothing to judge: StartFailed names the timeout, and cleanup and lifecycle
+    checks are skipped, not passed (only cleanup of the never-started engine is still judged)."""
+    report = conform(SlowStartEngine, examples=0, start_timeout=0.2)
+    assert with_status(report, CheckStatus.FAILED) == {C.START_FAILED}
+    assert "--start-timeout" in report.result(C.START_FAILED).reason
+    assert with_status(report, CheckStatus.PASSED) == {C.CLEANUP_WITHOUT_START_FAILED}
+    assert "StartFailed failed" in report.result(C.CLEANUP_FAILED).reason
