@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,21 @@ class _Engine(SampleEngine):
 
     def token_limit(self, request: dict[str, Any]) -> int:
         return self._token_limit(request)
+
+    async def stream_until(
+        self, request: dict[str, Any], stopped: Callable[[int], bool]
+    ) -> AsyncIterator[dict[str, Any]]:
+        """SampleEngine's stream, ending 'cancelled' when ``stopped(tokens produced so far)`` says so."""
+        prompt, limit = self.prompt_tokens(request), self.token_limit(request)
+        for produced in range(limit):
+            if stopped(produced):
+                yield cancelled().with_usage(usage(prompt, produced))
+                return
+            await asyncio.sleep(self.delay)
+            if produced == limit - 1:
+                yield length().with_tokens([produced + 1]).with_usage(usage(prompt, limit))
+                return
+            yield token(produced + 1)
 
 
 class StartFailsEngine(_Engine):
@@ -352,35 +367,22 @@ class SharedStopFlagEngine(_Engine):
         super().__init__(*args, **kwargs)
         self._stopping = False
 
-    async def _stream(self, request: dict[str, Any], context: Context) -> AsyncIterator[dict[str, Any]]:
+    def _stream(self, request: dict[str, Any], context: Context) -> AsyncIterator[dict[str, Any]]:
         self._stopping = False  # BUG: the flag belongs to the request, not the engine
-        prompt, limit = self.prompt_tokens(request), self.token_limit(request)
-        for produced in range(limit):
+
+        def stopped(produced: int) -> bool:
             self._stopping = self._stopping or context.is_stopped()
-            if self._stopping:
-                yield cancelled().with_usage(usage(prompt, produced))
-                return
-            await asyncio.sleep(self.delay)
-            if produced == limit - 1:
-                yield length().with_tokens([produced + 1]).with_usage(usage(prompt, limit))
-                return
-            yield token(produced + 1)
+            return self._stopping
+
+        return self.stream_until(request, stopped)
 
 
 class EarlyStopsOnlyEngine(_Engine):
     """Looks at context.is_stopped() for its first three tokens only, then stops checking."""
 
-    async def _stream(self, request: dict[str, Any], context: Context) -> AsyncIterator[dict[str, Any]]:
-        prompt, limit = self.prompt_tokens(request), self.token_limit(request)
-        for produced in range(limit):
-            if produced < 3 and context.is_stopped():  # BUG: a stop can come at any token
-                yield cancelled().with_usage(usage(prompt, produced))
-                return
-            await asyncio.sleep(self.delay)
-            if produced == limit - 1:
-                yield length().with_tokens([produced + 1]).with_usage(usage(prompt, limit))
-                return
-            yield token(produced + 1)
+    def _stream(self, request: dict[str, Any], context: Context) -> AsyncIterator[dict[str, Any]]:
+        # BUG: a stop can come at any token
+        return self.stream_until(request, lambda produced: produced < 3 and context.is_stopped())
 
 
 class OvercountingEngine(_Engine):

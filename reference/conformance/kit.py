@@ -227,6 +227,8 @@ class _Run:
             _phase(self.settings.events, probe.phase)
             await self.judge(probe.checks, probe.run)
             await self._check_still_serving(probe)
+        # Shutting down needs no serving engine: cleanup and the life's order are judged whatever broke.
+        self.out_of_service = None
         _phase(self.settings.events, "cleaning up")
         if start_hung:
             self._skip_all(ENDS_A_START_THAT_HUNG, self.results[F.START_FAILED])
@@ -337,11 +339,12 @@ def _result(
     not_applicable = _not_applicable(spec, settings)
     if not_applicable is not None:
         return result(CheckStatus.SKIPPED, f"skipped: {not_applicable}")
+    if out_of_service is not None:
+        # The root cause of whatever else would block it: the engine no longer serves.
+        return result(CheckStatus.SKIPPED, out_of_service)
     blockers = _blockers(spec, results)
     if blockers:
         return result(CheckStatus.SKIPPED, _skip_reason(blockers), blocked_by=blockers)
-    if out_of_service is not None:
-        return result(CheckStatus.SKIPPED, out_of_service)
     if spec.failure not in verdicts:
         no_verdict = "the kit gave no verdict for this check (a bug in the kit)"
         return result(CheckStatus.FAILED, trouble or no_verdict, seconds)

@@ -68,7 +68,7 @@ def check_factory(factory: object, label: str) -> None:
     if is_engine(factory):
         raise EngineFactoryError(
             f"{label} is an engine instance; pass its class or a zero-argument factory "
-            "so each check gets a fresh engine"
+            "so the kit can build the engines a run needs (a never-started one, the one it checks)"
         )
     if not callable(factory):
         raise EngineFactoryError(f"{label} is a {type(factory).__name__}, not an engine class or factory")

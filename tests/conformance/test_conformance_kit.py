@@ -395,3 +395,30 @@ def test_a_start_past_the_start_timeout_fails_start_failed_and_passes_nothing_th
     assert "--start-timeout" in report.result(C.START_FAILED).reason
     assert with_status(report, CheckStatus.PASSED) == {C.CLEANUP_WITHOUT_START_FAILED}
     assert "StartFailed failed" in report.result(C.CLEANUP_FAILED).reason
+
+
+class AbortBreaksEverythingEngine(SampleEngine):
+    """After its first abort the engine refuses every request, as one that freed the whole KV cache would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = False
+
+    async def abort(self, context: Any) -> None:
+        self.broken = True
+
+    def generate(self, request: dict[str, Any], context: Any) -> Any:
+        if self.broken:
+            raise RuntimeError("no KV cache")
+        return super().generate(request, context)
+
+
+def test_a_check_that_leaves_the_engine_unable_to_serve_skips_the_rest_with_that_reason() -> None:
+    """The shared engine broke: the first check after it fails, and the later ones that need it serving are
+    skipped saying it stopped, rather than each failing for that one reason; cleanup is still judged."""
+    report = conform(AbortBreaksEverythingEngine, examples=3)
+    failed = with_status(report, CheckStatus.FAILED)
+    assert len(failed) == 1
+    later = report.result(C.SCHEDULE_FAILED)
+    assert later.skipped and "the engine stopped serving" in later.reason and "no KV cache" in later.reason
+    assert report.result(C.CLEANUP_FAILED).passed
