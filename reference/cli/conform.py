@@ -8,15 +8,26 @@ import contextlib
 import functools
 import json
 import logging
+import sys
+from collections.abc import Coroutine
+from typing import TypeVar
 
 from dynamo_backend_protocol.model import Mode
 from dynamo_backend_protocol.reference.cli.support import Subparsers, UsageError, add_mode_option, parse_mode
 from dynamo_backend_protocol.reference.conformance import DEFAULT_EXAMPLES, run_conformance
+from dynamo_backend_protocol.reference.conformance.kit import (
+    DEFAULT_CANCEL_DEADLINE,
+    DEFAULT_CLEANUP_TIMEOUT,
+    DEFAULT_START_TIMEOUT,
+    DEFAULT_STREAM_TIMEOUT,
+)
+from dynamo_backend_protocol.reference.conformance.progress import LinePrinter, live_display
 from dynamo_backend_protocol.reference.conformance.sample_engine import SampleEngine
 from dynamo_backend_protocol.reference.conformance.session import EngineFactory, EngineFactoryError
 from dynamo_backend_protocol.reference.conformance.target import load_engine_factory
 from dynamo_backend_protocol.reference.trace_writer import JsonlTraceWriter
 
+T = TypeVar("T")
 BUNDLED = "dynamo_backend_protocol.reference.conformance.sample_engine:SampleEngine"
 
 
@@ -36,9 +47,20 @@ def register(subparsers: Subparsers) -> None:
         help="build ENGINE with its from_args(argv) classmethod, argv being ARGS split like a shell "
         "(e.g. \"--disaggregation-mode decode\"); the mode defaults to the one the engine declares",
     )
-    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    parser.add_argument("--deadline", type=_positive_seconds, default=2.0, metavar="S",
-                        help="seconds a cancelled stream may take to end (default 2)")
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="print the report as one JSON object, at the end")
+    shown.add_argument("--quiet", action="store_true",
+                       help="print nothing while the checks run, then the whole table (default: each check's "
+                       "line as it finishes, and a live progress line on a terminal)")
+    parser.add_argument("--cancel-deadline", "--deadline", dest="cancel_deadline", type=_positive_seconds,
+                        default=DEFAULT_CANCEL_DEADLINE, metavar="S",
+                        help=f"seconds a cancelled stream may take to end (default {DEFAULT_CANCEL_DEADLINE:g})")
+    parser.add_argument("--start-timeout", type=_positive_seconds, default=DEFAULT_START_TIMEOUT, metavar="S",
+                        help=f"seconds start() may take, e.g. loading weights (default {DEFAULT_START_TIMEOUT:g})")
+    parser.add_argument("--cleanup-timeout", type=_positive_seconds, default=DEFAULT_CLEANUP_TIMEOUT, metavar="S",
+                        help=f"seconds each cleanup() may take (default {DEFAULT_CLEANUP_TIMEOUT:g})")
+    parser.add_argument("--stream-timeout", type=_positive_seconds, default=DEFAULT_STREAM_TIMEOUT, metavar="S",
+                        help=f"seconds each stream may take to end (default {DEFAULT_STREAM_TIMEOUT:g})")
     parser.add_argument("--examples", type=_count, default=DEFAULT_EXAMPLES, metavar="N",
                         help=f"schedules the property-based phase draws, 0 to skip it (default {DEFAULT_EXAMPLES})")
     parser.add_argument("--trace", metavar="FILE", help="write every adapter-driven request's trace as JSON Lines")
@@ -81,15 +103,38 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError(f"cannot write the trace file {args.trace!r}: {error.strerror}") from None
         # The adapter logs engine misbehaviour as warnings; the report already says it, once.
         logging.getLogger("dynamo_backend_protocol").addHandler(logging.NullHandler())
-        try:
-            report = asyncio.run(run_conformance(
-                factory, mode=mode, engine_args=args.engine_args, cancel_deadline=args.deadline,
-                examples=args.examples, trace_sink=sink, label=label,
-            ))
-        except EngineFactoryError as error:
-            raise UsageError(str(error)) from None
-    print(json.dumps(report.as_dict(), indent=2) if args.json else report.render())
+        at_the_end = args.json or args.quiet
+        with contextlib.nullcontext(None) if at_the_end else _display() as events:
+            try:
+                report = asyncio.run(_quietly_interruptible(run_conformance(
+                    factory, mode=mode, engine_args=args.engine_args, cancel_deadline=args.cancel_deadline,
+                    examples=args.examples, start_timeout=args.start_timeout, cleanup_timeout=args.cleanup_timeout,
+                    stream_timeout=args.stream_timeout, trace_sink=sink, label=label, events=events,
+                )))
+            except EngineFactoryError as error:
+                raise UsageError(str(error)) from None
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print(report.render() if args.quiet else report.render_ending())
     return 0 if report.ok else 1
+
+
+def _display() -> contextlib.AbstractContextManager[LinePrinter]:
+    if sys.stdout.isatty():
+        return live_display(sys.stdout)
+    return contextlib.nullcontext(LinePrinter(sys.stdout))
+
+
+async def _quietly_interruptible(work: Coroutine[object, object, T]) -> T:
+    """``work``, where a Ctrl-C leaves no noise: what the interrupted engine's tasks and generators raise
+    while the loop shuts down is not the user's business (the CLI prints one line and exits 130)."""
+    loop = asyncio.get_running_loop()
+    try:
+        return await work
+    except asyncio.CancelledError:
+        loop.set_exception_handler(lambda _loop, _context: None)
+        raise
 
 
 def _load(reference: str) -> EngineFactory:

@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from dynamo_backend_protocol.model.lifecycle import CALL_EVENTS
+from dynamo_backend_protocol.model.lifecycle import CALL_EVENTS, LifecycleEvent
 from dynamo_backend_protocol.model.rules import summary
 from dynamo_backend_protocol.reference.adapter import EngineAdapter
 from dynamo_backend_protocol.reference.conformance.checks import Failure, Verdicts
@@ -39,14 +39,15 @@ from dynamo_backend_protocol.reference.conformance.rules import (
 from dynamo_backend_protocol.reference.conformance.session import (
     EngineSession,
     KitSettings,
-    bounded,
     describe_tasks,
-    engine_session,
+    shared_engine,
     tasks_left_behind,
 )
 
 F = Failure
 STOPPABLE = CANCEL_MAX_TOKENS
+SETTLE_GRACE = 1.0
+"""Seconds past the cancel deadline the kit waits for the adapter's aborts and closes to finish."""
 
 
 @dataclass
@@ -72,16 +73,17 @@ class AdapterSession:
         await self.settle()
 
     async def settle(self) -> None:
-        """Wait for the aborts and stream closes the adapter started (bounded: an abort may hang)."""
+        """Wait for the aborts and stream closes the adapter started (bounded: an abort may hang, which
+        AbortFailed judges; the adapter cancels an abort that overruns)."""
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.settings.stream_timeout):
+            async with asyncio.timeout(self.settings.cancel_deadline + SETTLE_GRACE):
                 await self.adapter.settle()
 
 
 @contextlib.asynccontextmanager
 async def adapter_session(settings: KitSettings) -> AsyncIterator[AdapterSession]:
-    """A fresh, started engine behind a recorder, and an adapter in the kit's mode in front of it."""
-    async with engine_session(settings, record=True) as session:
+    """The shared engine behind its recorder, and a fresh adapter in the kit's mode in front of it."""
+    async with shared_engine(settings) as session:
         collector = TraceCollector(settings.trace_sink)
         yield AdapterSession(session, settings.adapter(session.recording(), collector), collector, settings)
 
@@ -199,31 +201,8 @@ async def probe_drop(settings: KitSettings) -> Verdicts:
     return {F.DROPPED_STREAM_NOT_CLOSED: None}
 
 
-async def probe_lifecycle(settings: KitSettings) -> Verdicts:
-    """A whole life as a Worker drives it; the lifecycle machine judges the order the calls reached the engine."""
-    async with engine_session(settings, start=False, record=True, cleanup=False) as session:
-        recorder = session.recording()
-        try:
-            await session.start(settings)
-            started = True
-        except Exception:
-            # A start that raised still gets its cleanup below; nothing else is called.
-            started = False
-        if started:
-            collector = TraceCollector(settings.trace_sink)
-            serving = AdapterSession(session, settings.adapter(recorder, collector), collector, settings)
-            await serving.drive(RequestPlan(Action.FINISH), "conformance-life-1")
-            await serving.drive(RequestPlan(Action.STOP, 1, STOPPABLE), "conformance-life-2")
-            await serving.settle()
-            await serving.drive(RequestPlan(Action.FINISH), "conformance-life-3")
-            await serving.settle()
-            if recorder.has("drain"):
-                with contextlib.suppress(Exception):
-                    await bounded(recorder.drain(), settings.stream_timeout, "drain")
-        for _ in range(2):
-            # Outcomes of cleanup are judged by the cleanup checks; only the order matters here.
-            with contextlib.suppress(Exception):
-                await bounded(recorder.cleanup(), settings.stream_timeout, "cleanup")
+def judge_lifecycle(recorder: RecordingEngine) -> Verdicts:
+    """The lifecycle machine's verdict on the order every call of the run reached the shared engine."""
     # Judged on the runtime's calls; the engine's calls on itself only move the machine (cleanup inside
     # abort makes the next generate arrive in CleanedUp), since what it does inside its own methods is its own.
     out_of_order = [
@@ -235,6 +214,13 @@ async def probe_lifecycle(settings: KitSettings) -> Verdicts:
     return {
         F.LIFECYCLE_ORDER_VIOLATED: f"{first.call.describe()} reached the engine in "
         f"phase {first.phase}, breaking {first.rule} ({summary(first.rule)}); "
-        f"calls in order: {recorder.describe_calls()}"
+        f"the calls leading to it: {_calls_summary(recorder, first.call.seq)}"
     }
 
+
+def _calls_summary(recorder: RecordingEngine, breach_seq: int, last: int = 6) -> str:
+    """The last few calls up to the breach (a whole run makes hundreds); successful returns left out."""
+    quiet = (LifecycleEvent.START_OK, LifecycleEvent.CLEANUP_OK)
+    calls = [call for call in recorder.calls if call.seq <= breach_seq and call.event not in quiet]
+    said = ", ".join(call.describe() for call in calls[-last:])
+    return said if len(calls) <= last else f"..., {said}"

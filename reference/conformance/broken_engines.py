@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,21 @@ class _Engine(SampleEngine):
 
     def token_limit(self, request: dict[str, Any]) -> int:
         return self._token_limit(request)
+
+    async def stream_until(
+        self, request: dict[str, Any], stopped: Callable[[int], bool]
+    ) -> AsyncIterator[dict[str, Any]]:
+        """SampleEngine's stream, ending 'cancelled' when ``stopped(tokens produced so far)`` says so."""
+        prompt, limit = self.prompt_tokens(request), self.token_limit(request)
+        for produced in range(limit):
+            if stopped(produced):
+                yield cancelled().with_usage(usage(prompt, produced))
+                return
+            await asyncio.sleep(self.delay)
+            if produced == limit - 1:
+                yield length().with_tokens([produced + 1]).with_usage(usage(prompt, limit))
+                return
+            yield token(produced + 1)
 
 
 class StartFailsEngine(_Engine):
@@ -337,6 +352,39 @@ class LateStopEngine(_Engine):
             yield chunk
 
 
+class AbortRaisesEngine(_Engine):
+    """abort looks the request up in a table it never filled, and raises."""
+
+    async def abort(self, context: Context) -> None:
+        slots: dict[str, int] = {}
+        del slots[context.id()]  # BUG: abort must tolerate a request it holds nothing for, and never raise
+
+
+class SharedStopFlagEngine(_Engine):
+    """Keeps one stop flag for the whole engine: stopping one request ends every request running beside it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stopping = False
+
+    def _stream(self, request: dict[str, Any], context: Context) -> AsyncIterator[dict[str, Any]]:
+        self._stopping = False  # BUG: the flag belongs to the request, not the engine
+
+        def stopped(produced: int) -> bool:
+            self._stopping = self._stopping or context.is_stopped()
+            return self._stopping
+
+        return self.stream_until(request, stopped)
+
+
+class EarlyStopsOnlyEngine(_Engine):
+    """Looks at context.is_stopped() for its first three tokens only, then stops checking."""
+
+    def _stream(self, request: dict[str, Any], context: Context) -> AsyncIterator[dict[str, Any]]:
+        # BUG: a stop can come at any token
+        return self.stream_until(request, lambda produced: produced < 3 and context.is_stopped())
+
+
 class OvercountingEngine(_Engine):
     """Reports the prompt's last token among the completion tokens it streamed."""
 
@@ -456,6 +504,9 @@ BROKEN_ENGINES: dict[Failure, type[SampleEngine]] = {
     Failure.ABORT_BEFORE_FIRST_TOKEN: EagerDecodeAbortEngine,
     Failure.DROPPED_STREAM_NOT_CLOSED: LeakyProducerEngine,
     Failure.LIFECYCLE_ORDER_VIOLATED: AbortTearsDownEngine,
+    Failure.ABORT_FAILED: AbortRaisesEngine,
+    Failure.CANCELLATION_LEAKED: SharedStopFlagEngine,
+    Failure.MID_STREAM_CANCELLATION_IGNORED: EarlyStopsOnlyEngine,
     Failure.SCHEDULE_FAILED: LateStopEngine,
 }
 """The engine that fails each check (EagerDecodeAbortEngine is a decode engine, the *EncodeEngine ones are

@@ -46,6 +46,9 @@ class Failure(enum.StrEnum):
     ABORT_BEFORE_FIRST_TOKEN = "AbortBeforeFirstToken"
     DROPPED_STREAM_NOT_CLOSED = "DroppedStreamNotClosed"
     LIFECYCLE_ORDER_VIOLATED = "LifecycleOrderViolated"
+    ABORT_FAILED = "AbortFailed"
+    CANCELLATION_LEAKED = "CancellationLeaked"
+    MID_STREAM_CANCELLATION_IGNORED = "MidStreamCancellationIgnored"
     SCHEDULE_FAILED = "ScheduleFailed"
 
 
@@ -76,7 +79,9 @@ ENCODE_SUITE = (
     F.ENCODER_RESULT_EXPECTED_OBJECT,
 )
 """Upstream's encode suite, judged in encode mode only."""
-_WELL_FORMED_AND_CANCELLABLE = (F.MALFORMED_CHUNK, F.CANCELLATION_IGNORED)
+_WELL_FORMED_AND_CANCELLABLE = (F.MALFORMED_CHUNK, F.CANCELLATION_IGNORED, F.ABORT_FAILED)
+"""Checks that stop requests through the adapter, which calls abort: an abort that raises or hangs is
+AbortFailed's to report, once, not every such check's."""
 
 CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec(F.START_FAILED, "start succeeds", upstream=True),
@@ -144,6 +149,10 @@ CHECKS: tuple[CheckSpec, ...] = (
     ),
     # Upstream's kit never calls abort; the runtime does, right as it stops a request.
     CheckSpec(
+        F.ABORT_FAILED, "abort(context) of a stopped request returns within the deadline, without raising",
+        (F.CANCELLATION_IGNORED,), needs_hook="abort",
+    ),
+    CheckSpec(
         F.ABORTED_STREAM_NOT_ENDED, "a stream stopped through the adapter (so aborted) still ends with 'cancelled'",
         _WELL_FORMED_AND_CANCELLABLE,
     ),
@@ -160,6 +169,14 @@ CHECKS: tuple[CheckSpec, ...] = (
     ),
     CheckSpec(F.LIFECYCLE_ORDER_VIOLATED, "calls reach the engine in lifecycle order"),
     CheckSpec(
+        F.CANCELLATION_LEAKED, "stopping 1 of 8 concurrent requests leaves the other 7 complete and unaborted",
+        (F.CONCURRENT_GENERATE_FAILED, F.ABORTED_STREAM_NOT_ENDED, F.ABORT_ON_CLEAN_COMPLETION),
+    ),
+    CheckSpec(
+        F.MID_STREAM_CANCELLATION_IGNORED, "a stop or kill at a drawn point of a long stream ends it 'cancelled'",
+        (F.KILL_NOT_HANDLED_LIKE_STOP,),
+    ),
+    CheckSpec(
         F.SCHEDULE_FAILED,
         "random schedules of stops, kills and drops keep every rule",
         (
@@ -169,7 +186,8 @@ CHECKS: tuple[CheckSpec, ...] = (
             F.ABORT_ON_CLEAN_COMPLETION,
             F.ABORT_BEFORE_FIRST_TOKEN,
             F.DROPPED_STREAM_NOT_CLOSED,
-            F.LIFECYCLE_ORDER_VIOLATED,
+            F.CANCELLATION_LEAKED,
+            F.MID_STREAM_CANCELLATION_IGNORED,
         ),
     ),
 )

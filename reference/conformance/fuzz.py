@@ -3,7 +3,8 @@
 A schedule is a few concurrent requests, each read to the end, or stopped,
 killed or dropped after some number of chunks.  Every request of every
 schedule is driven through the reference adapter and judged by all the
-engine-side rules and the model's invariants over its trace.  The search is
+engine-side rules and the model's invariants over its trace.  A second search
+stops one long request at a drawn point, late as well as early.  The search is
 deterministic (``derandomize=True``, no example database), bounded in
 examples and in time, and a failure is reported as the shrunk schedule in
 words a person can replay.
@@ -16,13 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import os
+import tempfile
+import threading
 import time
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from dynamo_backend_protocol.reference.conformance.adapter_checks import adapter_session
 from dynamo_backend_protocol.reference.conformance.checks import Failure, Verdicts
-from dynamo_backend_protocol.reference.conformance.drive import Action, RequestPlan
+from dynamo_backend_protocol.reference.conformance.drive import CANCEL_MAX_TOKENS, Action, Ending, RequestPlan
 from dynamo_backend_protocol.reference.conformance.rules import Finding, judge_all
 from dynamo_backend_protocol.reference.conformance.session import KitSettings, describe_tasks, tasks_left_behind
 
@@ -32,6 +38,8 @@ if TYPE_CHECKING:
 MAX_REQUESTS = 4
 MAX_CHUNKS_BEFORE_ACTING = 4
 MAX_TOKENS = 6
+MAX_CHUNKS_BEFORE_LATE_STOP = 24
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,7 @@ def schedules() -> st.SearchStrategy[Schedule]:
 
 
 async def run_schedule(settings: KitSettings, schedule: Schedule) -> list[Finding]:
-    """Run one schedule on a fresh engine; every rule broken on the way."""
+    """Run one schedule on the shared engine; every rule broken on the way."""
     async with adapter_session(settings) as session:
         await session.warm_up()
         baseline = set(asyncio.all_tasks())
@@ -84,42 +92,101 @@ async def run_schedule(settings: KitSettings, schedule: Schedule) -> list[Findin
     return findings
 
 
-class _ScheduleBroke(Exception):
-    def __init__(self, schedule: Schedule, findings: list[Finding]) -> None:
-        super().__init__(schedule.describe())
-        self.schedule = schedule
+def late_stops() -> st.SearchStrategy[RequestPlan]:
+    """One long request, stopped or killed after a drawn number of chunks: an engine that only looks at
+    ``context.is_stopped()`` early in the stream (or only while it waits) is caught at a later point."""
+    from hypothesis import strategies as st
+
+    return st.builds(
+        RequestPlan,
+        action=st.sampled_from([Action.STOP, Action.KILL]),
+        after_chunks=st.integers(0, MAX_CHUNKS_BEFORE_LATE_STOP),
+        max_tokens=st.just(CANCEL_MAX_TOKENS),
+        while_waiting=st.booleans(),
+    )
+
+
+async def run_late_stop(settings: KitSettings, plan: RequestPlan) -> list[Finding]:
+    """Run one late stop on the shared engine; a finding unless the stream ended with a cancelled terminal."""
+    async with adapter_session(settings) as session:
+        run = await session.drive(plan, "conformance-late-stop")
+        await session.settle()
+    # Honoured means ended in time, and not as if nobody had asked; how it ends (a missing terminal, say)
+    # is the schedules' business.
+    ignored = run.ending is Ending.TIMED_OUT or (run.ending is Ending.TERMINAL and not run.cancelled())
+    if not run.cancelled_by_client or not ignored or run.ended_before_cancel():
+        return []
+    how = f"did not end within {settings.cancel_deadline:g} s" if run.ending is Ending.TIMED_OUT else run.describe_end()
+    return [Finding(
+        Failure.MID_STREAM_CANCELLATION_IGNORED,
+        f"{plan.describe()}: after {_chunks(run.acted_after or 0)} the stream {how}; check context.is_stopped() "
+        "before every token, not only the first few",
+    )]
+
+
+def _chunks(count: int) -> str:
+    return f"{count} chunk" if count == 1 else f"{count} chunks"
+
+
+class _Broke(Exception):
+    def __init__(self, example: object, findings: list[Finding]) -> None:
+        super().__init__(str(example))
+        self.example = example
         self.findings = findings
 
 
-def _verdict(schedule: Schedule, findings: list[Finding]) -> Verdicts:
-    first = findings[0]
-    return {Failure.SCHEDULE_FAILED: f"schedule [{schedule.describe()}] broke {first.rule}: {first.reason}"}
+class _Interrupted(BaseException):
+    """The run was cancelled (Ctrl-C): Hypothesis must stop at once, not shrink."""
 
 
-async def probe_schedules(settings: KitSettings) -> Verdicts:
+async def search(
+    settings: KitSettings,
+    strategy: st.SearchStrategy[T],
+    run_one: Callable[[KitSettings, T], Coroutine[object, object, list[Finding]]],
+    examples: int,
+    size: Callable[[T], tuple[int, ...]],
+) -> tuple[T, list[Finding]] | None:
+    """Draw up to ``examples`` examples, run each on the kit's event loop, and return the plainest one that
+    broke a rule (shrunk), or None.  Bounded by the fuzz budget; cancelling it stops Hypothesis promptly."""
     import hypothesis
     from hypothesis import HealthCheck, Phase, Verbosity
 
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
-    seen_failing: list[tuple[Schedule, list[Finding]]] = []
-    per_schedule = settings.stream_timeout * 2 + settings.cancel_deadline * 2
+    seen_failing: list[tuple[T, list[Finding]]] = []
+    per_example = settings.stream_timeout * 2 + settings.cancel_deadline * 2
+    interrupted = threading.Event()
+    running: list[concurrent.futures.Future[list[Finding]]] = []
+    done = 0
 
-    def schedule_keeps_every_rule(schedule: Schedule) -> None:
+    def count_one() -> None:
+        nonlocal done
+        done += 1
+        settings.examples_done(min(done, examples), examples)
+
+    def keeps_every_rule(example: T) -> None:
+        if interrupted.is_set():
+            raise _Interrupted
         if time.perf_counter() - started > settings.fuzz_budget:
             return  # Out of time: the remaining draws count as passing.
-        future = asyncio.run_coroutine_threadsafe(run_schedule(settings, schedule), loop)
+        future = asyncio.run_coroutine_threadsafe(run_one(settings, example), loop)
+        running[:] = [future]
         try:
-            findings = future.result(timeout=per_schedule)
+            findings = future.result(timeout=per_example)
+        except concurrent.futures.CancelledError:
+            raise _Interrupted from None
         except concurrent.futures.TimeoutError:
             future.cancel()
-            findings = [Finding("ScheduleTimedOut", f"the schedule did not finish within {per_schedule:g} s")]
+            findings = [Finding("ScheduleTimedOut", f"the example did not finish within {per_example:g} s")]
+        if interrupted.is_set():
+            raise _Interrupted
+        loop.call_soon_threadsafe(count_one)
         if findings:
-            seen_failing.append((schedule, findings))
-            raise _ScheduleBroke(schedule, findings)
+            seen_failing.append((example, findings))
+            raise _Broke(example, findings)
 
-    search = hypothesis.settings(
-        max_examples=settings.examples,
+    run_search = hypothesis.settings(
+        max_examples=max(examples, 1),
         derandomize=True,
         database=None,
         deadline=None,
@@ -128,16 +195,63 @@ async def probe_schedules(settings: KitSettings) -> Verdicts:
         verbosity=Verbosity.quiet,
         phases=(Phase.explicit, Phase.generate, Phase.shrink),
         print_blob=False,
-    )(hypothesis.given(schedules())(schedule_keeps_every_rule))
+    )(hypothesis.given(strategy)(keeps_every_rule))
+    settings.examples_done(0, examples)
     try:
-        await asyncio.to_thread(search)
-    except _ScheduleBroke as broke:
-        return _verdict(broke.schedule, broke.findings)
+        with _scratch_storage():
+            await asyncio.to_thread(run_search)
+    except _Broke as broke:
+        return broke.example, broke.findings  # type: ignore[return-value]
+    except asyncio.CancelledError:
+        interrupted.set()
+        for future in running:
+            future.cancel()
+        raise
     except Exception:
         # e.g. Hypothesis calling the failure flaky after the time budget cut shrinking short.
         if not seen_failing:
             raise
     if seen_failing:
-        schedule, findings = min(seen_failing, key=lambda failing: failing[0].size())
-        return _verdict(schedule, findings)
-    return {Failure.SCHEDULE_FAILED: None}
+        return min(seen_failing, key=lambda failing: size(failing[0]))
+    return None
+
+
+@contextlib.contextmanager
+def _scratch_storage() -> Iterator[None]:
+    """Hypothesis caches what it learns of local modules under ``./.hypothesis`` even without an example
+    database; a conformance run writes nothing the user did not ask for, so that cache goes to a temporary
+    folder, removed afterwards (unless HYPOTHESIS_STORAGE_DIRECTORY names one the user wants)."""
+    from hypothesis import configuration
+
+    if os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+        yield
+        return
+    before = getattr(configuration, "__hypothesis_home_directory", None)
+    with tempfile.TemporaryDirectory(prefix="dbp-conform-") as scratch:
+        configuration.set_hypothesis_home_dir(scratch)
+        try:
+            yield
+        finally:
+            configuration.set_hypothesis_home_dir(before)
+
+
+async def probe_late_stops(settings: KitSettings) -> Verdicts:
+    found = await search(settings, late_stops(), run_late_stop, late_stop_examples(settings.examples),
+                         lambda plan: (plan.after_chunks, plan.while_waiting, plan.action is Action.KILL))
+    if found is None:
+        return {Failure.MID_STREAM_CANCELLATION_IGNORED: None}
+    return {Failure.MID_STREAM_CANCELLATION_IGNORED: found[1][0].reason}
+
+
+def late_stop_examples(examples: int) -> int:
+    """A third of the property phase's examples (at least one) go to late stops."""
+    return max(1, examples // 3) if examples else 0
+
+
+async def probe_schedules(settings: KitSettings) -> Verdicts:
+    found = await search(settings, schedules(), run_schedule, settings.examples, Schedule.size)
+    if found is None:
+        return {Failure.SCHEDULE_FAILED: None}
+    schedule, findings = found
+    first = findings[0]
+    return {Failure.SCHEDULE_FAILED: f"schedule [{schedule.describe()}] broke {first.rule}: {first.reason}"}

@@ -22,7 +22,12 @@ from typing import Any
 from dynamo_backend_protocol.model import Mode
 from dynamo_backend_protocol.reference.conformance.construction import FromArgs
 from dynamo_backend_protocol.reference.conformance.drive import FALLBACK_MODEL, PLAIN_MAX_TOKENS, RequestShape
-from dynamo_backend_protocol.reference.conformance.session import EngineFactory, KitSettings, bounded, engine_session
+from dynamo_backend_protocol.reference.conformance.session import (
+    EngineFactory,
+    KitSettings,
+    bounded,
+    fresh_engine_session,
+)
 from dynamo_backend_protocol.reference.conformance.upstream import close_raw, model_of, open_raw_stream, read_raw
 from dynamo_backend_protocol.reference.context import Context
 
@@ -31,8 +36,14 @@ DISAGGREGATION_MODE_FLAG = "--disaggregation-mode"
 MODE_KEYWORDS = ("mode", "disaggregation_mode")
 
 
-async def prepare_requests(settings: KitSettings) -> RequestShape:
-    model = await _served_model(settings)
+def served_model(config: object) -> str:
+    """The name ``start()`` gave; the fallback if it gave none (EmptyModelInConfig says why)."""
+    model = model_of(config)
+    return model if isinstance(model, str) and model.strip() else FALLBACK_MODEL
+
+
+async def prepare_requests(settings: KitSettings, model: str) -> RequestShape:
+    """The shape of the kit's requests; in decode mode this builds and starts the prefill engine once."""
     if settings.mode is not Mode.DECODE:
         return RequestShape(settings.mode, model)
     prefill = prefill_factory(settings.factory)
@@ -44,20 +55,10 @@ async def prepare_requests(settings: KitSettings) -> RequestShape:
     return RequestShape(Mode.DECODE, model, {"disaggregated_params": params}, "from a prefill run of the same engine")
 
 
-async def _served_model(settings: KitSettings) -> str:
-    """The name ``start()`` gives; the fallback if it fails or gives none (the start checks say why)."""
-    with contextlib.suppress(Exception):
-        async with engine_session(settings) as session:
-            model = model_of(session.config)
-            if isinstance(model, str) and model.strip():
-                return model
-    return FALLBACK_MODEL
-
-
 async def _prefill_params(settings: KitSettings, model: str) -> dict[str, Any] | None:
     """The ``disaggregated_params`` of one prefill request's terminal, or None if none came."""
     with contextlib.suppress(Exception):
-        async with engine_session(settings) as session:
+        async with fresh_engine_session(settings) as session:
             request = RequestShape(Mode.PREFILL, model).request(PLAIN_MAX_TOKENS)
             stream = await bounded(open_raw_stream(session.engine, request, Context("conformance-prefill-handoff")),
                                    settings.stream_timeout, "generate")

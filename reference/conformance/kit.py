@@ -1,10 +1,16 @@
 """The conformance kit: ``await run_conformance(MyEngine)`` judges an engine against the protocol.
 
-Probes run in order, each on a fresh engine from the factory, and each
-judges one or more checks of :data:`~.checks.CHECKS`.  A check
-whose prerequisite failed is skipped with the name of what to fix first; a
-check that does not apply to the mode is skipped as such; every other check
-ends passed or failed with a one-line reason.
+A run builds at most three engines and starts at most two, since a real
+engine loads its weights in ``start()``: one never started (for the check of
+cleanup on a never-started engine), one started engine that every other
+check shares with its own requests and contexts (cleaned up twice at the
+end, its whole life judged by the lifecycle machine), and in decode mode the
+prefill engine whose hand-off the decode requests carry.  A check whose
+prerequisite failed is skipped with the name of what to fix first; a check
+that does not apply to the mode is skipped as such; a check that leaves the
+engine unable to serve is reported, and the checks after it that need a
+serving engine are skipped with that reason; every other check ends passed
+or failed with a one-line reason.
 """
 
 from __future__ import annotations
@@ -18,41 +24,52 @@ from dataclasses import dataclass
 from dynamo_backend_protocol.model import Mode
 from dynamo_backend_protocol.reference.adapter import TraceSink
 from dynamo_backend_protocol.reference.conformance.adapter_checks import (
+    judge_lifecycle,
     probe_abort_once,
     probe_aborted_stream,
     probe_clean_completion,
     probe_decode_abort,
     probe_drop,
     probe_kill,
-    probe_lifecycle,
     probe_well_formed,
 )
+from dynamo_backend_protocol.reference.conformance.cancel_checks import probe_abort, probe_isolation
 from dynamo_backend_protocol.reference.conformance.checks import ENCODE_SUITE, SPECS, CheckSpec, Failure, Verdicts
 from dynamo_backend_protocol.reference.conformance.construction import declared_mode, engine_factory, resolve_mode
-from dynamo_backend_protocol.reference.conformance.fuzz import probe_schedules
-from dynamo_backend_protocol.reference.conformance.handoff import prepare_requests
+from dynamo_backend_protocol.reference.conformance.fuzz import probe_late_stops, probe_schedules
+from dynamo_backend_protocol.reference.conformance.handoff import prepare_requests, served_model
+from dynamo_backend_protocol.reference.conformance.health import engine_still_serves
 from dynamo_backend_protocol.reference.conformance.kv_events import OPTIONAL_HOOKS, probe_kv_event_sources
+from dynamo_backend_protocol.reference.conformance.recording import RecordingEngine
 from dynamo_backend_protocol.reference.conformance.report import CheckResult, CheckStatus, ConformanceReport, one_line
 from dynamo_backend_protocol.reference.conformance.session import (
     EngineFactory,
     EngineFactoryError,
+    EngineSession,
+    KitEvents,
     KitSettings,
+    cancel_tasks,
     check_factory,
     describe_error,
     describe_factory,
     make_engine,
+    tasks_started_since,
 )
 from dynamo_backend_protocol.reference.conformance.upstream import (
+    judge_cleanup,
+    judge_cleanup_without_start,
+    judge_start,
     probe_cancellation,
-    probe_cleanup,
-    probe_cleanup_without_start,
     probe_concurrent,
     probe_plain_stream,
-    probe_start,
 )
 
 DEFAULT_EXAMPLES = 30
 """Schedules the property-based phase draws by default: enough to find order-dependent bugs, quick on a fast engine."""
+DEFAULT_START_TIMEOUT = 900.0
+DEFAULT_CLEANUP_TIMEOUT = 60.0
+DEFAULT_STREAM_TIMEOUT = 60.0
+DEFAULT_CANCEL_DEADLINE = 2.0
 
 F = Failure
 
@@ -61,10 +78,10 @@ F = Failure
 class Probe:
     checks: tuple[Failure, ...]
     run: Callable[[KitSettings], Awaitable[Verdicts]]
+    phase: str = "checking"
 
 
-PROBES: tuple[Probe, ...] = (
-    Probe((F.START_FAILED, F.EMPTY_MODEL_IN_CONFIG), probe_start),
+SERVING_PROBES: tuple[Probe, ...] = (
     # Where a Worker calls it: after start, before serving.
     Probe((F.KV_EVENT_SOURCES_FAILED, F.KV_EVENT_SOURCES_NOT_IDEMPOTENT), probe_kv_event_sources),
     Probe(
@@ -76,8 +93,7 @@ PROBES: tuple[Probe, ...] = (
     ),
     Probe((F.CONCURRENT_GENERATE_FAILED,), probe_concurrent),
     Probe((F.CANCELLATION_NOT_OBSERVED, F.CANCELLATION_IGNORED), probe_cancellation),
-    Probe((F.CLEANUP_FAILED, F.SECOND_CLEANUP_FAILED), probe_cleanup),
-    Probe((F.CLEANUP_WITHOUT_START_FAILED,), probe_cleanup_without_start),
+    Probe((F.ABORT_FAILED,), probe_abort),
     Probe((F.MALFORMED_CHUNK,), probe_well_formed),
     Probe((F.ABORTED_STREAM_NOT_ENDED,), probe_aborted_stream),
     Probe((F.KILL_NOT_HANDLED_LIKE_STOP,), probe_kill),
@@ -85,9 +101,17 @@ PROBES: tuple[Probe, ...] = (
     Probe((F.ABORT_ON_CLEAN_COMPLETION,), probe_clean_completion),
     Probe((F.ABORT_BEFORE_FIRST_TOKEN,), probe_decode_abort),
     Probe((F.DROPPED_STREAM_NOT_CLOSED,), probe_drop),
-    Probe((F.LIFECYCLE_ORDER_VIOLATED,), probe_lifecycle),
-    Probe((F.SCHEDULE_FAILED,), probe_schedules),
+    Probe((F.CANCELLATION_LEAKED,), probe_isolation),
+    Probe((F.MID_STREAM_CANCELLATION_IGNORED,), probe_late_stops, "the property-based phase"),
+    Probe((F.SCHEDULE_FAILED,), probe_schedules, "the property-based phase"),
 )
+"""The checks that need the started engine, in the order they run on it."""
+PROPERTY_PHASE = (F.MID_STREAM_CANCELLATION_IGNORED, F.SCHEDULE_FAILED)
+SERVES_AGAIN = (F.NO_TERMINAL_CHUNK, F.STREAM_YIELDED_ERROR)
+"""Once one plain stream works, a failing check is followed by one more plain request: an engine that no
+longer serves is not judged further (its later checks would all fail for that one reason)."""
+ENDS_A_START_THAT_HUNG = (F.CLEANUP_FAILED, F.SECOND_CLEANUP_FAILED, F.LIFECYCLE_ORDER_VIOLATED)
+"""What cannot be judged after a start the kit had to cancel: the engine is in no state a Worker would leave it."""
 
 
 async def run_conformance(
@@ -95,10 +119,14 @@ async def run_conformance(
     *,
     mode: Mode | str | None = None,
     engine_args: str | Sequence[str] | None = None,
-    cancel_deadline: float = 2.0,
+    cancel_deadline: float = DEFAULT_CANCEL_DEADLINE,
     examples: int = DEFAULT_EXAMPLES,
+    start_timeout: float = DEFAULT_START_TIMEOUT,
+    cleanup_timeout: float = DEFAULT_CLEANUP_TIMEOUT,
+    stream_timeout: float = DEFAULT_STREAM_TIMEOUT,
     trace_sink: TraceSink | None = None,
     label: str | None = None,
+    events: KitEvents | None = None,
 ) -> ConformanceReport:
     """Run every conformance check on engines made by ``factory``.
 
@@ -109,32 +137,52 @@ async def run_conformance(
     worker config or the engine itself declares (``disaggregation_mode``),
     else agg.  ``cancel_deadline`` is how long a cancelled stream may take to
     end; ``examples`` bounds the property-based phase (0 skips it);
+    ``start_timeout``, ``cleanup_timeout`` and ``stream_timeout`` bound each
+    ``start()``, each ``cleanup()`` and each stream, in seconds;
     ``trace_sink`` receives every adapter-driven request's trace; ``label``
-    names the engine in the report.  Raises :class:`EngineFactoryError` if no
-    engine can be made (or ``mode`` disagrees with the declared one), and
-    ``ValueError`` for a bad setting.
+    names the engine in the report; ``events`` hears of each check as it
+    finishes.  Raises :class:`EngineFactoryError` if no engine can be made
+    (or ``mode`` disagrees with the declared one), and ``ValueError`` for a
+    bad setting.
     """
     asked = Mode.parse(mode) if isinstance(mode, str) else mode
-    if not cancel_deadline > 0:
-        raise ValueError(f"cancel_deadline must be a positive number of seconds, got {cancel_deadline!r}")
+    for name, seconds in (("cancel_deadline", cancel_deadline), ("start_timeout", start_timeout),
+                          ("cleanup_timeout", cleanup_timeout), ("stream_timeout", stream_timeout)):
+        if not seconds > 0:
+            raise ValueError(f"{name} must be a positive number of seconds, got {seconds!r}")
     if examples < 0:
         raise ValueError(f"examples must be 0 or more, got {examples!r}")
     label = label or describe_factory(factory)
     check_factory(factory, label)
     factory = engine_factory(factory, engine_args, label)
-    # Fails early, and once, if the factory cannot make an engine; says which mode the engine serves.
-    first = await make_engine(factory, label)
-    checked_mode = resolve_mode(asked, declared_mode(factory, first), label)
-    hooks = frozenset(name for name in OPTIONAL_HOOKS if callable(getattr(first, name, None)))
-    settings = KitSettings(factory, label, checked_mode, cancel_deadline, examples, trace_sink=trace_sink,
-                           engine_hooks=hooks)
-    settings = dataclasses.replace(settings, requests=await prepare_requests(settings))
     started = time.perf_counter()
-    results: dict[Failure, CheckResult] = {}
-    for probe in PROBES:
-        await _run_probe(probe, settings, results)
-    ordered = [results[spec_failure] for spec_failure in SPECS]
-    return ConformanceReport(label, checked_mode, ordered, time.perf_counter() - started, settings.requests.describe())
+    baseline = set(asyncio.all_tasks())
+    _phase(events, "building the engine")
+    # Fails early, and once, if the factory cannot make an engine; says which mode the engine serves.
+    never_started = await make_engine(factory, label)
+    checked_mode = resolve_mode(asked, declared_mode(factory, never_started), label)
+    hooks = frozenset(name for name in OPTIONAL_HOOKS if callable(getattr(never_started, name, None)))
+    settings = KitSettings(factory, label, checked_mode, cancel_deadline, examples, stream_timeout=stream_timeout,
+                           start_timeout=start_timeout, cleanup_timeout=cleanup_timeout, trace_sink=trace_sink,
+                           engine_hooks=hooks, events=events)
+    run = _Run(settings)
+    try:
+        await run.judge((F.CLEANUP_WITHOUT_START_FAILED,), lambda s: judge_cleanup_without_start(
+            RecordingEngine(never_started), s))
+        _phase(events, "building the engine to start")
+        engine = await make_engine(factory, label)
+        run.settings = dataclasses.replace(settings, shared=EngineSession(engine, RecordingEngine(engine)))
+        await run.serve_and_shut_down()
+    finally:
+        await cancel_tasks(tasks_started_since(baseline))
+    ordered = [run.results[spec_failure] for spec_failure in SPECS]
+    requests = run.settings.requests.describe()
+    return ConformanceReport(label, checked_mode, ordered, time.perf_counter() - started, requests)
+
+
+def _phase(events: KitEvents | None, what: str) -> None:
+    if events is not None:
+        events.phase(what)
 
 
 def assert_conforms(factory: EngineFactory, **options: object) -> None:
@@ -154,6 +202,96 @@ def assert_conforms(factory: EngineFactory, **options: object) -> None:
     report.raise_for_failures()
 
 
+class _Run:
+    """One run's verdicts so far, and the shared engine's state (started, hung, still serving)."""
+
+    def __init__(self, settings: KitSettings) -> None:
+        self.settings = settings
+        self.results: dict[Failure, CheckResult] = {}
+        self.out_of_service: str | None = None
+        """Why the shared engine can no longer be judged (set once a check leaves it unable to serve)."""
+
+    async def serve_and_shut_down(self) -> None:
+        session = self.settings.session()
+        _phase(self.settings.events, "starting the engine")
+        await self.judge((F.START_FAILED, F.EMPTY_MODEL_IN_CONFIG), lambda s: judge_start(session, s))
+        start_hung = session.start_timed_out
+        if self.results[F.START_FAILED].passed:
+            model = served_model(session.config)
+            if self.settings.mode is Mode.DECODE:
+                _phase(self.settings.events, "running one prefill request for the decode hand-off")
+            shape = await prepare_requests(self.settings, model)
+            self.settings = dataclasses.replace(self.settings, requests=shape)
+        # After a failed start these are all skipped, naming StartFailed.
+        for probe in SERVING_PROBES:
+            _phase(self.settings.events, probe.phase)
+            await self.judge(probe.checks, probe.run)
+            await self._check_still_serving(probe)
+        # Shutting down needs no serving engine: cleanup and the life's order are judged whatever broke.
+        self.out_of_service = None
+        _phase(self.settings.events, "cleaning up")
+        if start_hung:
+            self._skip_all(ENDS_A_START_THAT_HUNG, self.results[F.START_FAILED])
+            return
+        start_error = self.results[F.START_FAILED].reason or None
+        await self.judge((F.CLEANUP_FAILED, F.SECOND_CLEANUP_FAILED), lambda s: judge_cleanup(s, start_error))
+        await self.judge((F.LIFECYCLE_ORDER_VIOLATED,), _lifecycle)
+
+    async def judge(self, checks: tuple[Failure, ...], run: Callable[[KitSettings], Awaitable[Verdicts]]) -> Verdicts:
+        """Run one probe (unless nothing of it can run) and record, and announce, a result per check."""
+        settings = self.settings
+        specs = [SPECS[failure] for failure in checks]
+        # Prerequisites this probe judges itself have no result yet, so only earlier probes can block here.
+        runnable = [spec for spec in specs if _not_applicable(spec, settings) is None
+                    and not _blockers(spec, self.results)]
+        verdicts: Verdicts = {}
+        trouble = ""
+        started = time.perf_counter()
+        if runnable and self.out_of_service is None:
+            try:
+                async with asyncio.timeout(settings.fuzz_budget + 10 * settings.stream_timeout + settings.start_timeout
+                                           + 2 * settings.cleanup_timeout):
+                    verdicts = await run(settings)
+            except TimeoutError:
+                trouble = "the check did not finish in time (the engine stopped responding)"
+            except EngineFactoryError as error:
+                trouble = f"could not make an engine: {error}"
+            except Exception as error:
+                trouble = f"the kit could not complete this check: {describe_error(error)}"
+        seconds = time.perf_counter() - started
+        for spec in specs:
+            result = _result(spec, settings, self.results, verdicts, trouble, seconds, self.out_of_service)
+            self.results[spec.failure] = result
+            if settings.events is not None:
+                settings.events.check_finished(result)
+        return verdicts
+
+    async def _check_still_serving(self, probe: Probe) -> None:
+        judged = [self.results[failure] for failure in probe.checks]
+        if not any(result.failed for result in judged):
+            return
+        if not all(failure in self.results and self.results[failure].passed for failure in SERVES_AGAIN):
+            return
+        problem = await engine_still_serves(self.settings)
+        if problem is not None:
+            names = ", ".join(str(result.failure) for result in judged if result.failed)
+            self.out_of_service = f"skipped: the engine stopped serving after the {names} check ({problem})"
+
+    def _skip_all(self, checks: tuple[Failure, ...], cause: CheckResult) -> None:
+        for failure in checks:
+            spec = SPECS[failure]
+            result = CheckResult(failure, spec.title, CheckStatus.SKIPPED,
+                                 one_line(f"skipped: {cause.failure} failed ({cause.reason}); fix it first"),
+                                 0.0, (cause.failure,), spec.upstream)
+            self.results[failure] = result
+            if self.settings.events is not None:
+                self.settings.events.check_finished(result)
+
+
+async def _lifecycle(settings: KitSettings) -> Verdicts:
+    return judge_lifecycle(settings.session().recording())
+
+
 def _not_applicable(spec: CheckSpec, settings: KitSettings) -> str | None:
     if spec.only_in is not None and settings.mode is not spec.only_in:
         return f"applies to {spec.only_in.value} mode only (checking {settings.mode.value})"
@@ -161,7 +299,7 @@ def _not_applicable(spec: CheckSpec, settings: KitSettings) -> str | None:
         return f"does not apply to {spec.not_in.value} mode"
     if spec.needs_hook is not None and spec.needs_hook not in settings.engine_hooks:
         return f"the engine offers no {spec.needs_hook}()"
-    if spec.failure is F.SCHEDULE_FAILED and settings.examples == 0:
+    if spec.failure in PROPERTY_PHASE and settings.examples == 0:
         return "property-based phase turned off (0 examples)"
     return None
 
@@ -184,28 +322,6 @@ def _skip_reason(blockers: tuple[Failure, ...]) -> str:
     return f"skipped: {names} failed; fix {'it' if len(blockers) == 1 else 'those'} first"
 
 
-async def _run_probe(probe: Probe, settings: KitSettings, results: dict[Failure, CheckResult]) -> None:
-    specs = [SPECS[failure] for failure in probe.checks]
-    # Prerequisites this probe judges itself have no result yet, so only earlier probes can block here.
-    runnable = [spec for spec in specs if _not_applicable(spec, settings) is None and not _blockers(spec, results)]
-    verdicts: Verdicts = {}
-    trouble = ""
-    started = time.perf_counter()
-    if runnable:
-        try:
-            async with asyncio.timeout(settings.fuzz_budget + 10 * settings.stream_timeout):
-                verdicts = await probe.run(settings)
-        except TimeoutError:
-            trouble = "the check did not finish in time (the engine stopped responding)"
-        except EngineFactoryError as error:
-            trouble = f"could not make a fresh engine: {error}"
-        except Exception as error:
-            trouble = f"the kit could not complete this check: {describe_error(error)}"
-    seconds = time.perf_counter() - started
-    for spec in specs:
-        results[spec.failure] = _result(spec, settings, results, verdicts, trouble, seconds)
-
-
 def _result(
     spec: CheckSpec,
     settings: KitSettings,
@@ -213,6 +329,7 @@ def _result(
     verdicts: Verdicts,
     trouble: str,
     seconds: float,
+    out_of_service: str | None,
 ) -> CheckResult:
     def result(
         status: CheckStatus, reason: str = "", took: float = 0.0, blocked_by: tuple[Failure, ...] = ()
@@ -222,6 +339,9 @@ def _result(
     not_applicable = _not_applicable(spec, settings)
     if not_applicable is not None:
         return result(CheckStatus.SKIPPED, f"skipped: {not_applicable}")
+    if out_of_service is not None:
+        # The root cause of whatever else would block it: the engine no longer serves.
+        return result(CheckStatus.SKIPPED, out_of_service)
     blockers = _blockers(spec, results)
     if blockers:
         return result(CheckStatus.SKIPPED, _skip_reason(blockers), blocked_by=blockers)

@@ -16,11 +16,11 @@ from dynamo_backend_protocol.reference.conformance.session import (
     KitSettings,
     bounded,
     describe_error,
-    engine_session,
+    shared_engine,
 )
 
 F = Failure
-OPTIONAL_HOOKS = ("kv_event_sources",)
+OPTIONAL_HOOKS = ("kv_event_sources", "abort")
 """Optional engine methods that some checks exercise (only when the engine has them)."""
 
 
@@ -46,7 +46,7 @@ async def _ranks(engine: Any, settings: KitSettings) -> list[int]:
 
 
 async def probe_kv_event_sources(settings: KitSettings) -> Verdicts:
-    async with engine_session(settings) as session:
+    async with shared_engine(settings) as session:
         calls = []
         for attempt in ("first", "second"):
             try:

@@ -2,9 +2,13 @@
 conformance check as a test.
 
 Registered through the ``pytest11`` entry point, so installing the package is
-enough; without ``--dbp-engine`` it adds nothing.  The checks run once (on
-the first conformance item) and each item reports its own check: passed,
-failed with the kit's one-line reason, or skipped with why.
+enough; without ``--dbp-engine`` it adds nothing (and any other ``--dbp-*``
+option is a usage error).  The checks run once (on the first conformance
+item) and each item reports its own check: passed, failed with the kit's
+one-line reason, or skipped with why.  The items hang off the engine's own
+module file, ``my_engine.py::StartFailed``, so an id pytest
+printed can be given back to it (``pytest "my_engine.py::StartFailed"
+--dbp-engine my_engine:MyEngine``) and ``--lf`` reruns the checks that failed.
 
 To assert conformance from a test of your own instead::
 
@@ -16,7 +20,10 @@ To assert conformance from a test of your own instead::
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +32,10 @@ from dynamo_backend_protocol.reference.conformance.checks import CHECKS, CheckSp
 from dynamo_backend_protocol.reference.conformance.report import CheckResult, ConformanceReport
 from dynamo_backend_protocol.reference.conformance.session import EngineFactory, EngineFactoryError
 
-DEFAULT_DEADLINE = 2.0
+OPTIONS_NEEDING_ENGINE = ("dbp_mode", "dbp_engine_args", "dbp_cancel_deadline", "dbp_examples", "dbp_start_timeout",
+                          "dbp_cleanup_timeout", "dbp_stream_timeout")
+SECONDS_OPTIONS = {"dbp_cancel_deadline": "cancel_deadline", "dbp_start_timeout": "start_timeout",
+                   "dbp_cleanup_timeout": "cleanup_timeout", "dbp_stream_timeout": "stream_timeout"}
 
 
 @dataclass
@@ -36,8 +46,11 @@ class _ConformanceRun:
     label: str
     mode: Mode | None
     engine_args: str | None
-    deadline: float
     examples: int
+    seconds: dict[str, float]
+    """The timeouts and the cancel deadline given on the command line, by run_conformance's keyword."""
+    anchor: Path
+    """The file the items hang off: the engine's module (or, without one, this plugin)."""
     _report: ConformanceReport | None = field(default=None, init=False)
     _error: EngineFactoryError | None = field(default=None, init=False)
 
@@ -52,8 +65,8 @@ class _ConformanceRun:
 
             try:
                 self._report = asyncio.run(run_conformance(
-                    self.factory, mode=self.mode, engine_args=self.engine_args, cancel_deadline=self.deadline,
-                    examples=self.examples, label=self.label,
+                    self.factory, mode=self.mode, engine_args=self.engine_args, examples=self.examples,
+                    label=self.label, **self.seconds,  # type: ignore[arg-type]
                 ))
             except EngineFactoryError as error:
                 self._error = error
@@ -72,8 +85,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="disaggregation mode to check the engine in (default: the one it declares, else agg)")
     group.addoption("--dbp-engine-args", metavar="ARGS", default=None,
                     help="build the engine with its from_args(argv) classmethod, argv being ARGS split like a shell")
-    group.addoption("--dbp-deadline", metavar="S", type=float, default=DEFAULT_DEADLINE,
-                    help="seconds a cancelled stream may take to end (default 2)")
+    group.addoption("--dbp-cancel-deadline", "--dbp-deadline", dest="dbp_cancel_deadline", metavar="S", type=float,
+                    default=None, help="seconds a cancelled stream may take to end (default 2)")
+    group.addoption("--dbp-start-timeout", metavar="S", type=float, default=None,
+                    help="seconds start() may take, e.g. loading weights (default 900)")
+    group.addoption("--dbp-cleanup-timeout", metavar="S", type=float, default=None,
+                    help="seconds each cleanup() may take (default 60)")
+    group.addoption("--dbp-stream-timeout", metavar="S", type=float, default=None,
+                    help="seconds each stream may take to end (default 60)")
     group.addoption("--dbp-examples", metavar="N", type=int, default=None,
                     help="schedules the property-based phase draws (0 skips it)")
 
@@ -81,6 +100,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     reference = config.getoption("dbp_engine")
     if reference is None:
+        given = [name for name in OPTIONS_NEEDING_ENGINE if config.getoption(name) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise pytest.UsageError(f"{flag} needs --dbp-engine MODULE:ATTRIBUTE, the engine to check")
         return
     from dynamo_backend_protocol.reference.conformance import DEFAULT_EXAMPLES
     from dynamo_backend_protocol.reference.conformance.target import load_engine_factory
@@ -90,9 +113,13 @@ def pytest_configure(config: pytest.Config) -> None:
         mode = Mode.parse(asked) if asked is not None else None
     except DynamoError as error:
         raise pytest.UsageError(f"--dbp-mode: {error.message}") from None
-    deadline: float = config.getoption("dbp_deadline")
-    if not deadline > 0:
-        raise pytest.UsageError(f"--dbp-deadline: must be more than 0 seconds, got {deadline}")
+    seconds: dict[str, float] = {}
+    for option, keyword in SECONDS_OPTIONS.items():
+        value: float | None = config.getoption(option)
+        if value is not None and not value > 0:
+            raise pytest.UsageError(f"--{option.replace('_', '-')}: must be more than 0 seconds, got {value}")
+        if value is not None:
+            seconds[keyword] = value
     examples: int | None = config.getoption("dbp_examples")
     if examples is not None and examples < 0:
         raise pytest.UsageError(f"--dbp-examples: must be 0 or more, got {examples}")
@@ -102,17 +129,35 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--dbp-engine: {error}") from None
     chosen = DEFAULT_EXAMPLES if examples is None else examples
     engine_args: str | None = config.getoption("dbp_engine_args")
-    config.stash[_RUN] = _ConformanceRun(factory, reference.strip(), mode, engine_args, deadline, chosen)
+    anchor = _anchor(reference)
+    config.stash[_RUN] = _ConformanceRun(factory, reference.strip(), mode, engine_args, chosen, seconds, anchor)
+    # Collected whatever else was asked for, unless an id under it was given (a rerun of some checks).
+    if not any(Path(arg.split("::")[0]).resolve() == anchor for arg in config.args):
+        config.args.append(str(anchor))
 
 
-@pytest.hookimpl(tryfirst=True)  # before -k/-m deselection, so those select conformance items too
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    if _RUN not in config.stash:
-        return
-    added = [ConformanceItem.from_parent(session, name=f"conformance[{spec.failure}]", spec=spec) for spec in CHECKS]
-    items.extend(added)
-    # Collection is over by now: report the items so the "collected N items" line counts them.
-    config.hook.pytest_collectreport(report=pytest.CollectReport("conformance", "passed", None, list[Any](added)))
+def _anchor(reference: str) -> Path:
+    """The engine's module file, where the items are found (this plugin's own file for a module without one)."""
+    module = sys.modules.get(reference.strip().partition(":")[0])
+    where = getattr(module, "__file__", None)
+    return Path(where if isinstance(where, str) else __file__).resolve()
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    run = parent.config.stash.get(_RUN, None)
+    if run is None or file_path.resolve() != run.anchor or getattr(parent.session, "_dbp_collected", False):
+        return None
+    parent.session._dbp_collected = True  # type: ignore[attr-defined]
+    collector: ConformanceFile = ConformanceFile.from_parent(parent, path=file_path)
+    return collector
+
+
+class ConformanceFile(pytest.File):
+    """The engine's module, as pytest sees it with --dbp-engine: one item per conformance check."""
+
+    def collect(self) -> Iterator[pytest.Item]:
+        for spec in CHECKS:
+            yield ConformanceItem.from_parent(self, name=str(spec.failure), spec=spec)
 
 
 class CheckFailed(Exception):

@@ -117,15 +117,20 @@ class ConformanceReport:
     def render(self) -> str:
         """The table: status mark, failure name, duration, then what it checks or why it did not pass."""
         width = max((len(result.failure) for result in self.checks), default=0)
-        lines = []
-        for result in self.checks:
-            took = f"{result.seconds * 1000:8.1f} ms" if not result.skipped else f"{'-':>8}   "
-            said = result.title if result.passed else result.reason
-            lines.append(f"{_MARKS[result.status]} {result.failure:<{width}} {took}  {said}")
-        if self.requests:
-            lines.append(f"requests: {self.requests}")
-        lines.append(self.summary())
-        return "\n".join(lines)
+        lines = [render_line(result, width) for result in self.checks]
+        return "\n".join([*lines, self.render_ending()])
+
+    def render_ending(self) -> str:
+        """What follows the check lines: what the requests carried, and the summary."""
+        lines = [f"requests: {self.requests}"] if self.requests else []
+        return "\n".join([*lines, self.summary()])
+
+
+def render_line(result: CheckResult, width: int) -> str:
+    """One check: status mark, failure name, duration, then what it checks or why it did not pass."""
+    took = f"{result.seconds * 1000:8.1f} ms" if not result.skipped else f"{'-':>8}   "
+    said = result.title if result.passed else result.reason
+    return f"{_MARKS[result.status]} {result.failure:<{width}} {took}  {said}"
 
 
 class ConformanceFailure(AssertionError):

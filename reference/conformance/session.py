@@ -1,8 +1,10 @@
 """Making, starting and tearing down the engines the kit checks, with every wait bounded.
 
-Each probe gets a pristine engine from the factory, so one check's damage
-cannot leak into the next; whatever tasks the engine left running are
-cancelled when the probe's session ends.
+A real engine loads its weights in ``start()``, so a run builds few engines:
+one that is never started (for the checks about a never-started engine), one
+started engine that every other check shares, each with its own requests and
+contexts, and in decode mode a prefill engine for the hand-off.  Whatever
+tasks an engine left running are cancelled once it is cleaned up.
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ import functools
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from dynamo_backend_protocol.model import DynamoError, Mode
 from dynamo_backend_protocol.reference.adapter import EngineAdapter, TraceSink
 from dynamo_backend_protocol.reference.conformance.drive import RequestShape
 from dynamo_backend_protocol.reference.conformance.recording import RecordingEngine
 from dynamo_backend_protocol.reference.engine import is_engine, missing_engine_methods, start_engine
+
+if TYPE_CHECKING:
+    from dynamo_backend_protocol.reference.conformance.report import CheckResult
 
 EngineFactory = Callable[[], Any]
 """An engine class, or a zero-argument callable returning an engine (or an awaitable of one)."""
@@ -63,7 +68,7 @@ def check_factory(factory: object, label: str) -> None:
     if is_engine(factory):
         raise EngineFactoryError(
             f"{label} is an engine instance; pass its class or a zero-argument factory "
-            "so each check gets a fresh engine"
+            "so the kit can build the engines a run needs (a never-started one, the one it checks)"
         )
     if not callable(factory):
         raise EngineFactoryError(f"{label} is a {type(factory).__name__}, not an engine class or factory")
@@ -105,8 +110,12 @@ class KitSettings:
     mode: Mode
     cancel_deadline: float
     examples: int
-    stream_timeout: float = 10.0
-    """Bound on any single wait for the engine outside cancellation."""
+    stream_timeout: float = 60.0
+    """Bound on any single stream (and any other wait on the engine outside start, cleanup and cancellation)."""
+    start_timeout: float = 900.0
+    """Bound on ``start()``: a real engine loads its weights there."""
+    cleanup_timeout: float = 60.0
+    """Bound on each ``cleanup()``."""
     fuzz_budget: float = 30.0
     """Seconds the property-based phase may spend before it stops drawing new schedules."""
     trace_sink: TraceSink | None = None
@@ -114,6 +123,18 @@ class KitSettings:
     """How the kit's requests look for this engine (its model name, the mode's hand-off)."""
     engine_hooks: frozenset[str] = frozenset()
     """The optional engine methods the engine has, which decide whether the checks of those apply."""
+    shared: EngineSession | None = None
+    """The started engine the checks share (None before it exists)."""
+    events: KitEvents | None = None
+    """Who hears of the run's progress as it goes."""
+
+    def session(self) -> EngineSession:
+        assert self.shared is not None, "the shared engine is made before any check that needs it runs"
+        return self.shared
+
+    def examples_done(self, done: int, total: int) -> None:
+        if self.events is not None:
+            self.events.examples_done(done, total)
 
     def adapter(self, engine: Any, trace_sink: TraceSink | None = None) -> EngineAdapter:
         return EngineAdapter(engine, self.mode, trace_sink=trace_sink or self.trace_sink)
@@ -125,6 +146,8 @@ class EngineSession:
     """The engine as the factory made it."""
     recorder: RecordingEngine | None
     start_called: bool = False
+    start_timed_out: bool = False
+    """The kit cancelled ``start()`` when it overran the start timeout."""
     config: Any = None
 
     @property
@@ -138,28 +161,51 @@ class EngineSession:
 
     async def start(self, settings: KitSettings) -> Any:
         self.start_called = True
-        self.config = await bounded(start_engine(self.target, WORKER_ID), settings.stream_timeout, "start")
+        try:
+            self.config = await bounded(start_engine(self.target, WORKER_ID), settings.start_timeout, "start")
+        except KitTimeout:
+            self.start_timed_out = True
+            raise
         return self.config
+
+    async def cleanup(self, settings: KitSettings) -> None:
+        await bounded(self.target.cleanup(), settings.cleanup_timeout, "cleanup")
+
+
+class KitEvents(Protocol):
+    """What a progress display hears while the kit runs (every method is called on the kit's event loop)."""
+
+    def phase(self, what: str) -> None:
+        """The kit moved on to ``what`` (e.g. "starting the engine", "the property-based phase")."""
+
+    def examples_done(self, done: int, total: int) -> None:
+        """The property-based phase has run ``done`` of at most ``total`` examples."""
+
+    def check_finished(self, result: CheckResult) -> None:
+        """A check has its verdict."""
 
 
 @contextlib.asynccontextmanager
-async def engine_session(
-    settings: KitSettings, *, start: bool = True, record: bool = False, cleanup: bool = True
-) -> AsyncIterator[EngineSession]:
-    """A fresh engine; started unless ``start`` is False; cleaned up at the end (as a Worker would,
-    whether start succeeded or raised) unless ``cleanup`` is False; its leftover tasks cancelled."""
+async def shared_engine(settings: KitSettings) -> AsyncIterator[EngineSession]:
+    """The started engine every check shares; the check brings its own requests and contexts, and leaves
+    the engine running (and cleaned up only at the end of the run)."""
+    yield settings.session()
+
+
+@contextlib.asynccontextmanager
+async def fresh_engine_session(settings: KitSettings) -> AsyncIterator[EngineSession]:
+    """A fresh, started engine of the kit's own (the decode check's prefill worker), cleaned up at the end
+    whether start succeeded or raised, its leftover tasks cancelled."""
     baseline = set(asyncio.all_tasks())
     engine = await make_engine(settings.factory, settings.label)
-    session = EngineSession(engine, RecordingEngine(engine) if record else None)
+    session = EngineSession(engine, None)
     try:
-        if start:
-            await session.start(settings)
+        await session.start(settings)
         yield session
     finally:
-        if cleanup and session.start_called:
-            # The check under way has its verdict; a failing cleanup is CleanupFailed's business.
-            with contextlib.suppress(Exception):
-                await bounded(session.target.cleanup(), settings.stream_timeout, "cleanup")
+        # A failing cleanup here is no verdict: CleanupFailed judges the shared engine's.
+        with contextlib.suppress(Exception):
+            await session.cleanup(settings)
         await cancel_tasks(tasks_started_since(baseline))
 
 

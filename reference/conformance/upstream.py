@@ -23,11 +23,12 @@ from dynamo_backend_protocol.reference.conformance.drive import CANCEL_MAX_TOKEN
 from dynamo_backend_protocol.reference.conformance.encode_checks import encode_verdicts
 from dynamo_backend_protocol.reference.conformance.recording import RecordingEngine
 from dynamo_backend_protocol.reference.conformance.session import (
+    EngineSession,
     KitSettings,
     KitTimeout,
     bounded,
     describe_error,
-    engine_session,
+    shared_engine,
 )
 from dynamo_backend_protocol.reference.context import Context
 
@@ -107,14 +108,14 @@ async def close_raw(stream: AsyncIterator[Any]) -> None:
                 await aclose()
 
 
-async def probe_start(settings: KitSettings) -> Verdicts:
-    async with engine_session(settings, start=False) as session:
-        try:
-            config = await session.start(settings)
-        except KitTimeout as timeout:
-            return {F.START_FAILED: f"{timeout}"}
-        except Exception as exc:
-            return {F.START_FAILED: f"start raised {describe_error(exc)}"}
+async def judge_start(session: EngineSession, settings: KitSettings) -> Verdicts:
+    """Start the shared engine, bounded by the start timeout (a real engine loads its weights here)."""
+    try:
+        config = await session.start(settings)
+    except KitTimeout as timeout:
+        return {F.START_FAILED: f"{timeout}; a slow start needs a longer --start-timeout"}
+    except Exception as exc:
+        return {F.START_FAILED: f"start raised {describe_error(exc)}"}
     return {F.START_FAILED: None, F.EMPTY_MODEL_IN_CONFIG: _model_problem(config)}
 
 
@@ -134,7 +135,7 @@ def _model_problem(config: object) -> str | None:
 
 async def probe_plain_stream(settings: KitSettings) -> Verdicts:
     verdicts: Verdicts = {}
-    async with engine_session(settings) as session:
+    async with shared_engine(settings) as session:
         context = Context("conformance-plain")
         request = settings.requests.request(PLAIN_MAX_TOKENS)
         try:
@@ -207,7 +208,7 @@ def _short(item: object) -> str:
 
 
 async def probe_concurrent(settings: KitSettings) -> Verdicts:
-    async with engine_session(settings) as session:
+    async with shared_engine(settings) as session:
 
         async def one(number: int) -> str | None:
             context = Context(f"conformance-concurrent-{number}")
@@ -246,7 +247,7 @@ async def probe_concurrent(settings: KitSettings) -> Verdicts:
 
 
 async def probe_cancellation(settings: KitSettings) -> Verdicts:
-    async with engine_session(settings) as session:
+    async with shared_engine(settings) as session:
         context = Context("conformance-cancel")
         request = settings.requests.request(CANCEL_MAX_TOKENS)
         try:
@@ -285,7 +286,7 @@ def _cancelled_terminal_problem(run: RawRun) -> str | None:
 async def _cleanup_problem(recorder: RecordingEngine, settings: KitSettings) -> str | None:
     """None if cleanup succeeded; else what it did and the lifecycle rule that broke."""
     try:
-        await bounded(recorder.cleanup(), settings.stream_timeout, "cleanup")
+        await bounded(recorder.cleanup(), settings.cleanup_timeout, "cleanup")
     except KitTimeout as timeout:
         return str(timeout)
     except Exception as exc:
@@ -297,23 +298,18 @@ async def _cleanup_problem(recorder: RecordingEngine, settings: KitSettings) -> 
     return None
 
 
-async def probe_cleanup(settings: KitSettings) -> Verdicts:
-    async with engine_session(settings, start=False, record=True, cleanup=False) as session:
-        recorder = session.recording()
-        start_error: Exception | None = None
-        try:
-            await session.start(settings)
-        except Exception as exc:
-            start_error = exc
-        first = await _cleanup_problem(recorder, settings)
-        if first is not None:
-            if start_error is None:
-                return {F.CLEANUP_FAILED: f"cleanup after a successful start {first}"}
-            return {
-                F.CLEANUP_FAILED: f"cleanup after a start that raised ({describe_error(start_error)}) {first}; "
-                "cleanup must be null-safe on partial state"
-            }
-        second = await _cleanup_problem(recorder, settings)
+async def judge_cleanup(settings: KitSettings, start_error: str | None) -> Verdicts:
+    """Clean the shared engine up twice, as a Worker may at shutdown, after every other check used it."""
+    recorder = settings.session().recording()
+    first = await _cleanup_problem(recorder, settings)
+    if first is not None:
+        if start_error is None:
+            return {F.CLEANUP_FAILED: f"cleanup after a successful start {first}"}
+        return {
+            F.CLEANUP_FAILED: f"cleanup after a start that raised ({start_error}) {first}; "
+            "cleanup must be null-safe on partial state"
+        }
+    second = await _cleanup_problem(recorder, settings)
     if second is None:
         return {F.CLEANUP_FAILED: None, F.SECOND_CLEANUP_FAILED: None}
     return {
@@ -322,9 +318,9 @@ async def probe_cleanup(settings: KitSettings) -> Verdicts:
     }
 
 
-async def probe_cleanup_without_start(settings: KitSettings) -> Verdicts:
-    async with engine_session(settings, start=False, record=True, cleanup=False) as session:
-        problem = await _cleanup_problem(session.recording(), settings)
+async def judge_cleanup_without_start(recorder: RecordingEngine, settings: KitSettings) -> Verdicts:
+    """Clean up an engine that was built and never started."""
+    problem = await _cleanup_problem(recorder, settings)
     if problem is None:
         return {F.CLEANUP_WITHOUT_START_FAILED: None}
     return {

@@ -144,3 +144,31 @@ def test_a_factory_that_needs_arguments_is_unusable_input(
     code, _, err = run(["engine_with_args:build"], capsys)
     assert code == 2
     assert "model_path" in err and "Traceback" not in err
+
+
+def test_a_run_writes_nothing_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No .hypothesis/ folder (or anything else) is left where the user ran conform: they asked for a report."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYPOTHESIS_STORAGE_DIRECTORY", raising=False)
+    code, _, _ = run(["--examples", "3"], capsys)
+    assert code == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_each_check_line_is_printed_before_the_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without a terminal, each check's line is printed once as it finishes, then the summary ends the output."""
+    code, out, _ = run(["--examples", "0"], capsys)
+    lines = out.splitlines()
+    assert code == 0
+    assert sum(line.startswith("[pass] StartFailed") for line in lines) == 1
+    assert lines[-2].startswith("requests:") and "conforms" in lines[-1]
+
+
+def test_quiet_prints_the_whole_table_only_at_the_end(capsys: pytest.CaptureFixture[str]) -> None:
+    """--quiet prints the table in the checks' own order once the run is over."""
+    code, out, _ = run(["--quiet", "--examples", "0"], capsys)
+    lines = out.splitlines()
+    assert code == 0
+    assert lines[0].startswith("[pass] StartFailed") and "conforms" in lines[-1]

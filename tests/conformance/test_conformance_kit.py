@@ -11,7 +11,7 @@ import asyncio
 import functools
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from dynamo_backend_protocol.model import Mode, Step
@@ -42,21 +42,25 @@ NOT_APPLICABLE = {
     Mode.ENCODE: DECODE_ONLY | {C.COMPLETION_TOKENS_MISMATCH},
 }
 """What a SampleEngine-based engine is not judged on in each mode (it offers kv_event_sources, so those apply)."""
-AFTER_ENCODE_SUITE = {C.CONCURRENT_GENERATE_FAILED, C.SCHEDULE_FAILED}
+AFTER_ENCODE_SUITE = {C.CONCURRENT_GENERATE_FAILED, C.CANCELLATION_LEAKED, C.SCHEDULE_FAILED}
 """What needs encode mode's hand-off to be right first (each concurrent request must get one)."""
 KV_SOURCES = {C.KV_EVENT_SOURCES_FAILED, C.KV_EVENT_SOURCES_NOT_IDEMPOTENT}
 AFTER_ONE_STREAM = {
     C.COMPLETION_TOKENS_MISMATCH, C.CONCURRENT_GENERATE_FAILED, C.CANCELLATION_NOT_OBSERVED, C.CANCELLATION_IGNORED,
     C.MALFORMED_CHUNK,
     C.ABORTED_STREAM_NOT_ENDED, C.KILL_NOT_HANDLED_LIKE_STOP, C.ABORT_CALLED_TWICE, C.ABORT_ON_CLEAN_COMPLETION,
-    C.DROPPED_STREAM_NOT_CLOSED, C.SCHEDULE_FAILED,
+    C.DROPPED_STREAM_NOT_CLOSED, C.SCHEDULE_FAILED, C.ABORT_FAILED, C.CANCELLATION_LEAKED,
+    C.MID_STREAM_CANCELLATION_IGNORED,
 }
 """Everything that needs one plain stream to work first."""
 STREAM_SHAPE = {C.CHUNK_AFTER_TERMINAL, C.NO_TERMINAL_CHUNK}
-AFTER_CANCELLATION = {C.ABORTED_STREAM_NOT_ENDED, C.KILL_NOT_HANDLED_LIKE_STOP, C.ABORT_CALLED_TWICE,
-                      C.SCHEDULE_FAILED}
+AFTER_ABORT = {C.ABORTED_STREAM_NOT_ENDED, C.KILL_NOT_HANDLED_LIKE_STOP, C.ABORT_CALLED_TWICE,
+               C.CANCELLATION_LEAKED, C.MID_STREAM_CANCELLATION_IGNORED, C.SCHEDULE_FAILED}
+"""Everything that stops requests through the adapter, which calls abort."""
+AFTER_CANCELLATION = {C.ABORT_FAILED, *AFTER_ABORT}
 AFTER_WELL_FORMED = {C.ABORTED_STREAM_NOT_ENDED, C.KILL_NOT_HANDLED_LIKE_STOP, C.ABORT_CALLED_TWICE,
-                     C.ABORT_ON_CLEAN_COMPLETION, C.DROPPED_STREAM_NOT_CLOSED, C.SCHEDULE_FAILED}
+                     C.ABORT_ON_CLEAN_COMPLETION, C.DROPPED_STREAM_NOT_CLOSED, C.SCHEDULE_FAILED,
+                     C.CANCELLATION_LEAKED, C.MID_STREAM_CANCELLATION_IGNORED}
 
 # failure -> (engine factory, mode, checks skipped besides the decode-only one outside decode, words in the reason)
 CASES: dict[ConformanceCheck, tuple[Any, Mode, set[ConformanceCheck], str]] = {
@@ -74,7 +78,8 @@ CASES: dict[ConformanceCheck, tuple[Any, Mode, set[ConformanceCheck], str]] = {
     C.CHUNK_AFTER_TERMINAL: (broken.UsageAfterTerminalEngine, Mode.AGGREGATED, AFTER_ONE_STREAM,
                              "came after the terminal"),
     C.NO_TERMINAL_CHUNK: (broken.NoFinishReasonEngine, Mode.AGGREGATED, AFTER_ONE_STREAM, "none with a finish_reason"),
-    C.CONCURRENT_GENERATE_FAILED: (broken.SingleSlotEngine, Mode.AGGREGATED, {C.SCHEDULE_FAILED}, "engine busy"),
+    C.CONCURRENT_GENERATE_FAILED: (broken.SingleSlotEngine, Mode.AGGREGATED,
+                                  {C.CANCELLATION_LEAKED, C.SCHEDULE_FAILED}, "engine busy"),
     C.CANCELLATION_NOT_OBSERVED: (broken.NeverStopsEngine, Mode.AGGREGATED,
                                   {C.CANCELLATION_IGNORED, *AFTER_CANCELLATION}, "context.is_stopped()"),
     C.CANCELLATION_IGNORED: (broken.WrongCancelReasonEngine, Mode.AGGREGATED, AFTER_CANCELLATION,
@@ -100,18 +105,27 @@ CASES: dict[ConformanceCheck, tuple[Any, Mode, set[ConformanceCheck], str]] = {
                                        "is str, not an object"),
     C.MALFORMED_CHUNK: (broken.IntTokenEngine, Mode.AGGREGATED, AFTER_WELL_FORMED, "'token_ids' must be a list"),
     C.ABORTED_STREAM_NOT_ENDED: (broken.StrandedByAbortEngine, Mode.AGGREGATED,
-                                 {C.KILL_NOT_HANDLED_LIKE_STOP, C.SCHEDULE_FAILED}, "engine.abort"),
-    C.KILL_NOT_HANDLED_LIKE_STOP: (broken.KillIgnoringEngine, Mode.AGGREGATED, {C.SCHEDULE_FAILED},
+                                 {C.KILL_NOT_HANDLED_LIKE_STOP, C.CANCELLATION_LEAKED,
+                                  C.MID_STREAM_CANCELLATION_IGNORED, C.SCHEDULE_FAILED}, "engine.abort"),
+    C.KILL_NOT_HANDLED_LIKE_STOP: (broken.KillIgnoringEngine, Mode.AGGREGATED,
+                                   {C.MID_STREAM_CANCELLATION_IGNORED, C.SCHEDULE_FAILED},
                                    "context.kill()"),
     C.ABORT_CALLED_TWICE: (broken.DoubleAbortEngine, Mode.AGGREGATED, {C.SCHEDULE_FAILED}, "self.abort"),
-    C.ABORT_ON_CLEAN_COMPLETION: (broken.SelfStoppingEngine, Mode.AGGREGATED, {C.SCHEDULE_FAILED},
+    C.ABORT_ON_CLEAN_COMPLETION: (broken.SelfStoppingEngine, Mode.AGGREGATED,
+                                  {C.CANCELLATION_LEAKED, C.SCHEDULE_FAILED},
                                   "context.stop_generating()"),
     C.ABORT_BEFORE_FIRST_TOKEN: (broken.EagerDecodeAbortEngine, Mode.DECODE, {C.SCHEDULE_FAILED},
                                  "before its first token"),
     C.DROPPED_STREAM_NOT_CLOSED: (broken.LeakyProducerEngine, Mode.AGGREGATED, {C.SCHEDULE_FAILED},
                                   "LeakyProducerEngine._produce"),
-    C.LIFECYCLE_ORDER_VIOLATED: (broken.AbortTearsDownEngine, Mode.AGGREGATED, {C.SCHEDULE_FAILED},
+    # Judged at the end, on the whole life of the engine every other check shared: nothing waits for it.
+    C.LIFECYCLE_ORDER_VIOLATED: (broken.AbortTearsDownEngine, Mode.AGGREGATED, set(),
                                  "cleanup (by the engine itself, inside abort)"),
+    C.ABORT_FAILED: (broken.AbortRaisesEngine, Mode.AGGREGATED, AFTER_ABORT, "abort(context) raised KeyError"),
+    C.CANCELLATION_LEAKED: (broken.SharedStopFlagEngine, Mode.AGGREGATED, {C.SCHEDULE_FAILED},
+                            "keep the stop with its own request"),
+    C.MID_STREAM_CANCELLATION_IGNORED: (broken.EarlyStopsOnlyEngine, Mode.AGGREGATED, {C.SCHEDULE_FAILED},
+                                        "not only the first few"),
     C.SCHEDULE_FAILED: (broken.LateStopEngine, Mode.AGGREGATED, set(), "after 2 chunks"),
 }
 
@@ -182,18 +196,45 @@ def test_zero_examples_skips_the_property_based_phase() -> None:
 
 
 def test_the_property_based_phase_draws_at_most_the_requested_examples() -> None:
-    """Each schedule runs on a fresh engine, so counting engines bounds the draws."""
-    made: list[int] = []
+    """Each schedule starts with one warm-up request, so counting warm-ups bounds the draws."""
+    warm_ups: list[str] = []
 
-    def counting() -> SampleEngine:
-        made.append(1)
-        return SampleEngine()
+    def count(request: str, steps: Sequence[Step]) -> None:
+        if request == "conformance-warm-up":
+            warm_ups.append(request)
 
-    conform(counting, examples=0)
-    without = len(made)
-    made.clear()
-    conform(counting, examples=7)
-    assert 1 <= len(made) - without <= 7
+    conform(SampleEngine, examples=0, trace_sink=count)
+    without = len(warm_ups)
+    warm_ups.clear()
+    conform(SampleEngine, examples=7, trace_sink=count)
+    assert 1 <= len(warm_ups) - without <= 7
+
+
+class CountingEngine(SampleEngine):
+    """Counts how often the kit builds and starts it: a real engine pays for each with a weight load."""
+
+    built: ClassVar[list[str]] = []
+    started: ClassVar[list[str]] = []
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        CountingEngine.built.append("built")
+
+    async def start(self, worker_id: int) -> Any:
+        CountingEngine.started.append("started")
+        return await super().start(worker_id)
+
+
+@pytest.mark.parametrize(("mode", "examples"), [(Mode.AGGREGATED, DEFAULT_EXAMPLES), (Mode.AGGREGATED, 0),
+                                                 (Mode.DECODE, 3)], ids=str)
+def test_a_run_builds_at_most_three_engines_and_starts_at_most_two(mode: Mode, examples: int) -> None:
+    """Whatever the examples, one run costs at most three constructions and two starts (the decode run's
+    prefill engine included), so an engine that loads weights for minutes is checked in minutes."""
+    CountingEngine.built.clear()
+    CountingEngine.started.clear()
+    report = conform(functools.partial(CountingEngine, mode=mode), mode, examples=examples)
+    assert report.ok
+    assert len(CountingEngine.built) <= 3 and len(CountingEngine.started) <= 2
 
 
 def test_the_property_based_phase_is_deterministic() -> None:
@@ -322,3 +363,62 @@ def test_assert_conforms_inside_an_event_loop_points_to_the_async_form() -> None
 def test_default_examples_keep_the_bundled_run_quick() -> None:
     """The default draws a bounded number of schedules (the CLI promise: well under 5 s)."""
     assert 0 < DEFAULT_EXAMPLES <= 100
+
+
+class SlowAbortEngine(SampleEngine):
+    """abort waits on something that never comes."""
+
+    async def abort(self, context: Any) -> None:
+        await asyncio.Event().wait()
+
+
+def test_an_abort_that_overruns_the_deadline_fails_abort_failed() -> None:
+    """An abort the runtime waits on forever holds the request's slot: AbortFailed, naming the deadline."""
+    report = conform(SlowAbortEngine, examples=0)
+    assert with_status(report, CheckStatus.FAILED) == {C.ABORT_FAILED}
+    assert f"did not return within {FAST_DEADLINE:g} s" in report.result(C.ABORT_FAILED).reason
+
+
+class SlowStartEngine(SampleEngine):
+    """start takes longer than the kit is told to wait."""
+
+    async def start(self, worker_id: int) -> Any:
+        await asyncio.sleep(5)
+        return await super().start(worker_id)
+
+
+def test_a_start_past_the_start_timeout_fails_start_failed_and_passes_nothing_that_needs_it() -> None:
+    """A start cut short leaves nothing to judge: StartFailed names the timeout, and cleanup and lifecycle
+    checks are skipped, not passed (only cleanup of the never-started engine is still judged)."""
+    report = conform(SlowStartEngine, examples=0, start_timeout=0.2)
+    assert with_status(report, CheckStatus.FAILED) == {C.START_FAILED}
+    assert "--start-timeout" in report.result(C.START_FAILED).reason
+    assert with_status(report, CheckStatus.PASSED) == {C.CLEANUP_WITHOUT_START_FAILED}
+    assert "StartFailed failed" in report.result(C.CLEANUP_FAILED).reason
+
+
+class AbortBreaksEverythingEngine(SampleEngine):
+    """After its first abort the engine refuses every request, as one that freed the whole KV cache would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = False
+
+    async def abort(self, context: Any) -> None:
+        self.broken = True
+
+    def generate(self, request: dict[str, Any], context: Any) -> Any:
+        if self.broken:
+            raise RuntimeError("no KV cache")
+        return super().generate(request, context)
+
+
+def test_a_check_that_leaves_the_engine_unable_to_serve_skips_the_rest_with_that_reason() -> None:
+    """The shared engine broke: the first check after it fails, and the later ones that need it serving are
+    skipped saying it stopped, rather than each failing for that one reason; cleanup is still judged."""
+    report = conform(AbortBreaksEverythingEngine, examples=3)
+    failed = with_status(report, CheckStatus.FAILED)
+    assert len(failed) == 1
+    later = report.result(C.SCHEDULE_FAILED)
+    assert later.skipped and "the engine stopped serving" in later.reason and "no KV cache" in later.reason
+    assert report.result(C.CLEANUP_FAILED).passed

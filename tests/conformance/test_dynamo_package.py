@@ -48,3 +48,33 @@ def test_asking_for_another_mode_than_the_engine_serves_is_one_line_and_exit_2(
     code, out, err = conform(["--mode", "prefill", "--engine-args", "--disaggregation-mode agg"], capsys)
     assert (code, out) == (2, "")
     assert err.count("\n") == 1 and "serves agg" in err, err
+
+
+def test_a_decode_run_builds_dynamos_engine_at_most_three_times_and_starts_it_at_most_twice() -> None:
+    """Through from_args too, the decode run (its prefill engine included) pays at most three builds and two
+    starts: each is a weight load on a real backend."""
+    require_dynamo()
+    import asyncio
+    import importlib
+    from typing import Any
+
+    from dynamo_backend_protocol.reference import run_conformance
+
+    # Imported by name: mypy runs where Dynamo's packages may be absent.
+    SampleLLMEngine: Any = importlib.import_module("dynamo.common.backend.sample_engine").SampleLLMEngine
+
+    calls: list[str] = []
+
+    class Counting(SampleLLMEngine):  # type: ignore[misc]
+        @classmethod
+        async def from_args(cls, argv: list[str] | None = None) -> Any:
+            calls.append("built")
+            return await super().from_args(argv)
+
+        async def start(self, *args: Any) -> Any:
+            calls.append("started")
+            return await super().start(*args)
+
+    report = asyncio.run(run_conformance(Counting, engine_args="--disaggregation-mode decode", examples=3))
+    assert report.ok, report.render()
+    assert calls.count("built") <= 3 and calls.count("started") <= 2, calls

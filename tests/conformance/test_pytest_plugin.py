@@ -104,3 +104,31 @@ def test_assert_conforms_from_a_users_own_test(pytester: pytest.Pytester) -> Non
     result = pytester.runpytest()
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*ConformanceFailure*", "*NoTerminalChunk: *"])
+
+
+def test_an_item_id_pytest_printed_reruns_that_check_alone(pytester: pytest.Pytester) -> None:
+    """The id of a failed item, given back to pytest, collects and runs that one check."""
+    pytester.makepyfile(my_engine=f"from {BROKEN.split(':')[0]} import {BROKEN.split(':')[1]} as Engine\n")
+    first = run(pytester, "--dbp-engine", "my_engine:Engine", "-rf")
+    failed = [line.split()[1] for line in first.stdout.lines if line.startswith("FAILED ")]
+    assert failed == ["my_engine.py::NoTerminalChunk"]
+    again = run(pytester, "--dbp-engine", "my_engine:Engine", failed[0])
+    again.assert_outcomes(failed=1)
+
+
+def test_last_failed_reruns_only_the_failed_check(pytester: pytest.Pytester) -> None:
+    """--lf after a run with one failing check runs that check's item and nothing else."""
+    pytester.makepyfile(my_engine=f"from {BROKEN.split(':')[0]} import {BROKEN.split(':')[1]} as Engine\n")
+    run(pytester, "--dbp-engine", "my_engine:Engine")
+    again = run(pytester, "--dbp-engine", "my_engine:Engine", "--lf")
+    again.assert_outcomes(failed=1)
+
+
+@pytest.mark.parametrize("option", [["--dbp-mode", "decode"], ["--dbp-examples", "3"], ["--dbp-start-timeout", "5"]],
+                         ids=lambda option: option[0])
+def test_a_dbp_option_without_an_engine_is_a_usage_error(pytester: pytest.Pytester, option: list[str]) -> None:
+    """--dbp-mode and the other --dbp-* options mean nothing without --dbp-engine: pytest says so, rather than
+    silently running no checks."""
+    result = pytester.runpytest(*plugin_args(), *option)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{option[0]} needs --dbp-engine*"])
