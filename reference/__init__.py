@@ -31,7 +31,7 @@ from dynamo_backend_protocol.reference.conformance.sample_engine import SampleEn
 from dynamo_backend_protocol.reference.conformance.session import EngineFactoryError
 from dynamo_backend_protocol.reference.context import Context
 from dynamo_backend_protocol.reference.engine import EngineConfig, LLMEngine, start_engine
-from dynamo_backend_protocol.reference.trace_writer import JsonlTraceWriter
+from dynamo_backend_protocol.reference.traces.writer import JsonlTraceWriter
 
 # A library does not decide where warnings go: silent unless the application configures logging.
 logging.getLogger("dynamo_backend_protocol").addHandler(logging.NullHandler())

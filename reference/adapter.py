@@ -102,12 +102,23 @@ class EngineAdapter:
         """Each request keeps its model steps (``ResponseStream.trace``); off, it keeps none."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._abandoned: set[asyncio.Task[None]] = set()
+        self._engine_calls: Any = engine
+        """The engine as this adapter calls it: the engine itself, or its observer (observation traces)."""
+        opener = getattr(trace_sink, "open_observations", None)
+        if opener is not None:
+            # Imported here: the observers wrap this module's ResponseStream.
+            from dynamo_backend_protocol.reference.traces.observers import Observers
+
+            observers = Observers(self, opener)
+            self._engine_calls = observers.engine
+            # Shadows the method on this instance only: an adapter without observers pays nothing.
+            self.generate = observers.generate(self.generate)  # type: ignore[method-assign]
 
     async def generate(self, request: dict[str, Any], context: Context) -> ResponseStream:
         """Set up the engine's stream.  A setup failure is raised as a :class:`DynamoError`."""
         driver = _RequestDriver(self, context)
         try:
-            produced = self.engine.generate(request, context)
+            produced = self._engine_calls.generate(request, context)
             if inspect.isawaitable(produced):
                 produced = await produced
             stream = _as_async_iterator(produced)
@@ -153,14 +164,17 @@ class EngineAdapter:
             sink(request, steps)
         except Exception:
             # The trace is a by-product: a full disk must not cost the client its terminal.
-            self.sink_failures += 1
-            if self.sink_failures == 1:
-                logger.warning("trace_sink raised for request %s; later failures are only counted", request,
-                               exc_info=True)
+            self._sink_failed(request)
+
+    def _sink_failed(self, request: str) -> None:
+        self.sink_failures += 1
+        if self.sink_failures == 1:
+            logger.warning("trace_sink raised for request %s; later failures are only counted", request,
+                           exc_info=True)
 
     async def _abort(self, context: Context) -> None:
         try:
-            await within(call_optional(self.engine, "abort", context), self.abort_timeout, self._abandon)
+            await within(call_optional(self._engine_calls, "abort", context), self.abort_timeout, self._abandon)
         except TimeoutError:
             self.abort_failures += 1
             logger.warning("engine.abort for request %s overran %ss; cancelled", context.id(), self.abort_timeout)

@@ -126,6 +126,8 @@ def _metadata_entries(metadata: Mapping[str, str] | None) -> dict[str, str]:
 
 class Context:
     __slots__ = (
+        # Observers of a traced request find it by its context, without keeping the context alive.
+        "__weakref__",
         "_first_token",
         "_id",
         "_killed",

@@ -28,6 +28,12 @@ summary is handed to the checker's ``on_request`` and only the counts remain.
 A later line naming it starts a new request of that name.  The adapter's
 trace writer makes names unique, so its traces never meet that case.
 
+A line with an ``obs`` field (and no ``event``) is an *observation* of what
+crossed a boundary instead (:mod:`model.traces.observed`, the format the
+adapter's trace writer writes by default): the model run is inferred from a
+request's observations and checked as it goes.  The first line of a request
+decides its format; a request mixing both is malformed.
+
 Lines are decoded with msgspec straight into the five fields; only a line
 that does not fit is decoded again generically to say what is wrong with it.
 No line of any content makes the checker raise: nesting too deep, numbers
@@ -46,6 +52,14 @@ from dynamo_backend_protocol.model.errors import DynamoError
 from dynamo_backend_protocol.model.explore.reachability import allowed_events
 from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable, ProtocolViolation, TableError
 from dynamo_backend_protocol.model.state import RequestState
+from dynamo_backend_protocol.model.traces.observed import (
+    OBSERVATIONS,
+    START,
+    ObservationDivergence,
+    ObservationRecord,
+    ObservedRun,
+    item_problem,
+)
 from dynamo_backend_protocol.model.vocabulary import (
     ActionKind,
     ControlState,
@@ -92,7 +106,18 @@ class _Fields(msgspec.Struct):
     actions: tuple[str, ...]
 
 
+class _ObservedFields(msgspec.Struct):
+    """The fields of an observation line (other keys are ignored)."""
+
+    request: str
+    obs: str
+    mode: str | None = None
+    item: str | None = None
+    n: int | None = None
+
+
 _FAST = msgspec.json.Decoder(_Fields)
+_FAST_OBSERVED = msgspec.json.Decoder(_ObservedFields)
 _MODES = {mode.value: mode for mode in Mode}
 _STATES = {state.value: state for state in ControlState}
 _EVENTS: dict[str, Event] = {}
@@ -101,12 +126,16 @@ _ACTION_LIST_CACHE = 1024
 """Distinct action lists remembered; a valid trace has a handful, garbage must not grow the cache."""
 
 
-def parse_record(text: str | bytes) -> TraceRecord:
+def parse_record(text: str | bytes) -> TraceRecord | ObservationRecord:
     """One trace line as a record; raises :class:`MalformedRecord` saying what is wrong, never anything else."""
     try:
         fields = _FAST.decode(text)
     except (msgspec.DecodeError, RecursionError, UnicodeError):
-        return _parse_generic(text)
+        try:
+            observed = _FAST_OBSERVED.decode(text)
+        except (msgspec.DecodeError, RecursionError, UnicodeError):
+            return _parse_generic(text)
+        return _observation(observed.request, observed.obs, observed.mode, observed.item, observed.n)
     request = fields.request
     mode = _MODES.get(fields.mode)
     ev = _EVENTS.get(fields.event)
@@ -120,7 +149,39 @@ def parse_record(text: str | bytes) -> TraceRecord:
     return TraceRecord(request, mode, ev, state, actions)
 
 
-def _parse_generic(text: str | bytes) -> TraceRecord:
+def _observation(request: str, obs: str, mode: str | None, item: str | None, n: int | None) -> ObservationRecord:
+    if obs not in OBSERVATIONS:
+        raise MalformedRecord(f"field 'obs': unknown observation {obs!r}; valid: {', '.join(sorted(OBSERVATIONS))}",
+                              request)
+    if obs == START:
+        if mode is None:
+            raise MalformedRecord("field 'mode' is required for client.generate", request)
+        _parse_mode(mode, request)
+    problem = item_problem(obs, item, n)
+    if problem is not None:
+        raise MalformedRecord(problem, request)
+    return ObservationRecord(request, obs, mode, item, n)
+
+
+def _observed_generic(data: dict[str, object], named: str | None) -> ObservationRecord:
+    if named is None:
+        raise MalformedRecord("field 'request' must be a string", None)
+    fields: dict[str, str | None] = {}
+    for name in ("obs", "mode", "item"):
+        value = data.get(name)
+        if value is not None and not isinstance(value, str):
+            raise MalformedRecord(f"field {name!r} must be a string, got {_json_type(value)}", named)
+        fields[name] = value
+    n = data.get("n")
+    if n is not None and type(n) is not int:
+        raise MalformedRecord(f"field 'n' must be an integer, got {_json_type(n)}", named)
+    obs = fields["obs"]
+    if obs is None:
+        raise MalformedRecord("field 'obs' must be a string, got null", named)
+    return _observation(named, obs, fields["mode"], fields["item"], n)
+
+
+def _parse_generic(text: str | bytes) -> TraceRecord | ObservationRecord:
     """The slow path, for lines msgspec would not take as they are: decode whatever the line holds
     with the standard library (which also takes what msgspec refuses, such as an escaped lone
     surrogate) and name the first thing wrong with it."""
@@ -143,6 +204,8 @@ def _parse_generic(text: str | bytes) -> TraceRecord:
         raise MalformedRecord(f"expected a JSON object, got {_json_type(data)}")
     request = data.get("request")
     named = request if isinstance(request, str) else None
+    if "obs" in data and "event" not in data:
+        return _observed_generic(data, named)
     missing = [name for name in REQUIRED_FIELDS if name not in data]
     if missing:
         raise MalformedRecord("missing field(s): " + ", ".join(missing), named)
@@ -255,8 +318,10 @@ class RequestSummary:
     """Lines that conformed."""
     skipped: int = 0
     """Lines after the first failure, not checked."""
-    divergence: Divergence | None = None
+    divergence: Divergence | ObservationDivergence | None = None
     malformed: Malformed | None = None
+    run: ObservedRun | None = None
+    """Set for a request recorded as observations: the inferred run and what is still owed."""
 
     @property
     def conforms(self) -> bool:
@@ -265,7 +330,11 @@ class RequestSummary:
     @property
     def settled(self) -> bool:
         """Reached Done conforming, or failed: its verdict can no longer change."""
-        return not self.conforms or (self.state is not None and self.state.control is ControlState.DONE)
+        if not self.conforms:
+            return True
+        if self.run is not None:
+            return self.run.state.control is ControlState.DONE and self.run.quiet
+        return self.state is not None and self.state.control is ControlState.DONE
 
     @property
     def verdict(self) -> str:
@@ -337,6 +406,9 @@ class TraceChecker:
             self._malformed(Malformed(line, error.problem, error.request))
             return
         self._report.lines += 1
+        if isinstance(record, ObservationRecord):
+            self._feed_observation(line, record)
+            return
         name = record.request
         summary = self._open.get(name)
         if summary is None:
@@ -347,6 +419,9 @@ class TraceChecker:
         state = summary.state
         if not summary.conforms or state is None:
             summary.skipped += 1
+            return
+        if summary.run is not None:
+            self._mixed(summary, line)
             return
         # The common case first: the step is cached on the (interned) state and the line agrees.
         step = state.successors.get(record.event) if record.mode is state.mode else None
@@ -365,6 +440,39 @@ class TraceChecker:
         if summary.settled and name in self._open:
             self._settle(summary)
 
+    def _feed_observation(self, line: int, record: ObservationRecord) -> None:
+        name = record.request
+        summary = self._open.get(name) or self._settled.get(name)
+        if summary is None:
+            if record.obs != START:
+                self._malformed(Malformed(line, f"the request's first observation must be {START}", name))
+                return
+            assert record.mode is not None
+            mode = Mode.parse(record.mode)
+            initial = self._initial[mode]
+            self._open[name] = RequestSummary(name, line, mode, initial, checked=1, run=ObservedRun(initial))
+            return
+        run = summary.run
+        if not summary.conforms:
+            summary.skipped += 1
+            return
+        if run is None:
+            self._mixed(summary, line)
+            return
+        divergence = run.observe(self._table, line, record)
+        summary.state = run.state
+        if divergence is not None:
+            summary.divergence = divergence
+        else:
+            summary.checked += 1
+        if summary.settled and name in self._open:
+            self._settle(summary)
+
+    def _mixed(self, summary: RequestSummary, line: int) -> None:
+        summary.malformed = Malformed(line, "the request mixes step and observation lines", summary.request)
+        if summary.request in self._open:
+            self._settle(summary)
+
     def reject(self, line: int, problem: str) -> None:
         """A line the reader could not even turn into text (bad encoding, too long)."""
         self._report.lines += 1
@@ -378,6 +486,8 @@ class TraceChecker:
             self._settled.clear()
             self._open.clear()
             for summary in held:
+                if summary.run is not None and summary.conforms:
+                    summary.divergence = summary.run.unpaid()
                 self._emit(summary)
         return self._report
 

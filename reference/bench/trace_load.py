@@ -28,7 +28,7 @@ from dynamo_backend_protocol.model import (
 )
 from dynamo_backend_protocol.reference.bench.memory import MIB, ChildRun, run_python
 from dynamo_backend_protocol.reference.bench.targets import Figures, Target
-from dynamo_backend_protocol.reference.trace_writer import trace_lines
+from dynamo_backend_protocol.reference.traces.writer import trace_lines
 
 TARGETS = (
     Target("trace", "text_exit_code", "==", 0),

@@ -25,7 +25,7 @@ from dynamo_backend_protocol.reference.conformance.progress import LinePrinter, 
 from dynamo_backend_protocol.reference.conformance.sample_engine import SampleEngine
 from dynamo_backend_protocol.reference.conformance.session import EngineFactory, EngineFactoryError
 from dynamo_backend_protocol.reference.conformance.target import load_engine_factory
-from dynamo_backend_protocol.reference.trace_writer import JsonlTraceWriter
+from dynamo_backend_protocol.reference.traces.writer import JsonlTraceWriter
 
 T = TypeVar("T")
 BUNDLED = "dynamo_backend_protocol.reference.conformance.sample_engine:SampleEngine"

@@ -27,6 +27,7 @@ from dynamo_backend_protocol.model.traces.check import (
     TraceChecker,
     TraceReport,
 )
+from dynamo_backend_protocol.model.traces.observed import ObservationDivergence
 from dynamo_backend_protocol.model.vocabulary import ActionKind, ControlState
 from dynamo_backend_protocol.reference.cli.support import Subparsers, UsageError
 
@@ -43,9 +44,11 @@ def register(subparsers: Subparsers) -> None:
         "trace",
         help="check a JSON Lines trace against the model (exit 0 conforms, 1 diverges, 2 unreadable)",
         description=(
-            "Replay each request of a JSON Lines trace (one object per event with request, mode, event, "
-            "state, actions) through the model and report, per request, conformance or the first "
-            "divergence with its line number and rule. Use - for standard input."
+            "Check each request of a JSON Lines trace against the model: an observation trace (one object "
+            "per thing that crossed a boundary: request, obs, ...; what the adapter's trace writer writes) "
+            "has its model run inferred and checked, a step trace (request, mode, event, state, actions) is "
+            "replayed. Per request: conformance, or the first divergence with its line number, expected, "
+            "observed and rule. Use - for standard input."
         ),
     )
     parser.add_argument("file", metavar="FILE", help="trace file, or - for standard input")
@@ -139,7 +142,18 @@ def _actions(actions: tuple[ActionKind, ...] | None) -> str:
     return "[" + ", ".join(action.value for action in actions) + "]"
 
 
-def _divergence_lines(found: Divergence) -> list[str]:
+def _observed_divergence_lines(found: ObservationDivergence) -> list[str]:
+    lines = [f"  line {found.line}: {found.observation} in {found.before.value}: {found.reason}",
+             f"    expected: {found.expected}",
+             f"    observed: {found.observed}"]
+    if found.rule is not None:
+        lines.append(f"    rule {found.rule}: {rule_summary(found.rule)}")
+    return lines
+
+
+def _divergence_lines(found: Divergence | ObservationDivergence) -> list[str]:
+    if isinstance(found, ObservationDivergence):
+        return _observed_divergence_lines(found)
     lines = [f"  line {found.line}: event {found.event.name} in {found.before.value}: {found.reason}"]
     if found.expected_state is not None:
         lines.append(f"    expected: state {found.expected_state.value}, actions {_actions(found.expected_actions)}")
@@ -234,7 +248,19 @@ def _summary_dict(summary: RequestSummary) -> dict[str, object]:
         "skipped": summary.skipped,
         "state": None if summary.state is None else summary.state.control.value,
     }
-    if summary.divergence is not None:
+    if isinstance(summary.divergence, ObservationDivergence):
+        observed = summary.divergence
+        entry["divergence"] = {
+            "line": observed.line,
+            "observation": observed.observation,
+            "before": observed.before.value,
+            "reason": observed.reason,
+            "rule": observed.rule,
+            "expected": observed.expected,
+            "observed": observed.observed,
+            "owed_at": observed.owed_at,
+        }
+    elif summary.divergence is not None:
         found = summary.divergence
         entry["divergence"] = {
             "line": found.line,

@@ -176,6 +176,8 @@ class TraceCollector:
     def __init__(self, forward: TraceSink | None = None) -> None:
         self.traces: dict[str, list[Step]] = {}
         self._forward = forward
+        # A sink taking observations (JsonlTraceWriter) still gets them through this collector.
+        self.open_observations = getattr(forward, "open_observations", None)
 
     def __call__(self, request: str, steps: Sequence[Step]) -> None:
         self.traces[request] = list(steps)

@@ -1112,12 +1112,12 @@ async def test_trace_sink_receives_a_failed_setup() -> None:
 
 
 @async_test
-async def test_jsonl_trace_writer_writes_one_json_object_per_event() -> None:
-    """JsonlTraceWriter, used as the trace sink, writes one JSON object per line and
+async def test_jsonl_trace_writer_in_steps_format_writes_one_json_object_per_event() -> None:
+    """JsonlTraceWriter in the steps format writes one JSON object per line and
     per event, each naming the request, the mode, the event, the resulting state and
     the actions."""
     out = io.StringIO()
-    adapter = EngineAdapter(ParkedEngine(), DECODE, trace_sink=JsonlTraceWriter(out))
+    adapter = EngineAdapter(ParkedEngine(), DECODE, trace_sink=JsonlTraceWriter(out, format="steps"))
     context = Context("req-42")
     stream = await adapter.generate(REQUEST, context)
     context.stop_generating()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from dynamo_backend_protocol.model.traces.check import SETTLED_WINDOW
+from dynamo_backend_protocol.model.traces.observed import OBSERVATIONS
 from dynamo_backend_protocol.reference.cli import main
 from dynamo_backend_protocol.reference.cli.trace import check_file
 from hypothesis import HealthCheck, given, settings
@@ -155,6 +156,43 @@ def test_any_json_lines_get_a_report_and_an_exit_code(lines: list[object], as_js
     assert code in (0, 1)
     if as_json:
         assert json.loads(out)["ok"] is (code == 0)
+
+
+observations = st.fixed_dictionaries(
+    {"request": st.sampled_from(["r1", "r2"]) | json_values},
+    optional={
+        "obs": st.sampled_from(sorted(OBSERVATIONS)) | st.sampled_from(["engine.bogus", ""]) | json_values,
+        "mode": st.sampled_from(["agg", "decode", "nope"]) | json_values,
+        "item": st.sampled_from(["token_chunk", "terminal:stop", "malformed", "data", "error", "end"]) | json_values,
+        "n": st.integers(min_value=-2, max_value=3) | st.integers(min_value=2**63) | json_values,
+        "event": st.just("setup"),
+    },
+)
+
+
+@FUZZ
+@given(lines=st.lists(observations, max_size=10), as_json=st.booleans())
+def test_any_observation_lines_get_a_report_and_an_exit_code(
+    lines: list[object], as_json: bool, tmp_path: Path
+) -> None:
+    """FAULT-TRACE-INPUT for the observation format: near-valid observations in any order (outputs never
+    owed, inputs the model forbids, unknown names, mistyped fields, a step field beside ``obs``) are
+    checked or reported malformed: exit 0 or 1, never a traceback."""
+    path = tmp_path / "fuzz.jsonl"
+    path.write_text("".join(json.dumps(value) + "\n" for value in lines), encoding="utf-8")
+    code, out = no_traceback(path, *(["--json"] if as_json else []))
+    assert code in (0, 1)
+    if as_json:
+        assert json.loads(out)["ok"] is (code == 0)
+
+
+def test_an_observation_of_null_is_one_malformed_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """FAULT-TRACE-INPUT: ``"obs": null`` (found by the fuzz test above) once failed an internal
+    assertion with a traceback; it is a malformed line naming the field."""
+    path = write_lines(tmp_path / "null.jsonl", ['{"request": "r1", "obs": null}'])
+    code, out, _ = run_trace(path, capsys)
+    assert code == 1
+    assert "line 1" in out and "MALFORMED" in out and "field 'obs'" in out
 
 
 # --------------------------------------------------------------------------- memory follows open requests

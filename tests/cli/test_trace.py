@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from dynamo_backend_protocol.model import ActionKind, ControlState, Mode, RequestMachine, parse_event
 from dynamo_backend_protocol.model.teach.scenarios import SCENARIOS, scenario
-from dynamo_backend_protocol.model.traces.check import TraceReport, check_lines
+from dynamo_backend_protocol.model.traces.check import Divergence, TraceReport, check_lines
 from dynamo_backend_protocol.reference.cli import main
 from dynamo_backend_protocol.reference.cli.trace import MAX_LINE_BYTES, read_lines
 
@@ -131,7 +131,7 @@ def test_a_wrong_state_is_caught_with_expected_and_observed() -> None:
     report = check_lines(lines_of(lines))
     [summary] = report.requests
     found = summary.divergence
-    assert found is not None
+    assert isinstance(found, Divergence)
     assert (found.line, found.rule, found.reason) == (2, "ABORT-IMMEDIATE", "state differs")
     assert (found.expected_state, found.observed_state) == (ControlState.ABORTED, ControlState.STREAMING)
 
@@ -144,7 +144,7 @@ def test_an_event_after_done_is_caught_with_the_rule_that_forbids_it() -> None:
     report = check_lines(lines_of(lines))
     assert only_request(report) == (5, "STREAM-TERMINAL-LAST", "not allowed here")
     found = report.requests[0].divergence
-    assert found is not None
+    assert isinstance(found, Divergence)
     assert [ev.name for ev in found.allowed] == ["stop", "kill", "first_token", "drop", "disconnect"]
 
 

@@ -80,14 +80,16 @@ def test_json_prints_the_report(engine_module: str, capsys: pytest.CaptureFixtur
 
 
 def test_trace_writes_every_adapter_request_as_json_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """--trace FILE: one JSON object per model step, each naming its request."""
+    """--trace FILE: one JSON object per observation at the adapter's boundaries, each naming its request;
+    the bundled engine's run, checked by ``trace``, conforms."""
     trace = tmp_path / "conform.jsonl"
     code, _, _ = run(["--trace", str(trace), "--examples", "2"], capsys)
     records = [json.loads(line) for line in trace.read_text().splitlines()]
     assert code == 0 and records
-    assert {"request", "event", "state", "actions", "rule"} <= set(records[0])
+    assert {"request", "obs", "mode"} <= set(records[0])
     requests = {record["request"] for record in records}
     assert {"conformance-kill", "conformance-well-formed"} <= requests
+    assert cli.main(["trace", str(trace)]) == 0, capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,249 @@
+"""Observers at the adapter's boundaries, for observation traces.
+
+They sit outside the adapter's decisions: a proxy engine records what
+``generate`` produced, each item its stream yielded or what it raised, and
+each call the engine received (``abort``, the close of its stream); a context
+listener records each signal; a response stream wrapping the adapter's records
+what the consumer received and how its stream ended.  The adapter installs
+them only when its trace sink takes observations, so without one nothing here
+runs.  A failing sink is the adapter's sink failure (FAULT-SINK-ISOLATED):
+counted once per request, and that request's later observations are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from dynamo_backend_protocol.model import DynamoError, Event
+from dynamo_backend_protocol.model.chunks import classify_item
+from dynamo_backend_protocol.reference.adapter import EngineAdapter, ResponseStream
+from dynamo_backend_protocol.reference.annotated import Annotated
+from dynamo_backend_protocol.reference.context import Context, Signal
+from dynamo_backend_protocol.reference.engine import call_optional
+from dynamo_backend_protocol.reference.traces.writer import ObservationWriter, OpenObservations
+
+Generate = Callable[[dict[str, Any], Context], Any]
+
+
+class RequestObservations:
+    """What crossed the boundaries of one request, written as it happens."""
+
+    __slots__ = ("_failed", "_on_failure", "_write", "client_over", "context", "last_item", "position")
+
+    def __init__(self, write: ObservationWriter, context: Context, on_failure: Callable[[], None]) -> None:
+        self._write = write
+        self._failed = False
+        self._on_failure = on_failure
+        self.context = context
+        self.position = 0
+        self.last_item: object = None
+        self.client_over = False
+
+    def note(self, obs: str, **fields: object) -> None:
+        if self._failed:
+            return
+        try:
+            self._write({"obs": obs, **fields})
+        except Exception:
+            self._failed = True
+            self._on_failure()
+
+    def heard(self, signal: Signal) -> None:
+        self.note(f"context.{signal}")
+
+    def client_ended(self, obs: str, **fields: object) -> None:
+        if self.client_over:
+            return
+        self.client_over = True
+        self.context.remove_listener(self.heard)
+        self.note(obs, **fields)
+
+
+class Observers:
+    """The observers of one adapter: which request each context belongs to, and the proxies."""
+
+    def __init__(self, adapter: EngineAdapter, opener: OpenObservations) -> None:
+        self._adapter = adapter
+        self._opener = opener
+        self._requests: weakref.WeakKeyDictionary[Context, RequestObservations] = weakref.WeakKeyDictionary()
+        self.engine = ObservedEngine(adapter.engine, self)
+
+    def of(self, context: Context) -> RequestObservations | None:
+        return self._requests.get(context)
+
+    def generate(self, serve: Callable[[dict[str, Any], Context], Any]) -> Callable[..., Any]:
+        """The adapter's ``generate`` as the runtime calls it, observed from the runtime's side."""
+        adapter = self._adapter
+
+        async def generate(request: dict[str, Any], context: Context) -> ResponseStream:
+            name = context.id()
+            log = RequestObservations(self._opener(name), context, lambda: adapter._sink_failed(name))
+            self._requests[context] = log
+            log.note("client.generate", mode=adapter.mode.value)
+            # Listen first, then catch up, as the adapter does: no signal falls between the two.
+            context.add_listener(log.heard)
+            for signal in context.signals():
+                log.heard(signal)
+            try:
+                stream = await serve(request, context)
+            except BaseException as exc:
+                log.client_ended("client.setup_error", error=_describe(exc))
+                raise
+            return ObservedResponseStream(stream, log)
+
+        return generate
+
+
+class ObservedEngine:
+    """The engine as the adapter sees it: every call it receives and all it produces is noted."""
+
+    def __init__(self, engine: Any, observers: Observers) -> None:
+        self._engine = engine
+        self._observers = observers
+
+    def generate(self, request: dict[str, Any], context: Context) -> Any:
+        log = self._observers.of(context)
+        if log is None:
+            return self._engine.generate(request, context)
+        try:
+            produced = self._engine.generate(request, context)
+        except BaseException as exc:
+            log.note("engine.setup_failed", error=_describe(exc))
+            raise
+        if inspect.isawaitable(produced):
+            return self._set_up_later(produced, log)
+        return self._stream(produced, log)
+
+    async def _set_up_later(self, produced: Any, log: RequestObservations) -> Any:
+        try:
+            result = await produced
+        except BaseException as exc:
+            log.note("engine.setup_failed", error=_describe(exc))
+            raise
+        return self._stream(result, log)
+
+    def _stream(self, produced: Any, log: RequestObservations) -> Any:
+        aiter_method = getattr(produced, "__aiter__", None)
+        if aiter_method is None:
+            log.note("engine.setup_failed", error="not an async iterator")
+            return produced
+        try:
+            iterator = aiter_method()
+        except BaseException as exc:
+            log.note("engine.setup_failed", error=_describe(exc))
+            raise
+        if not callable(getattr(iterator, "__anext__", None)):
+            log.note("engine.setup_failed", error="not an async iterator")
+            return produced
+        log.note("engine.setup")
+        return ObservedEngineStream(iterator, log, self._observers)
+
+    async def abort(self, context: Context) -> None:
+        log = self._observers.of(context)
+        if log is not None:
+            log.note("engine.abort")
+        await call_optional(self._engine, "abort", context)
+
+
+class ObservedEngineStream:
+    """The engine's stream: each item it yields, how its reading ended, and its closing."""
+
+    def __init__(self, inner: AsyncIterator[Any], log: RequestObservations, observers: Observers) -> None:
+        self._inner = inner
+        self._log = log
+        self._mode = observers._adapter.mode
+        self._validate = observers._adapter.validate
+
+    def __aiter__(self) -> ObservedEngineStream:
+        return self
+
+    @property
+    def ag_running(self) -> bool:
+        return bool(getattr(self._inner, "ag_running", False))
+
+    async def __anext__(self) -> Any:
+        log = self._log
+        try:
+            item = await self._inner.__anext__()
+        except StopAsyncIteration:
+            log.note("engine.end")
+            raise
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling() > 0:
+                log.note("engine.cancel")
+            else:
+                log.note("engine.raise", error="CancelledError")
+            raise
+        except (Exception, GeneratorExit) as exc:
+            log.note("engine.raise", error=_describe(exc))
+            raise
+        except BaseException as exc:
+            log.note("engine.interrupt", error=type(exc).__name__)
+            raise
+        log.position += 1
+        log.last_item = item
+        log.note("engine.item", item=_item_name(item, log.position, self), n=log.position)
+        return item
+
+    async def aclose(self) -> None:
+        self._log.note("engine.close")
+        aclose = getattr(self._inner, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _item_name(item: object, position: int, stream: ObservedEngineStream) -> str:
+    """The event the item stands for, by the protocol's own reading of items; ``malformed`` otherwise."""
+    try:
+        classified = classify_item(item, position, stream._mode, stream._validate)
+    except Exception:
+        return "malformed"
+    return classified.name if isinstance(classified, Event) else "malformed"
+
+
+def _describe(exc: BaseException) -> str:
+    return f"Backend{exc.kind.name.title().replace('_', '')}" if isinstance(exc, DynamoError) else type(exc).__name__
+
+
+class ObservedResponseStream(ResponseStream):
+    """The adapter's response stream as the consumer reads it: what it received, how it ended."""
+
+    __slots__ = ("_inner", "_log")
+
+    def __init__(self, inner: ResponseStream, log: RequestObservations) -> None:
+        # Shares the inner stream's driver and items; the inner stream's own finalizer is the drop.
+        self._inner = inner
+        self._driver = inner._driver
+        self._items = inner._items
+        self._log = log
+
+    def __anext__(self) -> Awaitable[Annotated]:
+        return self._read()
+
+    async def _read(self) -> Annotated:
+        log = self._log
+        try:
+            item = await self._inner.__anext__()
+        except StopAsyncIteration:
+            log.client_ended("client.end")
+            raise
+        except BaseException as exc:
+            log.client_ended("client.raise", error=type(exc).__name__)
+            raise
+        if item.error is not None:
+            log.note("client.item", item="error", error=_describe(item.error))
+        else:
+            log.note("client.item", item="data", n=log.position if item.data is log.last_item else None)
+        return item
+
+    async def aclose(self) -> None:
+        self._log.client_ended("client.drop")
+        await self._inner.aclose()
+
+    def __del__(self) -> None:
+        self._log.client_ended("client.drop")
