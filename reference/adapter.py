@@ -38,6 +38,7 @@ from dynamo_backend_protocol.model.faults import Fault, fault_event
 from dynamo_backend_protocol.model.machine import FORWARD_ONLY
 from dynamo_backend_protocol.reference.annotated import Annotated, as_dynamo_error
 from dynamo_backend_protocol.reference.bounded import within
+from dynamo_backend_protocol.reference.chunks import Chunk
 from dynamo_backend_protocol.reference.context import Context, Signal
 from dynamo_backend_protocol.reference.engine import call_optional
 
@@ -373,13 +374,14 @@ class _RequestDriver:
                     async for item in reads:
                         try:
                             position += 1
-                            # The common chunk shape (one valid token, no terminal, no usage)
+                            # The common chunk shape (a plain dict or the kit's Chunk, which
+                            # overrides no lookup: one valid token, no terminal, no usage)
                             # is checked inline; any other item goes to classify_item, which
                             # gives this shape the same answer.  A token in the state whose
                             # token step is known is then one identity check and its record.
                             try:
                                 if (
-                                    type(item) is dict
+                                    ((kind := type(item)) is dict or kind is Chunk)
                                     and type(token_ids := item.get("token_ids")) is list
                                     and len(token_ids) == 1
                                     and type(token_id := token_ids[0]) is int
