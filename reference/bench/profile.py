@@ -53,28 +53,22 @@ async def _annotated(chunks: Chunks) -> AsyncIterator[object]:
         yield out
 
 
-def _common_token(chunk: object) -> bool:
-    """The adapter's inline check of the common token chunk, here as a function of
-    its own only so the rungs can share it; its call is paid inside the rungs."""
-    return (
-        type(chunk) is dict
-        and type(token_ids := chunk.get("token_ids")) is list
-        and len(token_ids) == 1
-        and type(token_id := token_ids[0]) is int
-        and token_id >= 0
-        and ("finish_reason" not in chunk or chunk["finish_reason"] is None)
-        and "completion_usage" not in chunk
-        and ("index" not in chunk or (type(choice := chunk["index"]) is int and choice >= 0))
-    )
-
-
 async def _classified(chunks: Chunks) -> AsyncIterator[object]:
     new_annotated = Annotated.__new__
     mode = _MODE
     position = 0
     async for chunk in chunks:
         position += 1
-        if not _common_token(chunk):
+        if not (
+            type(chunk) is dict
+            and type(token_ids := chunk.get("token_ids")) is list
+            and len(token_ids) == 1
+            and type(token_id := token_ids[0]) is int
+            and token_id >= 0
+            and ("finish_reason" not in chunk or chunk["finish_reason"] is None)
+            and "completion_usage" not in chunk
+            and ("index" not in chunk or (type(choice := chunk["index"]) is int and choice >= 0))
+        ):
             classify_item(chunk, position, mode, True)
         out = new_annotated(Annotated)
         out.data = chunk
@@ -83,8 +77,12 @@ async def _classified(chunks: Chunks) -> AsyncIterator[object]:
 
 
 def _streaming_machine(keep_history: bool) -> RequestMachine:
+    """A machine past setup and its first two tokens: in the state whose token step
+    only forwards and stays put (the first token may move it)."""
     machine = RequestMachine(_MODE, keep_history=keep_history)
     machine.fire(_SETUP)
+    machine.fire(TOKEN_CHUNK)
+    machine.fire(TOKEN_CHUNK)
     return machine
 
 
@@ -96,7 +94,16 @@ async def _looked_up(chunks: Chunks) -> AsyncIterator[object]:
     position = 0
     async for chunk in chunks:
         position += 1
-        if _common_token(chunk):
+        if (
+            type(chunk) is dict
+            and type(token_ids := chunk.get("token_ids")) is list
+            and len(token_ids) == 1
+            and type(token_id := token_ids[0]) is int
+            and token_id >= 0
+            and ("finish_reason" not in chunk or chunk["finish_reason"] is None)
+            and "completion_usage" not in chunk
+            and ("index" not in chunk or (type(choice := chunk["index"]) is int and choice >= 0))
+        ):
             if machine.state is token_state:
                 out = new_annotated(Annotated)
                 out.data = chunk
@@ -112,7 +119,6 @@ async def _looked_up(chunks: Chunks) -> AsyncIterator[object]:
 async def _recorded(chunks: Chunks) -> AsyncIterator[object]:
     machine = _streaming_machine(keep_history=True)
     token_state = machine.state
-    machine.fire(TOKEN_CHUNK)
     token_step = machine.history[-1]
     history = machine.history
     new_annotated = Annotated.__new__
@@ -120,7 +126,16 @@ async def _recorded(chunks: Chunks) -> AsyncIterator[object]:
     position = 0
     async for chunk in chunks:
         position += 1
-        if _common_token(chunk):
+        if (
+            type(chunk) is dict
+            and type(token_ids := chunk.get("token_ids")) is list
+            and len(token_ids) == 1
+            and type(token_id := token_ids[0]) is int
+            and token_id >= 0
+            and ("finish_reason" not in chunk or chunk["finish_reason"] is None)
+            and "completion_usage" not in chunk
+            and ("index" not in chunk or (type(choice := chunk["index"]) is int and choice >= 0))
+        ):
             if machine.state is token_state:
                 history.append(token_step)
                 out = new_annotated(Annotated)
