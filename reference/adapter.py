@@ -14,7 +14,9 @@ import asyncio
 import inspect
 import logging
 import threading
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from types import AsyncGeneratorType
 from typing import Any
 
 from dynamo_backend_protocol.model import (
@@ -31,11 +33,12 @@ from dynamo_backend_protocol.model import (
     Step,
     event,
 )
-from dynamo_backend_protocol.model.chunks import ERROR, classify_item, unreadable_item
+from dynamo_backend_protocol.model.chunks import ERROR, TOKEN_CHUNK, classify_item, unreadable_item
 from dynamo_backend_protocol.model.faults import Fault, fault_event
 from dynamo_backend_protocol.model.machine import FORWARD_ONLY
 from dynamo_backend_protocol.reference.annotated import Annotated, as_dynamo_error
 from dynamo_backend_protocol.reference.bounded import within
+from dynamo_backend_protocol.reference.chunks import Chunk
 from dynamo_backend_protocol.reference.context import Context, Signal
 from dynamo_backend_protocol.reference.engine import call_optional
 
@@ -363,55 +366,100 @@ class _RequestDriver:
         assert stream is not None
         machine = self.machine
         record = machine.keep_step
+        keeping = self._adapter.keep_traces
+        history = machine.history
         mode = machine.mode
         validate = self._adapter.validate
-        next_item = stream.__anext__
+        reads = stream if type(stream) is AsyncGeneratorType else _Reads(stream)
+        new_annotated = Annotated.__new__
         position = 0
+        # The current state's step for a token, once the machine has shown it only
+        # forwards and stays put; token_step is only read while token_state is current.
+        token_state: object = None
+        token_step: Any = None
+        # Set when an exception on its way out was raised in this generator's own
+        # body (a consumer's throw at a yield), not by the engine's read.
+        raised_here = False
         try:
             while True:
+                item: Any = None
                 error: DynamoError | None = None
                 try:
-                    item = await next_item()
-                except StopAsyncIteration:
-                    self.catch_up_with_context()
-                    if self.perform(self.fire(_END)):
-                        await self.close_engine_stream()
-                    # The engine's generator has finished; hold nothing of it.
-                    self.stream = None
-                    return
+                    async for item in reads:
+                        try:
+                            position += 1
+                            # The common chunk shape (a plain dict or the kit's Chunk, which
+                            # overrides no lookup: one valid token, no terminal, no usage)
+                            # is checked inline; any other item goes to classify_item, which
+                            # gives this shape the same answer.  A token in the state whose
+                            # token step is known is then one identity check and its record.
+                            try:
+                                if (
+                                    ((kind := type(item)) is dict or kind is Chunk)
+                                    and type(token_ids := item.get("token_ids")) is list
+                                    and len(token_ids) == 1
+                                    and type(token_id := token_ids[0]) is int
+                                    and token_id >= 0
+                                    and ("finish_reason" not in item or item["finish_reason"] is None)
+                                    and "completion_usage" not in item
+                                    and ("index" not in item or (type(choice := item["index"]) is int and choice >= 0))
+                                ):
+                                    if machine.state is token_state:
+                                        if keeping:
+                                            history.append(token_step)
+                                        out = new_annotated(Annotated)
+                                        out.data = item
+                                        out.error = None
+                                        yield out
+                                        continue
+                                    ev = TOKEN_CHUNK
+                                else:
+                                    classified = classify_item(item, position, mode, validate)
+                                    if type(classified) is Event:
+                                        ev = classified
+                                        if ev is ERROR:
+                                            error = item
+                                    else:
+                                        error, ev = classified, ERROR  # type: ignore[assignment]
+                            except Exception as exc:
+                                error, ev = unreadable_item(position, exc), _ITEM_UNREADABLE
+                            # A step that only forwards and stays put is recorded without the
+                            # general dispatch.  Same decision, fewer steps.
+                            state = machine.state
+                            step = state.successors.get(ev)
+                            if step is not None and step.actions is FORWARD_ONLY and step.after is state:
+                                if ev is TOKEN_CHUNK:
+                                    token_state, token_step = state, step
+                                record(step)
+                                yield Annotated(item)
+                                continue
+                        except BaseException:
+                            raised_here = True
+                            raise
+                        break
+                    else:
+                        self.catch_up_with_context()
+                        if self.perform(self.fire(_END)):
+                            await self.close_engine_stream()
+                        # The engine's generator has finished; hold nothing of it.
+                        self.stream = None
+                        return
                 except asyncio.CancelledError:
-                    if _cancelled_from_outside():
+                    if raised_here or _cancelled_from_outside():
                         raise
                     item, ev = None, _STREAM_RAISED
                     error = DynamoError(BackendError.CANCELLED, "the engine's stream raised CancelledError")
                 except Exception as exc:
+                    if raised_here:
+                        raise
                     item, error, ev = None, as_dynamo_error(exc), _STREAM_RAISED
                 except GeneratorExit:
+                    if raised_here:
+                        raise
                     # A consumer closing this stream throws GeneratorExit at a yield, never
                     # into a read: here it can only be the engine's own doing.
                     item, ev = None, _STREAM_RAISED
                     error = DynamoError(BackendError.UNKNOWN, "the engine's stream raised GeneratorExit")
-                else:
-                    position += 1
-                    try:
-                        classified = classify_item(item, position, mode, validate)
-                    except Exception as exc:
-                        error, ev = unreadable_item(position, exc), _ITEM_UNREADABLE
-                    else:
-                        if type(classified) is Event:
-                            ev = classified
-                            if ev is ERROR:
-                                error = item
-                        else:
-                            error, ev = classified, ERROR  # type: ignore[assignment]
-                # Per-token path: a step that only forwards and stays put is
-                # recorded without the general dispatch.  Same decision, fewer steps.
-                state = machine.state
-                step = state.successors.get(ev)
-                if step is not None and step.actions is FORWARD_ONLY and step.after is state:
-                    record(step)
-                    yield Annotated(item)
-                    continue
                 if machine.state.control is _DONE:
                     # Dropped from another task while this read was pending.
                     await self.close_engine_stream()
@@ -441,6 +489,22 @@ class _RequestDriver:
             raise
 
 
+class _Reads:
+    """An engine iterator that is not an async generator, read through its own
+    ``__anext__``: ``async for`` would call its ``__aiter__`` a second time."""
+
+    __slots__ = ("_next",)
+
+    def __init__(self, stream: AsyncIterator[Any]) -> None:
+        self._next = stream.__anext__
+
+    def __aiter__(self) -> _Reads:
+        return self
+
+    def __anext__(self) -> Awaitable[Any]:
+        return self._next()
+
+
 def _cancelled_from_outside() -> bool:
     """Whether a CancelledError is the consumer's task being cancelled (a drop),
     rather than the engine raising it on its own (an engine failure)."""
@@ -451,8 +515,8 @@ def _cancelled_from_outside() -> bool:
 class ResponseStream:
     """The response stream of one request: an async iterator of :class:`Annotated`.
 
-    Dropping it (``aclose()``, or letting it be garbage-collected) is the
-    protocol's *drop* event.
+    Dropping it (``aclose()``, or letting it and the iterator ``async for``
+    took from it be garbage-collected) is the protocol's *drop* event.
     """
 
     __slots__ = ("_driver", "_items")
@@ -460,9 +524,12 @@ class ResponseStream:
     def __init__(self, driver: _RequestDriver) -> None:
         self._driver = driver
         self._items = driver.run()
+        _drop_when_collected(self._items, driver)
 
-    def __aiter__(self) -> ResponseStream:
-        return self
+    def __aiter__(self) -> AsyncIterator[Annotated]:
+        # The driver's generator itself: ``async for`` then reads it with no
+        # Python frame of this object's in between.
+        return self._items
 
     def __anext__(self) -> Awaitable[Annotated]:
         return self._items.__anext__()
@@ -484,5 +551,18 @@ class ResponseStream:
     def trace(self) -> list[Step]:
         return self._driver.machine.history
 
-    def __del__(self) -> None:
-        self._driver.abandon()
+
+_WATCHED: set[weakref.ref[AsyncIterator[Annotated]]] = set()
+"""One weak reference per live response generator, kept here so that neither the
+generator nor its driver holds it (which would make a reference cycle)."""
+
+
+def _drop_when_collected(items: AsyncIterator[Annotated], driver: _RequestDriver) -> None:
+    """A consumer that forgets the stream drops it: when the last reference to its
+    generator goes (the stream's or an ``async for``'s), the request hears a drop."""
+
+    def collected(watch: weakref.ref[AsyncIterator[Annotated]]) -> None:
+        _WATCHED.discard(watch)
+        driver.abandon()
+
+    _WATCHED.add(weakref.ref(items, collected))

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dynamo_backend_protocol.model import EventKind, Mode, RequestMachine, event
-from dynamo_backend_protocol.model.chunks import classify_item
-from dynamo_backend_protocol.model.machine import FORWARD_ONLY
+from dynamo_backend_protocol.model.chunks import TOKEN_CHUNK, classify_item
 from dynamo_backend_protocol.reference.adapter import EngineAdapter
 from dynamo_backend_protocol.reference.annotated import Annotated
 from dynamo_backend_protocol.reference.bench.engines import TrivialEngine, drain_adapter, drain_bare
@@ -41,118 +40,143 @@ _MODE = Mode.AGGREGATED
 
 
 async def _layer(chunks: Chunks) -> AsyncIterator[object]:
-    next_chunk = chunks.__anext__
-    while True:
-        try:
-            chunk = await next_chunk()
-        except StopAsyncIteration:
-            return
+    async for chunk in chunks:
         yield chunk
 
 
 async def _annotated(chunks: Chunks) -> AsyncIterator[object]:
-    next_chunk = chunks.__anext__
-    while True:
-        try:
-            chunk = await next_chunk()
-        except StopAsyncIteration:
-            return
-        yield Annotated(chunk)
+    new_annotated = Annotated.__new__
+    async for chunk in chunks:
+        out = new_annotated(Annotated)
+        out.data = chunk
+        out.error = None
+        yield out
 
 
 async def _classified(chunks: Chunks) -> AsyncIterator[object]:
-    next_chunk = chunks.__anext__
+    new_annotated = Annotated.__new__
     mode = _MODE
     position = 0
-    while True:
-        try:
-            chunk = await next_chunk()
-        except StopAsyncIteration:
-            return
+    async for chunk in chunks:
         position += 1
-        classify_item(chunk, position, mode, True)
-        yield Annotated(chunk)
+        if not (
+            type(chunk) is dict
+            and type(token_ids := chunk.get("token_ids")) is list
+            and len(token_ids) == 1
+            and type(token_id := token_ids[0]) is int
+            and token_id >= 0
+            and ("finish_reason" not in chunk or chunk["finish_reason"] is None)
+            and "completion_usage" not in chunk
+            and ("index" not in chunk or (type(choice := chunk["index"]) is int and choice >= 0))
+        ):
+            classify_item(chunk, position, mode, True)
+        out = new_annotated(Annotated)
+        out.data = chunk
+        out.error = None
+        yield out
 
 
 def _streaming_machine(keep_history: bool) -> RequestMachine:
+    """A machine past setup and its first two tokens: in the state whose token step
+    only forwards and stays put (the first token may move it)."""
     machine = RequestMachine(_MODE, keep_history=keep_history)
     machine.fire(_SETUP)
+    machine.fire(TOKEN_CHUNK)
+    machine.fire(TOKEN_CHUNK)
     return machine
 
 
 async def _looked_up(chunks: Chunks) -> AsyncIterator[object]:
     machine = _streaming_machine(keep_history=False)
-    next_chunk = chunks.__anext__
+    token_state = machine.state
+    new_annotated = Annotated.__new__
     mode = _MODE
     position = 0
-    while True:
-        try:
-            chunk = await next_chunk()
-        except StopAsyncIteration:
-            return
+    async for chunk in chunks:
         position += 1
-        ev = classify_item(chunk, position, mode, True)
-        state = machine.state
-        step = state.successors.get(ev)
-        if step is not None and step.actions is FORWARD_ONLY and step.after is state:
-            yield Annotated(chunk)
-            continue
-        machine.fire(ev)  # type: ignore[arg-type]
+        if (
+            type(chunk) is dict
+            and type(token_ids := chunk.get("token_ids")) is list
+            and len(token_ids) == 1
+            and type(token_id := token_ids[0]) is int
+            and token_id >= 0
+            and ("finish_reason" not in chunk or chunk["finish_reason"] is None)
+            and "completion_usage" not in chunk
+            and ("index" not in chunk or (type(choice := chunk["index"]) is int and choice >= 0))
+        ):
+            if machine.state is token_state:
+                out = new_annotated(Annotated)
+                out.data = chunk
+                out.error = None
+                yield out
+                continue
+        else:
+            classify_item(chunk, position, mode, True)
+        machine.fire(TOKEN_CHUNK)
         yield Annotated(chunk)
 
 
 async def _recorded(chunks: Chunks) -> AsyncIterator[object]:
     machine = _streaming_machine(keep_history=True)
-    record = machine.keep_step
-    next_chunk = chunks.__anext__
+    token_state = machine.state
+    token_step = machine.history[-1]
+    history = machine.history
+    new_annotated = Annotated.__new__
     mode = _MODE
     position = 0
-    while True:
-        try:
-            chunk = await next_chunk()
-        except StopAsyncIteration:
-            return
+    async for chunk in chunks:
         position += 1
-        ev = classify_item(chunk, position, mode, True)
-        state = machine.state
-        step = state.successors.get(ev)
-        if step is not None and step.actions is FORWARD_ONLY and step.after is state:
-            record(step)
-            yield Annotated(chunk)
-            continue
-        machine.fire(ev)  # type: ignore[arg-type]
+        if (
+            type(chunk) is dict
+            and type(token_ids := chunk.get("token_ids")) is list
+            and len(token_ids) == 1
+            and type(token_id := token_ids[0]) is int
+            and token_id >= 0
+            and ("finish_reason" not in chunk or chunk["finish_reason"] is None)
+            and "completion_usage" not in chunk
+            and ("index" not in chunk or (type(choice := chunk["index"]) is int and choice >= 0))
+        ):
+            if machine.state is token_state:
+                history.append(token_step)
+                out = new_annotated(Annotated)
+                out.data = chunk
+                out.error = None
+                yield out
+                continue
+        else:
+            classify_item(chunk, position, mode, True)
+        machine.fire(TOKEN_CHUNK)
         yield Annotated(chunk)
 
 
 class _Wrapped:
-    """A stream object with a Python ``__anext__`` in front of the generator, as the adapter's."""
+    """A stream object in front of the generator, as the adapter's: its ``__aiter__``
+    hands out the generator itself, so it costs nothing per chunk."""
 
     __slots__ = ("_items",)
 
     def __init__(self, items: AsyncIterator[object]) -> None:
         self._items = items
 
-    def __aiter__(self) -> _Wrapped:
-        return self
-
-    def __anext__(self) -> Awaitable[object]:
-        return self._items.__anext__()
+    def __aiter__(self) -> AsyncIterator[object]:
+        return self._items
 
 
 Rung = Callable[[Chunks], AsyncIterator[object]]
 
 
 def _wrapped_recorded(chunks: Chunks) -> AsyncIterator[object]:
-    return _Wrapped(_recorded(chunks))
+    return _Wrapped(_recorded(chunks))  # type: ignore[return-value]
 
 
 LADDER: tuple[tuple[str, str, Rung], ...] = (
-    ("layer", "async-generator layer: loop, read the engine, yield", _layer),
-    ("annotated", "Annotated(item) allocated per chunk", _annotated),
-    ("classified", "classify_item with validation", _classified),
-    ("looked_up", "model step lookup (the successor cache, two identity checks)", _looked_up),
+    ("layer", "async-generator layer: async for over the engine, yield", _layer),
+    ("annotated", "Annotated allocated per chunk, without its Python __init__", _annotated),
+    ("classified", "the common token chunk checked inline (classify_item otherwise)", _classified),
+    ("looked_up", "model step: the state is the one whose token step only forwards (one identity check)",
+     _looked_up),
     ("recorded", "step recorded in the model's history", _recorded),
-    ("wrapped", "stream object's __anext__ in front of the generator", _wrapped_recorded),
+    ("wrapped", "stream object whose __aiter__ hands out the generator", _wrapped_recorded),
 )
 
 
