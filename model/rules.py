@@ -62,6 +62,12 @@ RULES: dict[str, str] = {
     "LIFECYCLE-NO-CLEANUP-WITHOUT-START": (
         "cleanup is not required when start was never invoked, and must succeed if called"
     ),
+    # N requests sharing one engine (section 12.1).
+    "ENGINE-CLEANUP-WAITS": (
+        "the Worker begins cleanup only once no request on the engine is in flight (generate called, not Done)"
+    ),
+    "ENGINE-NO-LIVE-AFTER-CLEANUP": "no request is in flight on an engine whose cleanup has begun",
+    "ENGINE-NO-ABORT-AFTER-CLEANUP": "no request calls engine.abort once the engine's cleanup has begun",
 }
 
 

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from dynamo_backend_protocol.model.engine import Composition
 from dynamo_backend_protocol.model.explore.promela import claims, promela_body
+from dynamo_backend_protocol.model.explore.promela_engine import engine_claims, engine_promela_body
 from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable
 from dynamo_backend_protocol.model.vocabulary import Mode
 
@@ -58,6 +60,11 @@ def spin_check(mode: Mode, table: CompiledTable = DEFAULT_TABLE, with_transfer: 
     """SPIN's verdict on every state invariant and liveness property of ``mode`` (with
     ``with_transfer``: every state invariant of the decode request composed with its KV transfer)."""
     return list(_verdicts(promela_body(mode, table, with_transfer), tuple(claims(with_transfer))))
+
+
+def spin_check_engine(composition: Composition, table: CompiledTable = DEFAULT_TABLE) -> list[SpinVerdict]:
+    """SPIN's verdict on every state invariant of N requests sharing one engine, and the ENGINE-* rules."""
+    return list(_verdicts(engine_promela_body(composition, table), tuple(engine_claims())))
 
 
 @cache

@@ -5,15 +5,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 
 from dynamo_backend_protocol.model import Mode
+from dynamo_backend_protocol.model.engine import Composition
 from dynamo_backend_protocol.model.explore import ExplorationReport, InvariantResult, explore_all
+from dynamo_backend_protocol.model.explore.checking import MachineReport
+from dynamo_backend_protocol.model.explore.compiled import explore_compiled
 from dynamo_backend_protocol.model.explore.disagg import DisaggReport, explore_disagg
+from dynamo_backend_protocol.model.explore.engine import explore_engine
 from dynamo_backend_protocol.model.explore.lifecycle import LifecycleReport, explore_lifecycle
 from dynamo_backend_protocol.model.explore.liveness import LivenessResult
 from dynamo_backend_protocol.model.liveness import FAIRNESS
-from dynamo_backend_protocol.reference.cli.support import Subparsers, UsageError, add_mode_option, parse_modes
-from dynamo_backend_protocol.reference.spin import SpinUnavailable, spin_check
+from dynamo_backend_protocol.reference.cli.support import (
+    Subparsers,
+    UsageError,
+    add_mode_option,
+    parse_modes,
+    request_count,
+)
+from dynamo_backend_protocol.reference.spin import SpinUnavailable, spin_check, spin_check_engine
 
 
 def register(subparsers: Subparsers) -> None:
@@ -32,11 +43,34 @@ def register(subparsers: Subparsers) -> None:
         default="explorer",
         help="explorer: this package's own; spin: SPIN on the Promela export (state invariants and liveness)",
     )
+    parser.add_argument(
+        "--requests",
+        type=request_count,
+        metavar="N",
+        help="N concurrent requests of the mode sharing one engine, composed with the engine lifecycle",
+    )
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="with --requests: also time the generic explorer on the same composition (at most 2 requests)",
+    )
     parser.set_defaults(run=run)
+
+
 
 
 def run(args: argparse.Namespace) -> int:
     modes = parse_modes(args.mode)
+    if args.baseline and args.requests is None:
+        raise UsageError("check: --baseline times the composed model; give --requests N")
+    if args.requests is not None:
+        if args.machine != "request":
+            raise UsageError("check: --requests composes request machines; it does not take --machine disagg")
+        if args.engine == "spin":
+            if args.baseline:
+                raise UsageError("check: --baseline times this package's explorers, not SPIN")
+            return _run_spin_requests(modes, args.requests, args.json)
+        return _run_requests(modes, args.requests, args.json, args.baseline)
     if args.machine == "disagg":
         if args.mode is not None and modes != [Mode.DECODE]:
             raise UsageError("check: --machine disagg is a decode request with its KV transfer; use --mode decode")
@@ -85,6 +119,34 @@ def _run_spin(modes: list[Mode], as_json: bool, with_transfer: bool = False) -> 
     return 0 if ok else 1
 
 
+def _run_spin_requests(modes: list[Mode], count: int, as_json: bool) -> int:
+    try:
+        verdicts = {mode: spin_check_engine(Composition(count, mode)) for mode in modes}
+    except SpinUnavailable as error:
+        raise UsageError(f"check: {error}") from None
+    ok = all(verdict.holds for found in verdicts.values() for verdict in found)
+    if as_json:
+        data = {
+            "ok": ok,
+            "engine": "spin",
+            "requests": count,
+            "modes": {
+                mode.value: [{"id": v.rule, "name": v.name, "holds": v.holds} for v in found]
+                for mode, found in verdicts.items()
+            },
+        }
+        print(json.dumps(data, indent=2))
+        return 0 if ok else 1
+    lines: list[str] = []
+    for mode, found in verdicts.items():
+        lines.append(f"{count} {mode.value} request(s) sharing one engine (SPIN on the Promela export):")
+        lines.extend(f"  {'holds   ' if v.holds else 'VIOLATED'} {v.rule:<34} {v.name}" for v in found)
+    lines.append("not checked by SPIN: the request step invariants, TABLE-WELL-FORMED and cleanup reachability")
+    lines.append(f"{'all properties hold' if ok else 'PROPERTIES VIOLATED'} in {len(modes)} mode(s), according to SPIN")
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
 SPIN_CANNOT_CHECK = "step invariants, TABLE-WELL-FORMED, DONE-REACHABLE and the engine lifecycle"
 
 
@@ -95,6 +157,60 @@ def _run_disagg(as_json: bool) -> int:
     else:
         print(render_disagg(report))
     return 0 if report.ok else 1
+
+
+def _run_requests(modes: list[Mode], count: int, as_json: bool, baseline: bool) -> int:
+    reports = {mode: explore_compiled(Composition(count, mode)) for mode in modes}
+    peak = peak_memory_mib()
+    baselines = {mode: explore_engine(Composition(min(count, 2), mode)) for mode in modes} if baseline else {}
+    ok = all(report.ok for report in reports.values())
+    if as_json:
+        data: dict[str, object] = {
+            "ok": ok,
+            "requests": count,
+            "peak_memory_mib": round(peak, 1),
+            "modes": {mode.value: report.as_dict() for mode, report in reports.items()},
+        }
+        if baselines:
+            data["baseline"] = {mode.value: _baseline_dict(found) for mode, found in baselines.items()}
+        print(json.dumps(data, indent=2))
+        return 0 if ok else 1
+    lines: list[str] = []
+    for mode, report in reports.items():
+        lines.append(
+            f"{count} {mode.value} request(s) sharing one engine, with its lifecycle (symmetry-reduced): "
+            f"{report.states} states, {report.transitions} transitions, {report.seconds:.2f} s, "
+            f"{report.states / report.seconds:,.0f} states/s, {1e6 * report.seconds / report.states:.1f} us/state"
+        )
+        lines.extend(_invariant_lines(report.invariants))
+        if mode in baselines:
+            old = baselines[mode]
+            lines.append(
+                f"  baseline: the generic explorer on {min(count, 2)} request(s), no symmetry: {old.states} states "
+                f"in {old.seconds:.2f} s, {1e6 * old.seconds / old.states:.1f} us/state "
+                f"({old.seconds / old.states / (report.seconds / report.states):.0f}x the compiled cost per state)"
+            )
+    lines.append(f"peak memory: {peak:.0f} MiB")
+    lines.append(
+        f"{'all invariants hold' if ok else 'INVARIANTS VIOLATED'} with {count} concurrent request(s) "
+        f"in {len(modes)} mode(s)"
+    )
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
+def _baseline_dict(report: MachineReport) -> dict[str, object]:
+    return {
+        "states": report.states,
+        "transitions": report.transitions,
+        "seconds": round(report.seconds, 6),
+        "us_per_state": round(1e6 * report.seconds / report.states, 2),
+    }
+
+
+def peak_memory_mib() -> float:
+    """This process's peak resident memory so far (Linux reports it in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def render_disagg(report: DisaggReport) -> str:

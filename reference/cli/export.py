@@ -7,9 +7,17 @@ import sys
 from pathlib import Path
 
 from dynamo_backend_protocol.model import Mode
+from dynamo_backend_protocol.model.engine import Composition
 from dynamo_backend_protocol.model.explore.promela import export_promela
+from dynamo_backend_protocol.model.explore.promela_engine import export_engine_promela
 from dynamo_backend_protocol.model.machine import DEFAULT_TABLE
-from dynamo_backend_protocol.reference.cli.support import Subparsers, UsageError, add_mode_option, parse_mode
+from dynamo_backend_protocol.reference.cli.support import (
+    Subparsers,
+    UsageError,
+    add_mode_option,
+    parse_mode,
+    request_count,
+)
 
 
 def register(subparsers: Subparsers) -> None:
@@ -25,6 +33,12 @@ def register(subparsers: Subparsers) -> None:
         default="request",
         help="disagg: a decode request with its KV transfer (implies --mode decode)",
     )
+    parser.add_argument(
+        "--requests",
+        type=request_count,
+        metavar="N",
+        help="N requests of the mode sharing one engine, with its lifecycle (state invariants only)",
+    )
     parser.add_argument("-o", "--output", metavar="PATH", help="write to PATH instead of standard output")
     parser.set_defaults(run=run)
 
@@ -32,7 +46,12 @@ def register(subparsers: Subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     with_transfer = args.machine == "disagg"
     mode = Mode.DECODE if with_transfer else parse_mode(args.mode)
-    model = export_promela(mode, DEFAULT_TABLE, with_transfer)
+    if args.requests is not None and with_transfer:
+        raise UsageError("export: --requests composes request machines; it does not take --machine disagg")
+    if args.requests is None:
+        model = export_promela(mode, DEFAULT_TABLE, with_transfer)
+    else:
+        model = export_engine_promela(Composition(args.requests, mode), DEFAULT_TABLE)
     if args.output is None:
         sys.stdout.write(model)
         return 0

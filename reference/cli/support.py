@@ -36,3 +36,18 @@ def parse_modes(text: str | None) -> list[Mode]:
 def add_mode_option(parser: argparse.ArgumentParser, *, allow_all: bool, default: str | None) -> None:
     choices = "agg|prefill|decode|encode" + ("|all" if allow_all else "")
     parser.add_argument("--mode", metavar=choices, default=default, help=f"disaggregation mode ({choices})")
+
+
+MAX_REQUESTS = 8
+"""Past this even the compiled explorer's space outgrows a laptop's memory."""
+
+
+def request_count(text: str) -> int:
+    """``--requests N``: how many concurrent requests share the engine, 1 to MAX_REQUESTS."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= count <= MAX_REQUESTS:
+        raise argparse.ArgumentTypeError(f"between 1 and {MAX_REQUESTS}, not {count}")
+    return count

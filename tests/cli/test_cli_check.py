@@ -326,3 +326,38 @@ def test_check_machine_disagg_outside_decode_is_a_usage_error(capsys: pytest.Cap
     assert code == 2
     assert out == ""
     assert len(err.strip().splitlines()) == 1 and "decode" in err
+
+
+def test_check_requests_prints_the_size_and_speed_of_the_composition(capsys: pytest.CaptureFixture[str]) -> None:
+    """check --requests N explores N requests sharing one engine and prints what a user
+    sizing a run needs: states, transitions, states per second and peak memory, with the
+    ENGINE-* invariants among the verdicts."""
+    code, out, _ = run_cli(capsys, "check", "--requests", "2", "--mode", "decode")
+    assert code == 0
+    first = out.splitlines()[0]
+    assert "2 decode request(s)" in first and "states," in first and "transitions" in first
+    assert "states/s" in first
+    assert "peak memory:" in out
+    assert "ENGINE-NO-ABORT-AFTER-CLEANUP" in out and "ENGINE-NO-LIVE-AFTER-CLEANUP" in out
+
+
+def test_check_requests_json_reports_each_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    """--json gives one object with the figures per mode, for scripts that track them."""
+    code, data = check_json(capsys, "--requests", "1", "--mode", "agg")
+    assert code == 0 and data["ok"] is True and data["requests"] == 1
+    figures = data["modes"]["agg"]
+    assert figures["states"] > 0 and figures["states_per_second"] > 0
+    assert data["peak_memory_mib"] > 0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--requests", "0"], ["--requests", "many"], ["--baseline"], ["--requests", "2", "--machine", "disagg"]],
+    ids=["zero", "not-a-number", "baseline-alone", "with-disagg"],
+)
+def test_check_requests_refuses_bad_input_in_one_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    """A request count that is not 1..8, or flags that do not combine, is exit 2 and one line."""
+    code, out, err = run_cli(capsys, "check", *argv)
+    assert code == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1

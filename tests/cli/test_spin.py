@@ -38,3 +38,13 @@ def test_export_is_generated_with_one_claim_per_property(capsys: pytest.CaptureF
     assert out == export_promela(Mode.DECODE, CompiledTable())
     claims = [line.split()[1] for line in out.splitlines() if line.startswith("ltl ")]
     assert len(claims) == len(STATE_INVARIANTS) + len(LIVENESS_PROPERTIES)
+
+
+def test_export_requests_is_the_composed_model(capsys: pytest.CaptureFixture[str]) -> None:
+    """export --requests N writes the N-request composition, with a claim per state
+    invariant and each ENGINE-* rule (ENGINE-NO-ABORT-AFTER-CLEANUP among them)."""
+    assert main(["export", "--format", "promela", "--mode", "agg", "--requests", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 agg request(s) sharing one engine" in out.splitlines()[0]
+    claims = [line.split()[1] for line in out.splitlines() if line.startswith("ltl ")]
+    assert len(claims) == len(STATE_INVARIANTS) + 3 and "no_abort_once_cleanup_begins" in claims

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import pytest
 from dynamo_backend_protocol.model import CompiledTable, Mode
+from dynamo_backend_protocol.model.engine import Composition
 from dynamo_backend_protocol.model.explore import explore
+from dynamo_backend_protocol.model.explore.compiled import explore_compiled
 from dynamo_backend_protocol.model.explore.disagg import explore_disagg
 from dynamo_backend_protocol.model.explore.mutants import Mutant, table_mutants
 from dynamo_backend_protocol.model.explore.promela import claims
+from dynamo_backend_protocol.model.explore.promela_engine import engine_claims
 from dynamo_backend_protocol.model.invariants import STATE_INVARIANTS
 from dynamo_backend_protocol.model.liveness import LIVENESS_PROPERTIES
-from dynamo_backend_protocol.reference.spin import spin_check
+from dynamo_backend_protocol.reference.spin import spin_check, spin_check_engine
 from optional_tools import require_commands
 from test_disagg import without_decode_deferral
 
@@ -82,3 +85,17 @@ def test_spin_and_the_explorer_agree_on_the_decode_request_with_its_transfer(def
     theirs = {v.name: v.holds for v in spin_check(Mode.DECODE, CompiledTable(rows), with_transfer=True)}
     assert theirs == ours
     assert ours["no_transfer_orphaned_by_an_abort"] is deferral
+
+
+@pytest.mark.parametrize("waits", [True, False], ids=["shipped", "cleanup-races-requests"])
+def test_spin_and_the_explorer_agree_on_requests_sharing_one_engine(waits: bool) -> None:
+    """The composed model of check --requests 2: with ENGINE-CLEANUP-WAITS every
+    property holds for both checkers; without it both find a request in flight under
+    cleanup and an abort after cleanup (ENGINE-NO-ABORT-AFTER-CLEANUP)."""
+    composition = Composition(2, Mode.AGGREGATED, cleanup_waits_for_requests=waits)
+    report = explore_compiled(composition, symmetry=False, explore_past_violations=True)
+    checked = {name for _, name, _ in engine_claims()}
+    ours = {result.name: result.holds for result in report.invariants if result.name in checked}
+    theirs = {v.name: v.holds for v in spin_check_engine(composition)}
+    assert theirs == ours
+    assert ours["no_abort_once_cleanup_begins"] is waits
