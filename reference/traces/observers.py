@@ -222,6 +222,12 @@ class ObservedResponseStream(ResponseStream):
         self._items = inner._items
         self._log = log
 
+    def __aiter__(self) -> ObservedResponseStream:
+        # Not the driver's generator, as the plain stream hands out: every read
+        # must pass through this observer, and ``async for`` must hold it so that
+        # it is not finalised (a drop) while the consumer is still reading.
+        return self
+
     def __anext__(self) -> Awaitable[Annotated]:
         return self._read()
 
