@@ -48,9 +48,12 @@ class LiveDisplay(LinePrinter):
         # A fresh task per phase: only the property phase has a count of examples to show.
         self.progress.remove_task(self.task)
         self.task = self.progress.add_task(what, total=None)
+        # Drawn now, not at the next timed refresh: a phase shorter than the
+        # refresh period would otherwise never be shown.
+        self.progress.refresh()
 
     def examples_done(self, done: int, total: int) -> None:
-        self.progress.update(self.task, total=max(total, 1), completed=done)
+        self.progress.update(self.task, total=max(total, 1), completed=done, refresh=True)
 
     def check_finished(self, result: CheckResult) -> None:
         self.progress.console.print(render_line(result, NAME_WIDTH), markup=False, highlight=False,
