@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+from collections.abc import Callable, Sequence
 
 from dynamo_backend_protocol.model import Mode
 from dynamo_backend_protocol.model.engine import Composition
@@ -24,7 +25,7 @@ from dynamo_backend_protocol.reference.cli.support import (
     parse_modes,
     request_count,
 )
-from dynamo_backend_protocol.reference.spin import SpinUnavailable, spin_check, spin_check_engine
+from dynamo_backend_protocol.reference.spin import SpinUnavailable, SpinVerdict, spin_check, spin_check_engine
 
 
 def register(subparsers: Subparsers) -> None:
@@ -91,57 +92,52 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_spin(modes: list[Mode], as_json: bool, with_transfer: bool = False) -> int:
-    try:
-        verdicts = {mode: spin_check(mode, with_transfer=with_transfer) for mode in modes}
-    except SpinUnavailable as error:
-        raise UsageError(f"check: {error}") from None
-    ok = all(verdict.holds for found in verdicts.values() for verdict in found)
-    if as_json:
-        data = {
-            "ok": ok,
-            "engine": "spin",
-            "modes": {
-                mode.value: [{"id": v.rule, "name": v.name, "holds": v.holds} for v in found]
-                for mode, found in verdicts.items()
-            },
-            "not_checked": SPIN_CANNOT_CHECK,
-        }
-        print(json.dumps(data, indent=2))
-        return 0 if ok else 1
-    lines: list[str] = []
-    for mode, found in verdicts.items():
-        what = "a decode request and its KV transfer" if with_transfer else f"mode {mode.value}"
-        lines.append(f"{what} (SPIN on the Promela export):")
-        lines.extend(f"  {'holds   ' if v.holds else 'VIOLATED'} {v.rule:<34} {v.name}" for v in found)
-    lines.append(f"not checked by SPIN: {SPIN_CANNOT_CHECK}")
-    lines.append(f"{'all properties hold' if ok else 'PROPERTIES VIOLATED'} in {len(modes)} mode(s), according to SPIN")
-    print("\n".join(lines))
-    return 0 if ok else 1
+    what = "a decode request and its KV transfer" if with_transfer else "mode {mode}"
+    return _report_spin(modes, as_json, lambda mode: spin_check(mode, with_transfer=with_transfer),
+                        what=what, not_checked=SPIN_CANNOT_CHECK)
 
 
 def _run_spin_requests(modes: list[Mode], count: int, as_json: bool) -> int:
+    return _report_spin(modes, as_json, lambda mode: spin_check_engine(Composition(count, mode)),
+                        what=f"{count} {{mode}} request(s) sharing one engine",
+                        not_checked="the request step invariants, TABLE-WELL-FORMED and cleanup reachability",
+                        extra={"requests": count})
+
+
+def _report_spin(
+    modes: list[Mode],
+    as_json: bool,
+    verify: Callable[[Mode], Sequence[SpinVerdict]],
+    *,
+    what: str,
+    not_checked: str,
+    extra: dict[str, object] | None = None,
+) -> int:
+    """SPIN's verdicts per mode, as a table or JSON; ``what`` names the model, ``{mode}`` filled in."""
     try:
-        verdicts = {mode: spin_check_engine(Composition(count, mode)) for mode in modes}
+        verdicts = {mode: verify(mode) for mode in modes}
     except SpinUnavailable as error:
         raise UsageError(f"check: {error}") from None
     ok = all(verdict.holds for found in verdicts.values() for verdict in found)
     if as_json:
-        data = {
+        data: dict[str, object] = {
             "ok": ok,
             "engine": "spin",
-            "requests": count,
+            **(extra or {}),
             "modes": {
                 mode.value: [{"id": v.rule, "name": v.name, "holds": v.holds} for v in found]
                 for mode, found in verdicts.items()
             },
         }
+        if extra is None:
+            data["not_checked"] = not_checked
         print(json.dumps(data, indent=2))
         return 0 if ok else 1
     lines: list[str] = []
     for mode, found in verdicts.items():
-        lines.append(f"{count} {mode.value} request(s) sharing one engine (SPIN on the Promela export):")
+        lines.append(f"{what.format(mode=mode.value)} (SPIN on the Promela export):")
         lines.extend(f"  {'holds   ' if v.holds else 'VIOLATED'} {v.rule:<34} {v.name}" for v in found)
-    lines.append("not checked by SPIN: the request step invariants, TABLE-WELL-FORMED and cleanup reachability")
+    lines.append(f"not checked by SPIN: {not_checked}")
     lines.append(f"{'all properties hold' if ok else 'PROPERTIES VIOLATED'} in {len(modes)} mode(s), according to SPIN")
     print("\n".join(lines))
     return 0 if ok else 1
