@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from dynamo_backend_protocol.reference.cli.support import Subparsers, UsageError, add_mode_option, parse_modes
 from dynamo_backend_protocol.reference.differential.compare import Verdict
@@ -32,13 +35,43 @@ def register(subparsers: Subparsers) -> None:
     parser.set_defaults(run=run)
 
 
+T = TypeVar("T")
+
+
+async def _interruptible(work: Coroutine[Any, Any, T]) -> T:
+    """``work``, where a Ctrl-C cancels it (so its workers and folders are cleaned up) and is then
+    reported as an interrupt even when a layer below (Dynamo's client, Hypothesis) absorbed the
+    cancellation and let the run finish."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    heard = False
+
+    def on_interrupt() -> None:
+        nonlocal heard
+        heard = True
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGINT, on_interrupt)
+    try:
+        result = await task
+    except asyncio.CancelledError:
+        if heard:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+    if heard:
+        raise KeyboardInterrupt
+    return result
+
+
 def run(args: argparse.Namespace) -> int:
     if args.examples < 0:
         raise UsageError("--examples must be 0 or more")
     modes = parse_modes(args.mode)
     progress = None if args.json else _print_verdict
     try:
-        reports = asyncio.run(run_modes(modes, args.examples, args.seed, progress=progress))
+        reports = asyncio.run(_interruptible(run_modes(modes, args.examples, args.seed, progress=progress)))
     except UpstreamUnavailable as error:
         print(f"error: differential: {error}", file=sys.stderr)
         return 2
