@@ -36,7 +36,7 @@ from dynamo_backend_protocol.model import (
 from dynamo_backend_protocol.model.chunks import ERROR, TOKEN_CHUNK, classify_item, unreadable_item
 from dynamo_backend_protocol.model.faults import Fault, fault_event
 from dynamo_backend_protocol.model.machine import FORWARD_ONLY
-from dynamo_backend_protocol.reference.annotated import Annotated, as_dynamo_error
+from dynamo_backend_protocol.reference.annotated import Annotated, ForwardedData, as_dynamo_error
 from dynamo_backend_protocol.reference.bounded import within
 from dynamo_backend_protocol.reference.chunks import Chunk
 from dynamo_backend_protocol.reference.context import Context, Signal
@@ -66,6 +66,9 @@ _CALL_ABORT = ActionKind.CALL_ABORT
 _STOP_READING = ActionKind.STOP_READING
 _RELEASE_WATCH = ActionKind.RELEASE_WATCH
 _DONE = ControlState.DONE
+_FIRST_CHOICE = 0
+"""An index of 0, however it was made, is CPython's one cached small int, so one identity
+check settles the common case; any other int takes the type and sign test."""
 
 
 class EngineAdapter:
@@ -371,7 +374,6 @@ class _RequestDriver:
         mode = machine.mode
         validate = self._adapter.validate
         reads = stream if type(stream) is AsyncGeneratorType else _Reads(stream)
-        new_annotated = Annotated.__new__
         position = 0
         # The current state's step for a token, once the machine has shown it only
         # forwards and stays put; token_step is only read while token_state is current.
@@ -402,12 +404,15 @@ class _RequestDriver:
                                     and token_id >= 0
                                     and ("finish_reason" not in item or item["finish_reason"] is None)
                                     and "completion_usage" not in item
-                                    and ("index" not in item or (type(choice := item["index"]) is int and choice >= 0))
+                                    and (
+                                        (choice := item.get("index", _FIRST_CHOICE)) is _FIRST_CHOICE
+                                        or (type(choice) is int and choice >= 0)
+                                    )
                                 ):
                                     if machine.state is token_state:
                                         if keeping:
                                             history.append(token_step)
-                                        out = new_annotated(Annotated)
+                                        out = ForwardedData()
                                         out.data = item
                                         out.error = None
                                         yield out

@@ -39,6 +39,16 @@ class Annotated:
         return f"Annotated(data={self.data!r})"
 
 
+class ForwardedData(Annotated):
+    """A data item as the adapter's per-chunk path builds it: an :class:`Annotated` in every
+    respect, but called with no arguments it runs object's own ``__init__`` (C) instead of the
+    Python one, which is about a quarter of what allocating the item costs.  The caller sets
+    ``data`` and ``error``."""
+
+    __slots__ = ()
+    __init__ = object.__init__
+
+
 def as_dynamo_error(exc: BaseException) -> DynamoError:
     """Typed errors keep their kind; anything else becomes ``Unknown`` naming the exception."""
     if isinstance(exc, DynamoError):

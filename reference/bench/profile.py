@@ -23,7 +23,7 @@ from typing import Any
 from dynamo_backend_protocol.model import EventKind, Mode, RequestMachine, event
 from dynamo_backend_protocol.model.chunks import TOKEN_CHUNK, classify_item
 from dynamo_backend_protocol.reference.adapter import EngineAdapter
-from dynamo_backend_protocol.reference.annotated import Annotated
+from dynamo_backend_protocol.reference.annotated import Annotated, ForwardedData
 from dynamo_backend_protocol.reference.bench.engines import TrivialEngine, drain_adapter, drain_bare
 from dynamo_backend_protocol.reference.bench.rounds import (
     MIN_ROUNDS,
@@ -37,6 +37,7 @@ from dynamo_backend_protocol.reference.context import Context
 Chunks = AsyncIterator[dict[str, Any]]
 _SETUP = event(EventKind.SETUP)
 _MODE = Mode.AGGREGATED
+_FIRST_CHOICE = 0
 
 
 async def _layer(chunks: Chunks) -> AsyncIterator[object]:
@@ -45,16 +46,14 @@ async def _layer(chunks: Chunks) -> AsyncIterator[object]:
 
 
 async def _annotated(chunks: Chunks) -> AsyncIterator[object]:
-    new_annotated = Annotated.__new__
     async for chunk in chunks:
-        out = new_annotated(Annotated)
+        out = ForwardedData()
         out.data = chunk
         out.error = None
         yield out
 
 
 async def _classified(chunks: Chunks) -> AsyncIterator[object]:
-    new_annotated = Annotated.__new__
     mode = _MODE
     position = 0
     async for chunk in chunks:
@@ -67,10 +66,10 @@ async def _classified(chunks: Chunks) -> AsyncIterator[object]:
             and token_id >= 0
             and ("finish_reason" not in chunk or chunk["finish_reason"] is None)
             and "completion_usage" not in chunk
-            and ("index" not in chunk or (type(choice := chunk["index"]) is int and choice >= 0))
+            and ((choice := chunk.get("index", 0)) is _FIRST_CHOICE or (type(choice) is int and choice >= 0))
         ):
             classify_item(chunk, position, mode, True)
-        out = new_annotated(Annotated)
+        out = ForwardedData()
         out.data = chunk
         out.error = None
         yield out
@@ -89,7 +88,6 @@ def _streaming_machine(keep_history: bool) -> RequestMachine:
 async def _looked_up(chunks: Chunks) -> AsyncIterator[object]:
     machine = _streaming_machine(keep_history=False)
     token_state = machine.state
-    new_annotated = Annotated.__new__
     mode = _MODE
     position = 0
     async for chunk in chunks:
@@ -102,10 +100,10 @@ async def _looked_up(chunks: Chunks) -> AsyncIterator[object]:
             and token_id >= 0
             and ("finish_reason" not in chunk or chunk["finish_reason"] is None)
             and "completion_usage" not in chunk
-            and ("index" not in chunk or (type(choice := chunk["index"]) is int and choice >= 0))
+            and ((choice := chunk.get("index", 0)) is _FIRST_CHOICE or (type(choice) is int and choice >= 0))
         ):
             if machine.state is token_state:
-                out = new_annotated(Annotated)
+                out = ForwardedData()
                 out.data = chunk
                 out.error = None
                 yield out
@@ -121,7 +119,6 @@ async def _recorded(chunks: Chunks) -> AsyncIterator[object]:
     token_state = machine.state
     token_step = machine.history[-1]
     history = machine.history
-    new_annotated = Annotated.__new__
     mode = _MODE
     position = 0
     async for chunk in chunks:
@@ -134,11 +131,11 @@ async def _recorded(chunks: Chunks) -> AsyncIterator[object]:
             and token_id >= 0
             and ("finish_reason" not in chunk or chunk["finish_reason"] is None)
             and "completion_usage" not in chunk
-            and ("index" not in chunk or (type(choice := chunk["index"]) is int and choice >= 0))
+            and ((choice := chunk.get("index", 0)) is _FIRST_CHOICE or (type(choice) is int and choice >= 0))
         ):
             if machine.state is token_state:
                 history.append(token_step)
-                out = new_annotated(Annotated)
+                out = ForwardedData()
                 out.data = chunk
                 out.error = None
                 yield out
@@ -171,7 +168,7 @@ def _wrapped_recorded(chunks: Chunks) -> AsyncIterator[object]:
 
 LADDER: tuple[tuple[str, str, Rung], ...] = (
     ("layer", "async-generator layer: async for over the engine, yield", _layer),
-    ("annotated", "Annotated allocated per chunk, without its Python __init__", _annotated),
+    ("annotated", "Annotated allocated per chunk, with object's own __init__ (C), not the Python one", _annotated),
     ("classified", "the common token chunk checked inline (classify_item otherwise)", _classified),
     ("looked_up", "model step: the state is the one whose token step only forwards (one identity check)",
      _looked_up),

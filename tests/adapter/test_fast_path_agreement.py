@@ -33,7 +33,7 @@ token_ids = st.one_of(
 chunks = st.fixed_dictionaries(
     {"token_ids": token_ids},
     optional={
-        "index": st.sampled_from([-1, 0, 1, True, None, "0"]),
+        "index": st.sampled_from([-1, 0, 1, True, False, 0.0, None, "0"]),
         "finish_reason": st.sampled_from([None, "bogus"]),
         "completion_usage": st.sampled_from([{"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}, 5]),
         "log_probs": st.just([0.5]),
@@ -57,6 +57,8 @@ async def run(mode: Mode, stream: list[dict[str, Any]]) -> list[tuple[dict[str, 
 @example(drawn=[{"token_ids": [True]}], mode=Mode.AGGREGATED)
 @example(drawn=[{"token_ids": [1], "index": -1}], mode=Mode.AGGREGATED)
 @example(drawn=[{"token_ids": [1], "index": True}], mode=Mode.DECODE)
+@example(drawn=[{"token_ids": [1], "index": False}], mode=Mode.AGGREGATED)
+@example(drawn=[{"token_ids": [1], "index": 0.0}], mode=Mode.AGGREGATED)
 @example(drawn=[{"token_ids": [1], "finish_reason": "bogus"}], mode=Mode.AGGREGATED)
 @example(drawn=[{"token_ids": [1], "completion_usage": 5}], mode=Mode.AGGREGATED)
 @given(drawn=st.lists(chunks, min_size=1, max_size=4), mode=st.sampled_from([Mode.AGGREGATED, Mode.DECODE]))
