@@ -153,7 +153,10 @@ def _narrate(
         why = f"the lifecycle forbids {violation.event.value} in {phase} (rule {rule}: {summary(rule)})."
     except ProtocolViolation as violation:
         assert isinstance(ev, RequestMove)
-        control = state.requests[ev.index].control.value
+        request = state.requests[ev.index]
+        control = request.control.value
+        if request == initial_state(request.mode):
+            control += f", where r{ev.index + 1} has not reached the engine yet"
         verdict, rule = "NOT ALLOWED", violation.rule
         why = f"the protocol forbids {ev.event.name} in {control} (rule {rule}: {summary(rule)})."
     else:
@@ -226,8 +229,10 @@ def _not_offered(state: EngineState, ev: EngineEvent) -> tuple[str, str]:
         if phase is Phase.DRAINING:
             why += " A draining engine takes no new request."
         return why, rule
-    live = ", ".join(_in_flight_names(state))
-    return f"cleanup waits while {live} is in flight (rule {CLEANUP_WAITS}: {summary(CLEANUP_WAITS)}).", CLEANUP_WAITS
+    live = _in_flight_names(state)
+    verb = "is" if len(live) == 1 else "are"
+    why = f"cleanup waits while {', '.join(live)} {verb} in flight (rule {CLEANUP_WAITS}: {summary(CLEANUP_WAITS)})."
+    return why, CLEANUP_WAITS
 
 
 def _refused(

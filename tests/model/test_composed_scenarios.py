@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 from dynamo_backend_protocol.model import ControlState, Mode, parse_event
 from dynamo_backend_protocol.model.disagg import NO_ORPHANED_TRANSFER, DisaggEvent, TransferEvent, TransferPhase
-from dynamo_backend_protocol.model.engine import CLEANUP_WAITS, Composition, RequestMove
+from dynamo_backend_protocol.model.engine import CLEANUP_WAITS, NO_LIVE_AFTER_CLEANUP, Composition, RequestMove
 from dynamo_backend_protocol.model.lifecycle import START_FIRST, LifecycleEvent
 from dynamo_backend_protocol.model.machine import DEFAULT_TABLE
 from dynamo_backend_protocol.model.rules import RULES
@@ -79,11 +79,14 @@ def test_cleanup_that_does_not_wait_fails_the_shutdown_scenario() -> None:
     assert not told.steps[6].refused
 
 
-def test_cleanup_that_does_not_wait_lets_the_shutdown_race_the_abort() -> None:
-    """ENGINE-NO-ABORT-AFTER-CLEANUP (#13993): without the wait, cleanup begins under the
-    stopped requests and the abort-during-shutdown scenario no longer ends cleanly."""
+def test_cleanup_that_does_not_wait_begins_under_the_stopped_requests() -> None:
+    """ENGINE-NO-LIVE-AFTER-CLEANUP (#13993): without the wait, cleanup begins while the
+    aborted requests' streams are still open, so the abort-during-shutdown scenario
+    no longer ends cleanly."""
     scenario = named("engine-abort-during-shutdown")
-    assert unmet(scenario, tell(scenario, composition=no_wait(scenario))) != []
+    told = tell(scenario, composition=no_wait(scenario))
+    assert {broken.rule for broken in told.steps[8].broken} == {CLEANUP_WAITS, NO_LIVE_AFTER_CLEANUP}
+    assert unmet(scenario, told) != []
 
 
 def test_counter_examples_need_their_fault() -> None:
