@@ -104,7 +104,7 @@ class Narration:
         return tuple(step.number for step in self.steps if ActionKind.CALL_ABORT in step.actions)
 
     def text(self) -> str:
-        lines = [f"Mode {self.mode.value}. The request starts in {_state(self.initial.control)}."]
+        lines = [f"Mode {self.mode.value}. The request starts in {state_phrase(self.initial.control)}."]
         for step in self.steps:
             lines.append("")
             lines.append(f"{step.number}. {step.event.name}")
@@ -133,11 +133,11 @@ class Narration:
         return f"{where} {said}"
 
 
-def _state(control: ControlState) -> str:
+def state_phrase(control: ControlState) -> str:
     return f"{control.value} ({STATE_MEANING[control]})"
 
 
-def _event_meaning(ev: Event) -> str:
+def event_meaning(ev: Event) -> str:
     if ev.kind is not EventKind.TERMINAL:
         return _EVENT_MEANING[ev.kind]
     assert ev.finish_reason is not None
@@ -215,10 +215,10 @@ def _transition_sentence(before: RequestState, after: RequestState, ignored: boo
         return f"In {before.control.value} this event is ignored: nothing changes."
     if after.control is before.control:
         return f"The request stays in {before.control.value}."
-    return f"The request moves from {before.control.value} to {_state(after.control)}."
+    return f"The request moves from {before.control.value} to {state_phrase(after.control)}."
 
 
-def _rules_sentence(rules: Sequence[str]) -> str:
+def rules_sentence(rules: Sequence[str]) -> str:
     decided = f"Decided by {rules[0]}: {summary(rules[0])}."
     upheld = [f"{rule} ({summary(rule)})" for rule in rules[1:]]
     if upheld:
@@ -246,12 +246,12 @@ def narrate_step(
     except ProtocolViolation as violation:
         return _forbidden_step(number, state, ev, violation.rule, table)
     rules = list(dict.fromkeys([fired.rule, *_extra_rules(state, ev, fired.actions)]))
-    sentences = [_event_meaning(ev), _transition_sentence(state, fired.after, fired.ignored)]
+    sentences = [event_meaning(ev), _transition_sentence(state, fired.after, fired.ignored)]
     if not fired.ignored:
         sentences.append(_actions_sentence(fired.actions))
         sentences.extend(_memory_sentences(state, fired.after))
         sentences.extend(_why_sentences(state, ev, fired.row))
-    sentences.append(_rules_sentence(rules))
+    sentences.append(rules_sentence(rules))
     return NarratedStep(
         number, ev, state, fired.after, fired.actions, tuple(rules), fired.row, fired.ignored, (), tuple(sentences)
     )
@@ -260,7 +260,7 @@ def narrate_step(
 def _forbidden_step(number: int, state: RequestState, ev: Event, rule: str, table: CompiledTable) -> NarratedStep:
     allowed = tuple(allowed_events(state, table))
     sentences = (
-        _event_meaning(ev),
+        event_meaning(ev),
         f"NOT ALLOWED: the protocol forbids {ev.name} in {state.control.value} "
         f"(rule {rule}: {summary(rule)}).",
         f"The request stays in {state.control.value}; the adapter does nothing for this event.",

@@ -5,14 +5,38 @@ from __future__ import annotations
 import argparse
 import os
 import textwrap
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 from dynamo_backend_protocol.model import Event, Mode, UnknownEvent, parse_event
+from dynamo_backend_protocol.model.engine import Composition
+from dynamo_backend_protocol.model.teach.composed_events import (
+    BadComposedEvent,
+    parse_disagg_event,
+    parse_engine_event,
+)
+from dynamo_backend_protocol.model.teach.composed_run import tell, unmet
+from dynamo_backend_protocol.model.teach.composed_scenarios import (
+    COMPOSED_SCENARIOS,
+    ComposedScenario,
+    Machine,
+    composed_scenario,
+    expected_text,
+)
 from dynamo_backend_protocol.model.teach.diagram_plan import Highlight, plan_request_diagram
 from dynamo_backend_protocol.model.teach.narrate import Narration, narrate
+from dynamo_backend_protocol.model.teach.narrate_disagg import narrate_disagg
+from dynamo_backend_protocol.model.teach.narrate_engine import narrate_engine
 from dynamo_backend_protocol.model.teach.scenarios import SCENARIOS, Scenario, UnknownScenario, scenario
-from dynamo_backend_protocol.reference.cli.support import Subparsers, UsageError, add_mode_option, parse_modes
+from dynamo_backend_protocol.reference.cli.support import (
+    Subparsers,
+    UsageError,
+    add_mode_option,
+    parse_modes,
+    request_count,
+)
 from dynamo_backend_protocol.reference.diagrams import (
     FORMATS,
     DotNotInstalled,
@@ -24,6 +48,7 @@ from dynamo_backend_protocol.reference.diagrams import (
 )
 
 _WIDTH = 100
+T = TypeVar("T")
 
 
 def register(subparsers: Subparsers) -> None:
@@ -33,13 +58,29 @@ def register(subparsers: Subparsers) -> None:
         description=(
             "Tell, step by step, what the protocol does with a canonical scenario (see --list) or with "
             "any event sequence (--events setup,token_chunk,terminal:stop): the event, the state before "
-            "and after, the adapter's actions and the rules that decided it."
+            "and after, the adapter's actions and the rules that decided it. With --machine disagg a decode "
+            "request with its KV transfer (events: the request's and transfer_started, transfer_completed, "
+            "transfer_failed); with --requests N, N requests on one engine (events: rK:EVENT for request K, "
+            "engine:EVENT for start_called, start_ok, start_raised, drain, cleanup_called, cleanup_ok, "
+            "cleanup_raised)."
         ),
     )
     parser.add_argument("scenario", nargs="?", metavar="SCENARIO", help="a scenario name from --list")
     parser.add_argument("--list", action="store_true", help="list the canonical scenarios")
     parser.add_argument("--events", metavar="E1,E2,...", help="narrate this comma-separated event sequence")
     add_mode_option(parser, allow_all=True, default=None)
+    parser.add_argument(
+        "--machine",
+        choices=("request", "disagg"),
+        default=None,
+        help="request: one request (default); disagg: a decode request with its prefill peer's KV transfer",
+    )
+    parser.add_argument(
+        "--requests",
+        type=request_count,
+        metavar="N",
+        help="N requests sharing one engine with its lifecycle (events rK:EVENT and engine:EVENT)",
+    )
     parser.add_argument("--frames", metavar="DIR", help="also write one diagram per step into DIR")
     parser.add_argument(
         "--format", choices=FORMATS, default=None, help="format of the --frames diagrams (default: svg)"
@@ -52,12 +93,22 @@ def run(args: argparse.Namespace) -> int:
                                        ("--events", args.events is not None)) if given]
     if len(chosen) != 1:
         raise UsageError("give exactly one of SCENARIO, --list or --events (see explain --help)")
+    if args.machine == "disagg" and args.requests is not None:
+        raise UsageError("--requests composes requests on one engine; it does not take --machine disagg")
     mode_filter = None if args.mode is None else parse_modes(args.mode)
     if args.list:
         if args.frames is not None or args.format is not None:
             raise UsageError("--frames and --format draw narrated steps; --list narrates nothing")
-        print(list_scenarios(mode_filter))
+        print(list_all(args, mode_filter))
         return 0
+    composed = None if args.scenario is None else composed_scenario(args.scenario)
+    if args.scenario is not None and composed is None and (args.machine is not None or args.requests is not None):
+        find_scenario(args.scenario)
+        raise UsageError(f"scenario {args.scenario!r} tells one request: drop --machine and --requests")
+    if composed is not None or args.machine == "disagg" or args.requests is not None:
+        if args.frames is not None or args.format is not None:
+            raise UsageError("--frames draws one request's diagram; composed narrations have no frames")
+        return run_composed(args, composed)
     if args.format is not None and args.frames is None:
         raise UsageError("--format is the format of the --frames diagrams: give --frames DIR too")
     fmt: Format = "svg" if args.format is None else args.format
@@ -97,6 +148,95 @@ def frames_directory(directory: Path) -> Path:
     return directory
 
 
+def list_all(args: argparse.Namespace, modes: list[Mode] | None) -> str:
+    """Bare --list: the one-request scenarios, then the composed ones; --mode keeps the
+    one-request ones of that mode; --machine or --requests picks one machine's."""
+    if args.machine == "request":
+        return list_scenarios(modes)
+    if args.machine == "disagg" or args.requests is not None:
+        return list_composed(_composed_for(args.machine, args.requests))
+    if modes is not None:
+        return list_scenarios(modes)
+    header = "Composed models (--list --machine disagg, --list --requests N):"
+    return f"{list_scenarios()}\n\n{header}\n{list_composed(COMPOSED_SCENARIOS)}"
+
+
+def _composed_for(machine: str | None, requests: int | None) -> list[ComposedScenario]:
+    if machine == "disagg":
+        return [item for item in COMPOSED_SCENARIOS if item.machine is Machine.DISAGG]
+    engines = [item for item in COMPOSED_SCENARIOS if item.machine is Machine.ENGINE]
+    shown = [item for item in engines if item.requests == requests]
+    if not shown:
+        counts = ", ".join(sorted({str(item.requests) for item in engines}))
+        raise UsageError(f"--requests {requests}: no engine scenario has {requests} requests; they have {counts}")
+    return shown
+
+
+def list_composed(shown: Sequence[ComposedScenario]) -> str:
+    width = max(len(item.name) for item in COMPOSED_SCENARIOS)
+    return "\n".join(f"{item.name:<{width}}  {item.title}  [{item.where()}]" for item in shown)
+
+
+def run_composed(args: argparse.Namespace, found: ComposedScenario | None) -> int:
+    """A composed scenario, or --events with --machine disagg or --requests N."""
+    if found is not None:
+        _check_scenario_options(args, found)
+        told = tell(found)
+        print(composed_header(found))
+        print()
+        print(told.text())
+        differences = unmet(found, told)
+        if differences:
+            print(f"This differs from the scenario's expected end: {'; '.join(differences)}.")
+        else:
+            print("This is the scenario's expected end.")
+        return 0
+    if args.machine == "disagg":
+        if args.mode is not None and parse_modes(args.mode) != [Mode.DECODE]:
+            raise UsageError("--machine disagg is a decode request with its KV transfer; use --mode decode")
+        events = _parse_each(args.events, parse_disagg_event)
+        print()
+        print(narrate_disagg(events).text())
+        return 0
+    modes = [Mode.AGGREGATED] if args.mode is None else parse_modes(args.mode)
+    count: int = args.requests
+    moves = _parse_each(args.events, lambda token: parse_engine_event(token, count))
+    for mode in modes:
+        print()
+        print(narrate_engine(moves, Composition(args.requests, mode)).text())
+    return 0
+
+
+def _check_scenario_options(args: argparse.Namespace, found: ComposedScenario) -> None:
+    if args.machine is not None or args.requests is not None:
+        where = found.where()
+        raise UsageError(f"scenario {found.name!r} names its composition ({where}): drop --machine and --requests")
+    if args.mode is not None and parse_modes(args.mode) != [found.mode]:
+        raise UsageError(f"scenario {found.name!r} is told in mode {found.mode.value} only")
+
+
+def _parse_each(text: str, parse: Callable[[str], T]) -> list[T]:
+    """The --events items parsed; a bad one is reported with its position, as for one request."""
+    tokens = [token.strip() for token in text.split(",")]
+    if not any(tokens):
+        raise UsageError("--events needs at least one event, e.g. --events r1:setup,engine:drain")
+    parsed: list[T] = []
+    for position, token in enumerate(tokens, start=1):
+        if not token:
+            raise UsageError(f"--events item {position}: empty")
+        try:
+            parsed.append(parse(token))
+        except BadComposedEvent as bad:
+            raise UsageError(f"--events item {position}: {bad}") from None
+    return parsed
+
+
+def composed_header(found: ComposedScenario) -> str:
+    body = textwrap.fill(found.description, width=_WIDTH)
+    return "\n".join((f"Scenario {found.name}: {found.title}", body, f"Composition: {found.where()}.",
+                      f"Expected end: {expected_text(found)}"))
+
+
 def list_scenarios(modes: list[Mode] | None = None) -> str:
     """Every scenario, or those that apply in one of ``modes``."""
     shown = [item for item in SCENARIOS if modes is None or any(item.applies_to(mode) for mode in modes)]
@@ -112,7 +252,8 @@ def find_scenario(name: str) -> Scenario:
     try:
         return scenario(name)
     except UnknownScenario as unknown:
-        raise UsageError(str(unknown)) from None
+        composed = ", ".join(item.name for item in COMPOSED_SCENARIOS)
+        raise UsageError(f"{unknown}; composed scenarios: {composed}") from None
 
 
 def scenario_modes(found: Scenario, mode_text: str | None) -> list[Mode]:
