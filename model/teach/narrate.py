@@ -177,7 +177,7 @@ def _why_sentences(step_before: RequestState, ev: Event, row: Transition) -> lis
             "Aborting a decode request before its first token can orphan the prefill worker's "
             "in-flight KV transfer, so the abort waits."
         )
-    if row.rule == "DECODE-DEFER" and ActionKind.CALL_ABORT in row.actions:
+    if row.rule == "DECODE-DEFER" and ActionKind.CALL_ABORT in row.actions and ev.signals_first_token:
         said.append("This is the first-token signal the deferred abort was waiting for, so the abort fires now.")
     if row.rule == "DECODE-DROP":
         said.append("The stream ended before first-token, so the deferred abort is abandoned: no abort.")

@@ -133,3 +133,15 @@ def test_bad_composed_input_is_one_line_naming_what_is_wrong(
     assert out == ""
     assert len(err.strip().splitlines()) == 1
     assert complaint in err
+
+
+def test_an_abort_the_stop_itself_fires_is_not_told_as_the_first_token_it_waited_for(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Without the deferral a stop aborts at once; saying a first token released it would teach the
+    opposite of what happened, while the real deferral still says so at its first token."""
+    _, counter_example, _ = run_cli(capsys, "disagg-without-deferral")
+    _, deferred, _ = run_cli(capsys, "disagg-stop-during-transfer")
+    released = "first-token signal the deferred abort was waiting for"
+    assert released not in counter_example
+    assert released in deferred
