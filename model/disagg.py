@@ -25,11 +25,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dynamo_backend_protocol.model.invariants import LIVE, Invariant
+from dynamo_backend_protocol.model.liveness import (
+    DECODE_WAIT_ENDS,
+    DONE_EVENTUALLY,
+    ENGINE_PROGRESSES,
+    FIRST_TOKEN_OR_END,
+    SETUP_RETURNS,
+    STREAM_ENDS,
+    Fairness,
+    LivenessProperty,
+    abort_deferred,
+    aborted_or_done,
+    done,
+)
 from dynamo_backend_protocol.model.machine import CompiledTable, Step
 from dynamo_backend_protocol.model.state import RequestState
 from dynamo_backend_protocol.model.vocabulary import ActionKind, Event, Mode, Slug
 
 NO_ORPHANED_TRANSFER = "DISAGG-NO-ORPHANED-TRANSFER"
+TRANSFER_ENDS = "DISAGG-TRANSFER-ENDS"
 
 
 class TransferPhase(Slug):
@@ -129,3 +143,53 @@ def _never_orphaned(state: DisaggState) -> bool:
 DISAGG_STATE_INVARIANTS: list[Invariant[DisaggState]] = [
     Invariant(NO_ORPHANED_TRANSFER, "no_transfer_orphaned_by_an_abort", _never_orphaned),
 ]
+
+
+# --------------------------------------------------------------------------- liveness
+
+DisaggLiveness = LivenessProperty[DisaggState, DisaggEvent]
+
+
+def _on_request_events(fairness: Fairness[Event]) -> Fairness[DisaggEvent]:
+    return Fairness(fairness.name, fairness.assumes, lambda ev: isinstance(ev, Event) and fairness.covers(ev))
+
+
+TRANSFER_STARTS: Fairness[DisaggEvent] = Fairness(
+    "transfer-starts",
+    "once the decode stream exists, the decode engine eventually starts pulling the KV cache",
+    lambda ev: ev is TransferEvent.STARTED,
+)
+TRANSFER_COMPLETES_OR_FAILS: Fairness[DisaggEvent] = Fairness(
+    "transfer-completes-or-fails",
+    "a KV transfer in flight eventually completes or fails (the network and the prefill peer do not hang forever)",
+    lambda ev: ev in (TransferEvent.COMPLETED, TransferEvent.FAILED),
+)
+DISAGG_FAIRNESS: tuple[Fairness[DisaggEvent], ...] = (TRANSFER_STARTS, TRANSFER_COMPLETES_OR_FAILS)
+"""What the composition assumes beyond the request's own fairness (model/liveness.py)."""
+
+_TRANSFER_OVER = frozenset({TransferPhase.COMPLETED, TransferPhase.FAILED, TransferPhase.ORPHANED})
+
+
+def _lifted(fairness: tuple[Fairness[Event], ...]) -> tuple[Fairness[DisaggEvent], ...]:
+    return tuple(map(_on_request_events, fairness))
+
+
+DISAGG_LIVENESS: tuple[DisaggLiveness, ...] = (
+    LivenessProperty(
+        DONE_EVENTUALLY, "decode_request_with_transfer_reaches_done", lambda state: True,
+        lambda state: done(state.request),
+        (*_lifted((SETUP_RETURNS, ENGINE_PROGRESSES, STREAM_ENDS)), *DISAGG_FAIRNESS),
+    ),
+    LivenessProperty(
+        DECODE_WAIT_ENDS, "deferred_abort_with_transfer_fired_or_request_ends",
+        lambda state: abort_deferred(state.request), lambda state: aborted_or_done(state.request),
+        (*_lifted((ENGINE_PROGRESSES, FIRST_TOKEN_OR_END)), *DISAGG_FAIRNESS),
+    ),
+    LivenessProperty(
+        TRANSFER_ENDS, "transfer_in_flight_eventually_ends",
+        lambda state: state.transfer is TransferPhase.IN_FLIGHT, lambda state: state.transfer in _TRANSFER_OVER,
+        (TRANSFER_COMPLETES_OR_FAILS,),
+    ),
+)
+"""Liveness of the composition, each with the weak fairness it assumes: the request's own (on its
+events) and the transfer's.  Which of them each property needs the explorer finds, as for one request."""

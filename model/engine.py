@@ -34,7 +34,17 @@ from dynamo_backend_protocol.model.lifecycle import (
     LifecycleState,
     LifecycleViolation,
     Phase,
+    StartOutcome,
     lifecycle_step,
+)
+from dynamo_backend_protocol.model.liveness import (
+    DONE_EVENTUALLY,
+    ENGINE_PROGRESSES,
+    SETUP_RETURNS,
+    STREAM_ENDS,
+    Fairness,
+    LivenessProperty,
+    done,
 )
 from dynamo_backend_protocol.model.machine import CompiledTable, Step
 from dynamo_backend_protocol.model.state import RequestState, initial_state
@@ -43,6 +53,7 @@ from dynamo_backend_protocol.model.vocabulary import ActionKind, ControlState, E
 CLEANUP_WAITS = "ENGINE-CLEANUP-WAITS"
 NO_LIVE_AFTER_CLEANUP = "ENGINE-NO-LIVE-AFTER-CLEANUP"
 NO_ABORT_AFTER_CLEANUP = "ENGINE-NO-ABORT-AFTER-CLEANUP"
+CLEANUP_EVENTUALLY = "ENGINE-CLEANUP-EVENTUALLY"
 
 ENGINE_OWN_EVENTS: tuple[LifecycleEvent, ...] = tuple(
     event for event in LifecycleEvent if event not in (LifecycleEvent.GENERATE, LifecycleEvent.ABORT)
@@ -162,3 +173,60 @@ ENGINE_STEP_INVARIANTS: tuple[Invariant[EngineStep], ...] = (
     Invariant(CLEANUP_WAITS, "cleanup_begins_with_no_request_in_flight", _cleanup_begins_with_no_request_in_flight),
     Invariant(NO_ABORT_AFTER_CLEANUP, "no_abort_once_cleanup_begins", _no_abort_once_cleanup_begins),
 )
+
+
+# --------------------------------------------------------------------------- liveness
+
+EngineLiveness = LivenessProperty[EngineState, EngineEvent]
+
+REQUEST_FAIRNESS: tuple[Fairness[Event], ...] = (SETUP_RETURNS, ENGINE_PROGRESSES, STREAM_ENDS)
+"""What one request needs to reach Done (model/liveness.py), assumed of each request on its own events."""
+
+OWNER_CLEANS_UP: Fairness[EngineEvent] = Fairness(
+    "owner-cleans-up",
+    "when cleanup is allowed and stays allowed, the engine's owner eventually calls it",
+    lambda ev: ev is LifecycleEvent.CLEANUP_CALLED,
+)
+
+
+def on_request(index: int, fairness: Fairness[Event]) -> Fairness[EngineEvent]:
+    """``fairness`` on the events of request ``index`` alone: each request is fair on its own."""
+    return Fairness(
+        f"r{index + 1}-{fairness.name}",
+        f"request {index + 1}: {fairness.assumes}",
+        lambda ev: isinstance(ev, RequestMove) and ev.index == index and fairness.covers(ev.event),
+    )
+
+
+def engine_started(state: LifecycleState) -> bool:
+    """start was called and returned, with or without success."""
+    return state.start in (StartOutcome.SUCCEEDED, StartOutcome.RAISED)
+
+
+def cleanup_begun(state: LifecycleState) -> bool:
+    return state.phase in CLEANUP_BEGUN
+
+
+def engine_liveness(composition: Composition) -> tuple[EngineLiveness, ...]:
+    """Each request in flight reaches Done (DONE-EVENTUALLY on each request, fair on its own
+    events); a started engine's cleanup begins (ENGINE-CLEANUP-EVENTUALLY), given that every
+    request is fair and the owner calls cleanup once it is allowed."""
+    everyone = tuple(on_request(i, f) for i in range(composition.requests) for f in REQUEST_FAIRNESS)
+
+    def request_done(index: int) -> EngineLiveness:
+        return LivenessProperty(
+            DONE_EVENTUALLY,
+            f"request_{index + 1}_in_flight_reaches_done",
+            lambda state: in_flight(state.requests[index]),
+            lambda state: done(state.requests[index]),
+            tuple(on_request(index, f) for f in REQUEST_FAIRNESS),
+        )
+
+    cleanup: EngineLiveness = LivenessProperty(
+        CLEANUP_EVENTUALLY,
+        "started_engine_cleanup_begins",
+        lambda state: engine_started(state.lifecycle),
+        lambda state: cleanup_begun(state.lifecycle),
+        (*everyone, OWNER_CLEANS_UP),
+    )
+    return (*(request_done(i) for i in range(composition.requests)), cleanup)

@@ -76,11 +76,11 @@ FAIRNESS: tuple[Fairness[Event], ...] = (SETUP_RETURNS, ENGINE_PROGRESSES, STREA
 _LIVE = frozenset({ControlState.STREAMING, ControlState.CANCEL_PENDING, ControlState.ABORTED})
 
 
-def _done(state: RequestState) -> bool:
+def done(state: RequestState) -> bool:
     return state.control is ControlState.DONE
 
 
-def _aborted_or_done(state: RequestState) -> bool:
+def aborted_or_done(state: RequestState) -> bool:
     return state.aborts >= 1 or state.control is ControlState.DONE
 
 
@@ -88,24 +88,28 @@ def _cancelled_live(state: RequestState) -> bool:
     return state.cancel is not None and state.control in _LIVE
 
 
-def _abort_deferred(state: RequestState) -> bool:
+def abort_deferred(state: RequestState) -> bool:
     """Judged from the variables, not the control state: decode, live, cancelled, no first token, no abort."""
     return state.mode is Mode.DECODE and _cancelled_live(state) and not state.first_token and state.aborts == 0
 
 
 RequestLiveness = LivenessProperty[RequestState, Event]
 
+DONE_EVENTUALLY = "DONE-EVENTUALLY"
+ABORT_EVENTUALLY = "ABORT-EVENTUALLY"
+DECODE_WAIT_ENDS = "DECODE-WAIT-ENDS"
+
 LIVENESS_PROPERTIES: tuple[RequestLiveness, ...] = (
     LivenessProperty(
-        "DONE-EVENTUALLY", "every_request_reaches_done", lambda state: True, _done,
+        DONE_EVENTUALLY, "every_request_reaches_done", lambda state: True, done,
         (SETUP_RETURNS, ENGINE_PROGRESSES, STREAM_ENDS),
     ),
     LivenessProperty(
-        "ABORT-EVENTUALLY", "cancelled_live_request_aborted_or_done", _cancelled_live, _aborted_or_done,
+        ABORT_EVENTUALLY, "cancelled_live_request_aborted_or_done", _cancelled_live, aborted_or_done,
         (ENGINE_PROGRESSES, FIRST_TOKEN_OR_END),
     ),
     LivenessProperty(
-        "DECODE-WAIT-ENDS", "deferred_abort_fired_or_request_ends", _abort_deferred, _aborted_or_done,
+        DECODE_WAIT_ENDS, "deferred_abort_fired_or_request_ends", abort_deferred, aborted_or_done,
         (ENGINE_PROGRESSES, FIRST_TOKEN_OR_END),
     ),
 )

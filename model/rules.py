@@ -30,6 +30,9 @@ RULES: dict[str, str] = {
     "DECODE-DROP": "a deferred abort is dropped when the stream ends before first-token",
     "DECODE-TIE": "first-token and stream-end in the same step resolve to abort",
     "DISAGG-NO-ORPHANED-TRANSFER": "no abort while the decode request's KV transfer is in flight",
+    "DISAGG-TRANSFER-ENDS": (
+        "a KV transfer in flight eventually completes, fails or is orphaned, if the network does not hang"
+    ),
     "DECODE-WAIT-ENDS": "a deferred abort is eventually fired or dropped, if a first token or the stream's end comes",
     # Request teardown.
     "WATCH-RELEASED": "a finished request holds no cancellation watch",
@@ -68,6 +71,9 @@ RULES: dict[str, str] = {
     ),
     "ENGINE-NO-LIVE-AFTER-CLEANUP": "no request is in flight on an engine whose cleanup has begun",
     "ENGINE-NO-ABORT-AFTER-CLEANUP": "no request calls engine.abort once the engine's cleanup has begun",
+    "ENGINE-CLEANUP-EVENTUALLY": (
+        "once start has returned, the engine's cleanup eventually begins, if requests end and the owner calls it"
+    ),
 }
 
 

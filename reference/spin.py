@@ -19,6 +19,7 @@ from pathlib import Path
 from dynamo_backend_protocol.model.engine import Composition
 from dynamo_backend_protocol.model.explore.promela import claims, promela_body
 from dynamo_backend_protocol.model.explore.promela_engine import engine_claims, engine_promela_body
+from dynamo_backend_protocol.model.explore.promela_parts import ALL_SAFETY
 from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable
 from dynamo_backend_protocol.model.vocabulary import Mode
 
@@ -57,30 +58,41 @@ def _run(argv: list[str], folder: Path) -> str:
 
 
 def spin_check(mode: Mode, table: CompiledTable = DEFAULT_TABLE, with_transfer: bool = False) -> list[SpinVerdict]:
-    """SPIN's verdict on every state invariant and liveness property of ``mode`` (with
-    ``with_transfer``: every state invariant of the decode request composed with its KV transfer)."""
+    """SPIN's verdict on every state and step invariant and liveness property of ``mode`` (with
+    ``with_transfer``: of the decode request composed with its KV transfer)."""
     return list(_verdicts(promela_body(mode, table, with_transfer), tuple(claims(with_transfer))))
 
 
 def spin_check_engine(composition: Composition, table: CompiledTable = DEFAULT_TABLE) -> list[SpinVerdict]:
-    """SPIN's verdict on every state invariant of N requests sharing one engine, and the ENGINE-* rules."""
-    return list(_verdicts(engine_promela_body(composition, table), tuple(engine_claims())))
+    """SPIN's verdict on every invariant of N requests sharing one engine (the requests', the
+    lifecycle's, the ENGINE-* rules) and, for at most two requests, every liveness property."""
+    return list(_verdicts(engine_promela_body(composition, table), tuple(engine_claims(composition))))
+
+
+_SAFETY_CLAIM = re.compile(r"^ltl (\w+) \{ \[\] [^<>\n]*\}$", re.MULTILINE)
 
 
 @cache
 def _verdicts(model: str, claims: tuple[tuple[str, str, str], ...]) -> tuple[SpinVerdict, ...]:
-    """Modes whose exports are the same text (agg, prefill, encode today) are verified once."""
+    """Modes whose exports are the same text (agg, prefill, encode today) are verified once.
+    The safety claims are decided together by the export's conjunction when it holds."""
     spin, compiler = spin_commands()
+    safety = set(_SAFETY_CLAIM.findall(model)) - {ALL_SAFETY}
     with tempfile.TemporaryDirectory(prefix="dbp-spin-") as name:
         folder = Path(name)
         (folder / "model.pml").write_text(model)
         _run([spin, "-a", "model.pml"], folder)
         _run([compiler, "-w", "-O0", "-o", "pan", "pan.c"], folder)
-        verdicts: list[SpinVerdict] = []
-        for rule, invariant, claim in claims:
+
+        def holds(claim: str) -> bool:
             out = _run([str(folder / "pan"), "-a", "-N", claim], folder)
             found = _ERRORS.search(out)
             if found is None:
                 raise SpinUnavailable(f"pan gave no verdict for {claim}: {out.strip()[-300:]}")
-            verdicts.append(SpinVerdict(rule, invariant, found.group(1) == "0"))
-        return tuple(verdicts)
+            return found.group(1) == "0"
+
+        all_safe = ALL_SAFETY in model and holds(ALL_SAFETY)
+        return tuple(
+            SpinVerdict(rule, invariant, True if all_safe and claim in safety else holds(claim))
+            for rule, invariant, claim in claims
+        )

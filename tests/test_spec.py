@@ -24,6 +24,8 @@ import pytest
 from dynamo_backend_protocol.model import (
     Mode,
 )
+from dynamo_backend_protocol.model.disagg import DISAGG_LIVENESS
+from dynamo_backend_protocol.model.engine import Composition, engine_liveness
 from dynamo_backend_protocol.model.explore import explore
 from dynamo_backend_protocol.model.explore.lifecycle import explore_lifecycle
 from dynamo_backend_protocol.model.rules import RULES
@@ -84,6 +86,9 @@ def registered_invariants() -> dict[str, set[str]]:
     request, lifecycle = explore(Mode.AGGREGATED), explore_lifecycle()
     checked = [(result.rule, result.name) for result in [*request.invariants, *lifecycle.invariants]]
     checked += [(result.rule, result.name) for result in [*request.liveness, *lifecycle.liveness]]
+    # The compositions' liveness properties (one per request for N requests: the first stands for all).
+    checked += [(prop.rule, prop.name) for prop in DISAGG_LIVENESS]
+    checked += [(prop.rule, prop.name) for prop in engine_liveness(Composition(1))]
     for rule, name in checked:
         by_rule.setdefault(rule, set()).add(name)
     return by_rule

@@ -36,6 +36,8 @@ from dynamo_backend_protocol.model.invariants import STATE_INVARIANTS, STEP_INVA
 from dynamo_backend_protocol.model.lifecycle import (
     CLEANUP_AFTER_START,
     CLEANUP_REACHABLE,
+    LIFECYCLE_STATE_INVARIANTS,
+    LIFECYCLE_STEP_INVARIANTS,
     LifecycleEvent,
     LifecycleState,
     LifecycleTableError,
@@ -140,6 +142,10 @@ class CompiledLifecycle:
     """Per state: the target of an abort, or -1 (the request calls it all the same)."""
     cleanup_begun: frozenset[int]
     cleaned_up: frozenset[int]
+    broken: dict[int, list[str]] = field(default_factory=dict)
+    """State index -> lifecycle state invariants it breaks."""
+    broken_steps: dict[tuple[int, LifecycleEvent], list[str]] = field(default_factory=dict)
+    """(state index, event) -> lifecycle step invariants that event breaks there."""
 
 
 def compile_lifecycle() -> CompiledLifecycle:
@@ -149,13 +155,18 @@ def compile_lifecycle() -> CompiledLifecycle:
     own: list[list[tuple[int, int]]] = []
     generate: list[int] = []
     abort: list[int] = []
+    broken_steps: dict[tuple[int, LifecycleEvent], list[str]] = {}
     position = 0
 
     def target(state: LifecycleState, ev: LifecycleEvent) -> int:
         try:
-            after = lifecycle_step(state, ev).after
+            taken = lifecycle_step(state, ev)
         except (LifecycleViolation, LifecycleTableError):
             return -1
+        bad = [inv.name for inv in LIFECYCLE_STEP_INVARIANTS if not inv.holds(taken)]
+        if bad:
+            broken_steps[(index[state], ev)] = bad
+        after = taken.after
         if after not in index:
             index[after] = len(states)
             states.append(after)
@@ -170,7 +181,12 @@ def compile_lifecycle() -> CompiledLifecycle:
         abort.append(target(state, LifecycleEvent.ABORT))
     begun = frozenset(i for i, state in enumerate(states) if state.phase in CLEANUP_BEGUN)
     done = frozenset(i for i, state in enumerate(states) if state.phase is Phase.CLEANED_UP)
-    return CompiledLifecycle(states, own, generate, abort, begun, done)
+    broken = {
+        i: bad
+        for i, state in enumerate(states)
+        if (bad := [inv.name for inv in LIFECYCLE_STATE_INVARIANTS if not inv.holds(state)])
+    }
+    return CompiledLifecycle(states, own, generate, abort, begun, done, broken, broken_steps)
 
 
 @dataclass
@@ -218,6 +234,8 @@ def explore_compiled(
     results = {name: InvariantResult(rule, name) for rule, name in [
         *((inv.rule, inv.name) for inv in STATE_INVARIANTS),
         *((inv.rule, inv.name) for inv in STEP_INVARIANTS),
+        *((inv.rule, inv.name) for inv in LIFECYCLE_STATE_INVARIANTS),
+        *((inv.rule, inv.name) for inv in LIFECYCLE_STEP_INVARIANTS),
         *_ENGINE_INVARIANTS,
     ]}
     well_formed = InvariantResult(TABLE_WELL_FORMED, "table_is_deterministic_and_complete")
@@ -253,6 +271,10 @@ def explore_compiled(
         if lc in begun and not live.isdisjoint(requests):
             pending.append(("no_request_in_flight_once_cleanup_begins", at, None, "a request is in flight"))
             ok = False
+        if lc in life.broken:
+            for name in life.broken[lc]:
+                pending.append((name, at, None, f"reaches {life.states[lc].describe()}"))
+            ok = False
         if broken_requests and not broken_requests.isdisjoint(requests):
             for r in sorted(set(requests) & broken_requests):
                 for name in req.broken[r]:
@@ -277,6 +299,9 @@ def explore_compiled(
                     continue
                 detail = "a request is in flight"
                 pending.append(("cleanup_begins_with_no_request_in_flight", here, -1 - event_index, detail))
+            lifecycle_broken = life.broken_steps.get((lc, ENGINE_OWN_EVENTS[event_index]))
+            for name in lifecycle_broken or ():
+                pending.append((name, here, -1 - event_index, "an engine step breaks it"))
             transitions += 1
             after = (to, *requests)
             found = index.get(after)
@@ -285,7 +310,7 @@ def explore_compiled(
                 order.append(after)
                 parent.append(here)
                 via.append(-1 - event_index)
-                expand.append(state_ok(after, found))
+                expand.append(state_ok(after, found) and (not lifecycle_broken or explore_past_violations))
             edges.append(found)
         serves = generate[lc] >= 0
         previous = -1
@@ -301,13 +326,19 @@ def explore_compiled(
                 pending.append(("table_is_deterministic_and_complete", here, faulty, req.malformed[r][1]))
             for k, target, count, generates, aborts, broken in rows[r]:
                 next_lc = lc
+                clean = True
                 if generates:
                     if not serves:
                         continue
+                    for name in life.broken_steps.get((lc, LifecycleEvent.GENERATE), ()):
+                        pending.append((name, here, r * width + k, "the request's generate breaks it"))
+                        clean = False
                     next_lc = generate[lc]
-                clean = True
                 if aborts:
                     if abort[next_lc] >= 0:
+                        for name in life.broken_steps.get((next_lc, LifecycleEvent.ABORT), ()):
+                            pending.append((name, here, r * width + k, "the request's abort breaks it"))
+                            clean = False
                         next_lc = abort[next_lc]
                     if lc in begun:
                         pending.append(("no_abort_once_cleanup_begins", here, r * width + k, "abort after cleanup"))

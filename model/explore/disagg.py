@@ -1,8 +1,9 @@
 """Exploring a decode request together with its KV transfer (:mod:`..disagg`) to a fixpoint.
 
 Every request invariant is checked on the request inside each composed state
-and step, and the composition's own invariants on the whole; the walk and
-the counterexamples are those of every other machine (:mod:`.checking`).
+and step, and the composition's own invariants and liveness properties on
+the whole; the walk, the counterexamples and the lassos are those of every
+other machine (:mod:`.checking`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dynamo_backend_protocol.model.disagg import (
+    DISAGG_LIVENESS,
     DISAGG_STATE_INVARIANTS,
     DisaggEvent,
     DisaggState,
@@ -20,6 +22,7 @@ from dynamo_backend_protocol.model.disagg import (
     initial_disagg_state,
 )
 from dynamo_backend_protocol.model.explore.checking import MachineReport, MachineSpec, timed_check
+from dynamo_backend_protocol.model.faults import FAULT_INVARIANTS
 from dynamo_backend_protocol.model.invariants import (
     DONE_REACHABLE,
     STATE_INVARIANTS,
@@ -58,8 +61,11 @@ def _describe(step: DisaggStep) -> str:
     return f"{_name(step.event)} in {step.before.describe()} -> {step.after.describe()} / {actions}"
 
 
-def explore_disagg(table: CompiledTable = DEFAULT_TABLE, explore_past_violations: bool = False) -> DisaggReport:
-    """Breadth-first over a decode request and its transfer; the first counterexample is a shortest one."""
+def explore_disagg(
+    table: CompiledTable = DEFAULT_TABLE, explore_past_violations: bool = False, liveness: bool = True
+) -> DisaggReport:
+    """Breadth-first over a decode request and its transfer; the first counterexample is a shortest one.
+    Then (unless ``liveness`` is off) every liveness property of the composition under its fairness."""
     report = timed_check(
         MachineSpec(
             initial=initial_disagg_state(table),
@@ -69,13 +75,14 @@ def explore_disagg(table: CompiledTable = DEFAULT_TABLE, explore_past_violations
             event_name=_name,
             describe_state=DisaggState.describe,
             describe_step=_describe,
-            state_invariants=[*map(_on_request, STATE_INVARIANTS), *DISAGG_STATE_INVARIANTS],
+            state_invariants=[*map(_on_request, (*STATE_INVARIANTS, *FAULT_INVARIANTS)), *DISAGG_STATE_INVARIANTS],
             step_invariants=[*map(_on_request_step, STEP_INVARIANTS)],
             forbidden=(ProtocolViolation, NotEnabled),
             malformed=(TableError,),
             well_formed=(TABLE_WELL_FORMED, "table_is_deterministic_and_complete"),
             finished=lambda state: state.request.control is ControlState.DONE,
             can_finish=(DONE_REACHABLE, "done_reachable_from_every_state"),
+            liveness=DISAGG_LIVENESS if liveness else (),
             explore_past_violations=explore_past_violations,
         )
     )

@@ -20,6 +20,7 @@ from dynamo_backend_protocol.model.engine import (
     EngineStep,
     NotEnabled,
     RequestMove,
+    engine_liveness,
     engine_step,
     initial_engine_state,
 )
@@ -59,10 +60,18 @@ def _describe(step: EngineStep) -> str:
     return f"{event_name(step.event)} in {step.before.describe()} -> {step.after.describe()} / {actions}"
 
 
+LIVENESS_MAX_REQUESTS = 2
+"""Liveness is checked on the generic walk's graph, without symmetry: beyond two requests it is too slow."""
+
+
 def explore_engine(
-    composition: Composition, table: CompiledTable = DEFAULT_TABLE, explore_past_violations: bool = False
+    composition: Composition,
+    table: CompiledTable = DEFAULT_TABLE,
+    explore_past_violations: bool = False,
+    liveness: bool = False,
 ) -> MachineReport:
-    """Breadth-first over every interleaving of the requests and the lifecycle; no symmetry."""
+    """Breadth-first over every interleaving of the requests and the lifecycle; no symmetry.
+    With ``liveness``, also every liveness property of the composition under its fairness."""
     return timed_check(
         MachineSpec(
             initial=initial_engine_state(table, composition),
@@ -79,6 +88,7 @@ def explore_engine(
             well_formed=(TABLE_WELL_FORMED, "table_is_deterministic_and_complete"),
             finished=lambda state: state.lifecycle.phase is Phase.CLEANED_UP,
             can_finish=(CLEANUP_AFTER_START, CLEANUP_REACHABLE),
+            liveness=engine_liveness(composition) if liveness else (),
             max_states=2_000_000,
             explore_past_violations=explore_past_violations,
         )

@@ -1,4 +1,4 @@
-"""``export``: the request table of one mode as a Promela model for SPIN."""
+"""``export``: the request table of one mode, or a composition, as a Promela model for SPIN."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from dynamo_backend_protocol.reference.cli.support import (
 def register(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "export",
-        help="write the request table of one mode as a Promela model (state invariants and liveness as LTL)",
+        help="write the request table of one mode as a Promela model (invariants and liveness as LTL)",
     )
     parser.add_argument("--format", choices=("promela",), default="promela", help="the only format: promela")
     add_mode_option(parser, allow_all=False, default="agg")
@@ -37,7 +37,7 @@ def register(subparsers: Subparsers) -> None:
         "--requests",
         type=request_count,
         metavar="N",
-        help="N requests of the mode sharing one engine, with its lifecycle (state invariants only)",
+        help="N requests of the mode sharing one engine, with its lifecycle (liveness too for N up to 2)",
     )
     parser.add_argument("-o", "--output", metavar="PATH", help="write to PATH instead of standard output")
     parser.set_defaults(run=run)

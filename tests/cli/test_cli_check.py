@@ -21,6 +21,8 @@ from dynamo_backend_protocol.model import (
     Mode,
 )
 from dynamo_backend_protocol.model.explore import ExplorationReport, explore_all
+from dynamo_backend_protocol.model.explore.compiled import explore_compiled
+from dynamo_backend_protocol.model.explore.engine import explore_engine
 from dynamo_backend_protocol.model.faults import FAULT_INVARIANTS
 from dynamo_backend_protocol.model.invariants import DONE_REACHABLE, TABLE_WELL_FORMED, all_invariants
 from dynamo_backend_protocol.reference.cli import check as cli_check
@@ -361,3 +363,45 @@ def test_check_requests_refuses_bad_input_in_one_line(capsys: pytest.CaptureFixt
     assert code == 2
     assert out == ""
     assert len(err.strip().splitlines()) == 1
+
+
+def test_check_machine_disagg_reports_its_liveness_with_the_fairness_it_needs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--machine disagg reports the composition's liveness rules (DISAGG-TRANSFER-ENDS among
+    them) with the lasso each needed fairness lets through when dropped, in text and JSON."""
+    code, out, _ = run_cli(capsys, "check", "--machine", "disagg")
+    assert code == 0
+    assert any("holds" in line and "DISAGG-TRANSFER-ENDS" in line for line in out.splitlines())
+    assert "without transfer-completes-or-fails: setup -> transfer_started" in out
+    code, data = check_json(capsys, "--machine", "disagg")
+    liveness = {item["id"]: item for item in data["disagg"]["liveness"]}
+    assert liveness["DISAGG-TRANSFER-ENDS"]["needs"] == ["transfer-completes-or-fails"]
+    assert liveness["DONE-EVENTUALLY"]["holds"] is True
+
+
+def test_check_requests_reports_liveness_and_prints_the_lasso_when_it_fails(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check --requests 2 reports each request's DONE-EVENTUALLY and ENGINE-CLEANUP-EVENTUALLY;
+    on a table where an aborted request never ends, both fail with a fair lasso and exit 1."""
+    code, data = check_json(capsys, "--requests", "2", "--mode", "agg")
+    assert code == 0
+    rules = [item["id"] for item in data["modes"]["agg"]["liveness"]]
+    assert rules == ["DONE-EVENTUALLY", "DONE-EVENTUALLY", "ENGINE-CLEANUP-EVENTUALLY"]
+    table, _ = _aborted_never_ends()
+    monkeypatch.setattr(cli_check, "explore_engine", lambda composition, liveness: explore_engine(
+        composition, table, liveness=liveness))
+    monkeypatch.setattr(cli_check, "explore_compiled", lambda composition: explore_compiled(composition, table))
+    code, out, _ = run_cli(capsys, "check", "--requests", "2", "--mode", "agg")
+    assert code == 1
+    assert any("VIOLATED" in line and "ENGINE-CLEANUP-EVENTUALLY" in line for line in out.splitlines())
+    assert "fair lasso: start_called -> start_ok -> r1:setup" in out
+
+
+def test_check_requests_beyond_two_says_liveness_is_not_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    """Liveness of N requests needs the walk without symmetry; beyond two requests check says
+    it did not check it, rather than passing silently."""
+    code, out, _ = run_cli(capsys, "check", "--requests", "3", "--mode", "prefill")
+    assert code == 0
+    assert "liveness not checked: beyond 2 requests" in out

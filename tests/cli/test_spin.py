@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 from dynamo_backend_protocol.model import CompiledTable, Mode
-from dynamo_backend_protocol.model.explore.promela import export_promela
-from dynamo_backend_protocol.model.invariants import STATE_INVARIANTS
+from dynamo_backend_protocol.model.engine import Composition
+from dynamo_backend_protocol.model.explore.promela import REQUEST_STATE_INVARIANTS, claims, export_promela
+from dynamo_backend_protocol.model.explore.promela_engine import engine_claims
+from dynamo_backend_protocol.model.explore.promela_parts import ALL_SAFETY
+from dynamo_backend_protocol.model.invariants import STEP_INVARIANTS
+from dynamo_backend_protocol.model.lifecycle import LIFECYCLE_STATE_INVARIANTS
 from dynamo_backend_protocol.model.liveness import LIVENESS_PROPERTIES
 from dynamo_backend_protocol.reference.cli import main
 from optional_tools import require_commands
@@ -23,28 +27,37 @@ def test_check_engine_spin_reports_every_property_and_what_it_cannot_check(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """check --engine spin prints SPIN's verdict per property in the check table's
-    form, names what SPIN does not check, and exits 0 on the shipped table."""
+    form (step invariants among them), names the two it cannot check and why, and
+    exits 0 on the shipped table."""
     require_commands("spin", "cc", install=SPIN_INSTALL)
     assert main(["check", "--engine", "spin", "--mode", "decode"]) == 0
     out = capsys.readouterr().out
     assert "DECODE-WAIT-ENDS" in out and "holds" in out
-    assert "not checked by SPIN: step invariants" in out
+    assert all(inv.name in out for inv in STEP_INVARIANTS)
+    [not_checked] = [line for line in out.splitlines() if line.startswith("not checked by SPIN:")]
+    assert "TABLE-WELL-FORMED" in not_checked and "DONE-REACHABLE" in not_checked
+    assert "step invariants" not in not_checked
 
 
 def test_export_is_generated_with_one_claim_per_property(capsys: pytest.CaptureFixture[str]) -> None:
-    """The export names its mode and has an ltl claim per state invariant and liveness property."""
+    """The export names its mode and has an ltl claim per state invariant, step invariant
+    and liveness property, plus the conjunction of the safety claims."""
     assert main(["export", "--format", "promela", "--mode", "decode"]) == 0
     out = capsys.readouterr().out
     assert out == export_promela(Mode.DECODE, CompiledTable())
-    claims = [line.split()[1] for line in out.splitlines() if line.startswith("ltl ")]
-    assert len(claims) == len(STATE_INVARIANTS) + len(LIVENESS_PROPERTIES)
+    found = [line.split()[1] for line in out.splitlines() if line.startswith("ltl ")]
+    assert sorted(found) == sorted([claim for _, _, claim in claims()] + [ALL_SAFETY])
+    assert len(found) == len(REQUEST_STATE_INVARIANTS) + len(STEP_INVARIANTS) + len(LIVENESS_PROPERTIES) + 1
 
 
 def test_export_requests_is_the_composed_model(capsys: pytest.CaptureFixture[str]) -> None:
-    """export --requests N writes the N-request composition, with a claim per state
-    invariant and each ENGINE-* rule (ENGINE-NO-ABORT-AFTER-CLEANUP among them)."""
+    """export --requests N writes the N-request composition, with a claim per request and
+    lifecycle invariant, each ENGINE-* rule (ENGINE-NO-ABORT-AFTER-CLEANUP among them) and,
+    for two requests, each liveness rule (ENGINE-CLEANUP-EVENTUALLY among them)."""
     assert main(["export", "--format", "promela", "--mode", "agg", "--requests", "2"]) == 0
     out = capsys.readouterr().out
     assert "2 agg request(s) sharing one engine" in out.splitlines()[0]
-    claims = [line.split()[1] for line in out.splitlines() if line.startswith("ltl ")]
-    assert len(claims) == len(STATE_INVARIANTS) + 3 and "no_abort_once_cleanup_begins" in claims
+    found = [line.split()[1] for line in out.splitlines() if line.startswith("ltl ")]
+    assert set(found) == {claim for _, _, claim in engine_claims(Composition(2, Mode.AGGREGATED))} | {ALL_SAFETY}
+    assert "no_abort_once_cleanup_begins" in found and "started_engine_cleanup_begins" in found
+    assert any(inv.name in found for inv in LIFECYCLE_STATE_INVARIANTS)

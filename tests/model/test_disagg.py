@@ -7,6 +7,7 @@ import pytest
 from dynamo_backend_protocol.model import ActionKind, CompiledTable, ControlState, EventKind, Mode, parse_event
 from dynamo_backend_protocol.model.disagg import (
     NO_ORPHANED_TRANSFER,
+    TRANSFER_ENDS,
     DisaggEvent,
     DisaggState,
     NotEnabled,
@@ -76,3 +77,23 @@ def test_the_transfer_starts_only_once_the_stream_exists() -> None:
     table = CompiledTable()
     with pytest.raises(NotEnabled):
         disagg_step(table, initial_disagg_state(table), TransferEvent.STARTED)
+
+
+def test_a_transfer_in_flight_ends_only_if_the_transport_does() -> None:
+    """DISAGG-TRANSFER-ENDS holds under its fairness, and needs it: dropped, the transfer
+    stays in flight for ever while the engine keeps streaming (the leaked KV blocks of
+    ai-dynamo/dynamo PR #7489)."""
+    [result] = [found for found in explore_disagg().liveness if found.rule == TRANSFER_ENDS]
+    assert result.holds and result.needs == ["transfer-completes-or-fails"]
+    lasso = result.without["transfer-completes-or-fails"]
+    assert "transfer_started" in lasso.prefix
+    assert not any(name.startswith("transfer_") for name in lasso.cycle)
+
+
+def test_the_request_ends_with_its_transfer_without_assuming_the_transfer_ends() -> None:
+    """DONE-EVENTUALLY and DECODE-WAIT-ENDS hold in the composition, and neither needs
+    the transfer's fairness: a stream that ends never waits for the KV cache."""
+    results = {found.rule: found for found in explore_disagg().liveness}
+    for rule in ("DONE-EVENTUALLY", "DECODE-WAIT-ENDS"):
+        assert results[rule].holds
+        assert not {"transfer-starts", "transfer-completes-or-fails"} & set(results[rule].needs)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 from dynamo_backend_protocol.model import CompiledTable, Mode, parse_event
 from dynamo_backend_protocol.model.engine import (
+    CLEANUP_EVENTUALLY,
     CLEANUP_WAITS,
     NO_ABORT_AFTER_CLEANUP,
     NO_LIVE_AFTER_CLEANUP,
@@ -108,3 +109,23 @@ def test_a_draining_engine_takes_no_new_request() -> None:
         state = engine_step(DEFAULT_TABLE, composition, state, event).after
     with pytest.raises(NotEnabled):
         engine_step(DEFAULT_TABLE, composition, state, RequestMove(0, parse_event("setup")))
+
+
+def test_cleanup_eventually_begins_only_if_requests_end_and_the_owner_calls_it() -> None:
+    """ENGINE-CLEANUP-EVENTUALLY holds for two requests under its fairness; it needs the
+    owner to call cleanup and each request's stream to end, each shown by the loop that
+    dropping it lets through."""
+    report = explore_engine(Composition(2, Mode.AGGREGATED), liveness=True)
+    [result] = [found for found in report.liveness if found.rule == CLEANUP_EVENTUALLY]
+    assert result.holds
+    assert {"owner-cleans-up", "r1-stream-ends", "r2-stream-ends"} <= set(result.needs)
+    assert result.without["r1-stream-ends"].cycle == ["r1:token_chunk"]
+
+
+def test_each_request_in_flight_reaches_done_on_a_shared_engine() -> None:
+    """DONE-EVENTUALLY holds for each of two requests in the composition, fair on its own
+    events only: the other request's progress is not assumed."""
+    report = explore_engine(Composition(2, Mode.DECODE), liveness=True)
+    done = [found for found in report.liveness if found.rule == "DONE-EVENTUALLY"]
+    assert [found.name for found in done] == ["request_1_in_flight_reaches_done", "request_2_in_flight_reaches_done"]
+    assert all(found.holds for found in done)
