@@ -89,7 +89,7 @@ def check_liveness(
     fairness = list(prop.fairness)
     result = LivenessResult(prop.rule, prop.name, [f.name for f in fairness])
     result.triggered = any(prop.trigger(state) for state in graph)
-    search = _Search(graph, initial, prop, event_name)
+    search = _Search(*_numbered(graph, initial, prop), event_name)
     result.counterexample = search.lasso(fairness)
     if result.counterexample is not None:
         return result
@@ -99,6 +99,29 @@ def check_liveness(
             result.without[dropped.name] = lasso
     result.without_fairness = search.lasso([]) if fairness else None
     return result
+
+
+def _numbered(
+    graph: Graph[S, E], initial: S, prop: LivenessProperty[S, E]
+) -> tuple[Graph[int, E], int, LivenessProperty[int, E]]:
+    """The same graph and property over state numbers: the search looks states up in its
+    sets and maps many times over, and a composed state hashes its every field each time."""
+    states: list[S] = []
+    numbers: dict[S, int] = {}
+
+    def number(state: S) -> int:
+        found = numbers.get(state)
+        if found is None:
+            found = numbers[state] = len(states)
+            states.append(state)
+        return found
+
+    numbered = {number(state): [(ev, number(after)) for ev, after in edges] for state, edges in graph.items()}
+    start = number(initial)
+    on_numbers: LivenessProperty[int, E] = LivenessProperty(
+        prop.rule, prop.name, lambda n: prop.trigger(states[n]), lambda n: prop.goal(states[n]), prop.fairness
+    )
+    return numbered, start, on_numbers
 
 
 class _Search(Generic[S, E]):
