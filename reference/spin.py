@@ -3,8 +3,8 @@
 The export (``model/explore/promela.py``) is written to a temporary folder,
 SPIN generates a verifier, a C compiler builds it, and the verifier checks
 each ``ltl`` claim (``pan -a -N claim``, acceptance cycles on, so liveness
-counts), as many claims at once as the machine has cores.  Every step has a
-time limit; the folder is removed.
+counts), as many claims at once as the machine has cores (at most
+``MAX_VERIFIERS``).  Every step has a time limit; the folder is removed.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from dynamo_backend_protocol.model.vocabulary import Mode
 
 STEP_TIMEOUT = 120.0
 """Seconds any one of spin, the compiler or one verifier run may take."""
+MAX_VERIFIERS = 4
+"""Verifiers run at once, at most: each holds a 128 MiB hash table (pan's default -w24)."""
 
 _ERRORS = re.compile(r"errors: (\d+)")
 
@@ -97,7 +99,7 @@ def _verdicts(model: str, claims: tuple[tuple[str, str, str], ...]) -> tuple[Spi
         others = [claim for _, _, claim in claims if claim not in safety]
         first = [ALL_SAFETY] if ALL_SAFETY in model else []
         # Each verifier is one single-threaded process: the claims are independent, so they share the cores.
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, MAX_VERIFIERS)) as pool:
             decided = dict(zip([*first, *others], pool.map(holds, [*first, *others]), strict=True))
             if decided.get(ALL_SAFETY, False):
                 decided.update(dict.fromkeys(safety, True))
