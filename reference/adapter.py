@@ -375,6 +375,11 @@ class _RequestDriver:
         validate = self._adapter.validate
         reads = stream if type(stream) is AsyncGeneratorType else _Reads(stream)
         position = 0
+        # What the per-chunk check reads, bound as locals: a local is read in one
+        # step, a global or builtin needs a lookup, and the check reads eight per chunk.
+        type_of, plain_dict, kit_chunk, plain_list, plain_int, length = type, dict, Chunk, list, int, len
+        first_choice, forwarded = _FIRST_CHOICE, ForwardedData
+        unpacking = True
         # The current state's step for a token, once the machine has shown it only
         # forwards and stays put; token_step is only read while token_state is current.
         token_state: object = None
@@ -392,33 +397,44 @@ class _RequestDriver:
                             position += 1
                             # The common chunk shape (a plain dict or the kit's Chunk, which
                             # overrides no lookup: one valid token, no terminal, no usage)
-                            # is checked inline; any other item goes to classify_item, which
-                            # gives this shape the same answer.  A token in the state whose
-                            # token step is known is then one identity check and its record.
-                            try:
-                                if (
-                                    ((kind := type(item)) is dict or kind is Chunk)
-                                    and type(token_ids := item.get("token_ids")) is list
-                                    and len(token_ids) == 1
-                                    and type(token_id := token_ids[0]) is int
-                                    and token_id >= 0
-                                    and ("finish_reason" not in item or item["finish_reason"] is None)
-                                    and "completion_usage" not in item
-                                    and (
-                                        (choice := item.get("index", _FIRST_CHOICE)) is _FIRST_CHOICE
-                                        or (type(choice) is int and choice >= 0)
-                                    )
-                                ):
-                                    if machine.state is token_state:
-                                        if keeping:
-                                            history.append(token_step)
-                                        out = ForwardedData()
-                                        out.data = item
-                                        out.error = None
-                                        yield out
-                                        continue
-                                    ev = TOKEN_CHUNK
-                                else:
+                            # is checked inline, where nothing can raise; any other item goes
+                            # to classify_item, which gives this shape the same answer.  A
+                            # token in the state whose token step is known is then one
+                            # identity check and its record.
+                            token_id: Any = None
+                            if type_of(item) is plain_dict or type_of(item) is kit_chunk:
+                                # Unpacking takes the one token in a single step.  On these
+                                # exact types a KeyError means no token_ids and a ValueError
+                                # a list of another size; after either, this stream checks
+                                # the size first, which raises nothing.
+                                try:
+                                    if type_of(token_ids := item["token_ids"]) is plain_list:
+                                        if unpacking:
+                                            [token_id] = token_ids
+                                        elif length(token_ids) == 1:
+                                            token_id = token_ids[0]
+                                except (KeyError, ValueError):
+                                    unpacking = False
+                            if (
+                                type_of(token_id) is plain_int
+                                and token_id >= 0
+                                and ("finish_reason" not in item or item["finish_reason"] is None)
+                                and "completion_usage" not in item
+                                and (
+                                    item.get("index", first_choice) is first_choice
+                                    or (type_of(choice := item["index"]) is plain_int and choice >= 0)
+                                )
+                            ):
+                                if machine.state is token_state:
+                                    if keeping:
+                                        history.append(token_step)
+                                    out = forwarded()
+                                    out.data = item
+                                    yield out
+                                    continue
+                                ev = TOKEN_CHUNK
+                            else:
+                                try:
                                     classified = classify_item(item, position, mode, validate)
                                     if type(classified) is Event:
                                         ev = classified
@@ -426,8 +442,8 @@ class _RequestDriver:
                                             error = item
                                     else:
                                         error, ev = classified, ERROR  # type: ignore[assignment]
-                            except Exception as exc:
-                                error, ev = unreadable_item(position, exc), _ITEM_UNREADABLE
+                                except Exception as exc:
+                                    error, ev = unreadable_item(position, exc), _ITEM_UNREADABLE
                             # A step that only forwards and stays put is recorded without the
                             # general dispatch.  Same decision, fewer steps.
                             state = machine.state
@@ -436,7 +452,9 @@ class _RequestDriver:
                                 if ev is TOKEN_CHUNK:
                                     token_state, token_step = state, step
                                 record(step)
-                                yield Annotated(item)
+                                out = forwarded()
+                                out.data = item
+                                yield out
                                 continue
                         except BaseException:
                             raised_here = True

@@ -41,12 +41,20 @@ class Annotated:
 
 class ForwardedData(Annotated):
     """A data item as the adapter's per-chunk path builds it: an :class:`Annotated` in every
-    respect, but called with no arguments it runs object's own ``__init__`` (C) instead of the
-    Python one, which is about a quarter of what allocating the item costs.  The caller sets
-    ``data`` and ``error``."""
+    respect except that its ``error`` is None for good (a forwarded chunk is never an error).
+
+    Called with no arguments it runs object's own ``__init__`` (C) instead of the Python one,
+    and ``error`` is a class attribute rather than a slot to fill, so building one costs an
+    allocation and one store of ``data``, which the caller makes.  A copy or a pickle of one
+    is a plain :class:`Annotated` equal to it.
+    """
 
     __slots__ = ()
     __init__ = object.__init__
+    error = None
+
+    def __reduce__(self) -> tuple[type[Annotated], tuple[dict[str, Any] | None]]:
+        return Annotated, (self.data,)
 
 
 def as_dynamo_error(exc: BaseException) -> DynamoError:

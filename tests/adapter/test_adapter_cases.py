@@ -570,6 +570,27 @@ async def test_silent_drop_mid_stream_never_aborts() -> None:
 
 
 @async_test
+async def test_an_exception_the_consumer_throws_in_at_a_token_comes_back_to_the_consumer() -> None:
+    """A consumer that throws into the stream (``athrow``) while it holds a token gets its
+    own exception back and the request ends as interrupted, as a drop would end it.  It is
+    not the engine's fault, so it never becomes an error item blaming an engine item, and
+    the engine's generator is closed.  The throw lands at the fourth token: by then the
+    adapter forwards tokens by its fast token step."""
+    engine = ScriptedEngine([token(1), token(2), token(3), token(4), token(5), length()])
+    adapter = EngineAdapter(engine, AGG)
+    stream = await adapter.generate(REQUEST, Context())
+    items = stream.__aiter__()
+    for _ in range(4):
+        await anext(items)
+    with pytest.raises(RuntimeError, match="the consumer's own"):
+        await items.athrow(RuntimeError("the consumer's own"))  # type: ignore[attr-defined]
+    assert names(stream.trace) == ["setup", *["token_chunk"] * 4, "drop"]
+    assert stream.machine.control is ControlState.DONE
+    assert engine.record.generators_finalized == 1
+    assert await settled_aborts(adapter, engine) == 0
+
+
+@async_test
 async def test_engine_without_abort_method_can_be_stopped() -> None:
     """``abort`` is optional: stopping a request on a duck-typed engine without it
     neither crashes nor counts as an abort failure."""

@@ -61,6 +61,11 @@ async def run(mode: Mode, stream: list[dict[str, Any]]) -> list[tuple[dict[str, 
 @example(drawn=[{"token_ids": [1], "index": 0.0}], mode=Mode.AGGREGATED)
 @example(drawn=[{"token_ids": [1], "finish_reason": "bogus"}], mode=Mode.AGGREGATED)
 @example(drawn=[{"token_ids": [1], "completion_usage": 5}], mode=Mode.AGGREGATED)
+# After a list of another size the inline check measures lists instead of unpacking them.
+@example(drawn=[{"token_ids": [1, 2]}, {"token_ids": [3, -1]}], mode=Mode.AGGREGATED)
+@example(drawn=[{"token_ids": [1, 2]}, {"token_ids": [True]}], mode=Mode.AGGREGATED)
+@example(drawn=[{"token_ids": []}, {"token_ids": [1], "index": False}], mode=Mode.DECODE)
+@example(drawn=[{"index": 0}, {"token_ids": [1.0]}], mode=Mode.AGGREGATED)
 @given(drawn=st.lists(chunks, min_size=1, max_size=4), mode=st.sampled_from([Mode.AGGREGATED, Mode.DECODE]))
 def test_a_chunk_is_judged_alike_whether_or_not_it_takes_the_inline_check(
     drawn: list[dict[str, Any]], mode: Mode
