@@ -3,7 +3,8 @@
 Two engines: one that never suspends (the adapter's own cost shows in full)
 and one that gives the loop a turn per token (as real engines do).  For each,
 the bare engine, the adapter (traces kept, and for the first engine also
-``keep_traces=False``) and the floor run interleaved, round by round.
+``keep_traces=False``) and the floor run interleaved, round by round, each
+round reading several requests per variant in turn.
 """
 
 from __future__ import annotations
@@ -37,17 +38,24 @@ TARGETS = (
 @dataclass(frozen=True)
 class AdapterSizes:
     trivial_chunks: int
+    """Chunks per request of the engine that never suspends; a round reads ``slices`` requests."""
     yielding_chunks: int
     rounds: int = MIN_ROUNDS
+    slices: int = 1
+    """Requests per variant per round, alternating between the variants."""
 
     @classmethod
     def choose(cls, quick: bool, rounds: int = MIN_ROUNDS) -> AdapterSizes:
-        return cls(2_000, 500, rounds) if quick else cls(50_000, 10_000, rounds)
+        # Full size: 50,000 and 10,000 chunks per variant per round, as ten requests each.
+        return cls(1_000, 250, rounds, 2) if quick else cls(5_000, 1_000, rounds, 10)
+
+    def per_round(self, chunks: int) -> int:
+        return chunks * self.slices
 
 
 async def adapter_figures(
     sizes: AdapterSizes, adapter_type: Callable[..., EngineAdapter] = EngineAdapter
-) -> dict[str, Figure]:
+) -> dict[str, Figure | int]:
     """``adapter_type`` is the adapter class measured (a test plants a slow one)."""
     trivial = TrivialEngine(sizes.trivial_chunks)
     traced, untraced = adapter_type(trivial), adapter_type(trivial, keep_traces=False)
@@ -59,6 +67,7 @@ async def adapter_figures(
             "floor": lambda: drain_floor(trivial),
         },
         sizes.rounds,
+        sizes.slices,
     )
     yielding = YieldingEngine(sizes.yielding_chunks)
     yielding_adapter = adapter_type(yielding)
@@ -69,9 +78,13 @@ async def adapter_figures(
             "floor": lambda: drain_floor(yielding),
         },
         sizes.rounds,
+        sizes.slices,
     )
-    chunks, yielding_chunks = sizes.trivial_chunks, sizes.yielding_chunks
+    chunks, yielding_chunks = sizes.per_round(sizes.trivial_chunks), sizes.per_round(sizes.yielding_chunks)
     return {
+        "chunks_per_request_trivial": sizes.trivial_chunks,
+        "chunks_per_request_yielding": sizes.yielding_chunks,
+        "requests_per_round": sizes.slices,
         "bare_trivial": per_chunk(samples["bare"], chunks),
         "adapter_trivial": per_chunk(samples["adapter"], chunks),
         "adapter_trivial_untraced": per_chunk(samples["adapter_untraced"], chunks),

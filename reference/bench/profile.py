@@ -32,6 +32,7 @@ from dynamo_backend_protocol.reference.bench.rounds import (
     interleaved,
     per_chunk,
 )
+from dynamo_backend_protocol.reference.chunks import Chunk
 from dynamo_backend_protocol.reference.context import Context
 
 Chunks = AsyncIterator[dict[str, Any]]
@@ -41,37 +42,55 @@ _FIRST_CHOICE = 0
 
 
 async def _layer(chunks: Chunks) -> AsyncIterator[object]:
-    async for chunk in chunks:
-        yield chunk
+    async for item in chunks:
+        yield item
 
 
 async def _annotated(chunks: Chunks) -> AsyncIterator[object]:
-    async for chunk in chunks:
-        out = ForwardedData()
-        out.data = chunk
-        out.error = None
+    forwarded = ForwardedData
+    async for item in chunks:
+        out = forwarded()
+        out.data = item
         yield out
+
+
+# The rungs below repeat the adapter's inline check word for word (a test compares
+# their syntax trees with the adapter's), with the same names bound as locals.
 
 
 async def _classified(chunks: Chunks) -> AsyncIterator[object]:
     mode = _MODE
     position = 0
-    async for chunk in chunks:
+    type_of, plain_dict, kit_chunk, plain_list, plain_int, length = type, dict, Chunk, list, int, len
+    first_choice, forwarded = _FIRST_CHOICE, ForwardedData
+    unpacking = True
+    async for item in chunks:
         position += 1
-        if not (
-            type(chunk) is dict
-            and type(token_ids := chunk.get("token_ids")) is list
-            and len(token_ids) == 1
-            and type(token_id := token_ids[0]) is int
+        token_id: Any = None
+        if type_of(item) is plain_dict or type_of(item) is kit_chunk:
+            try:
+                if type_of(token_ids := item["token_ids"]) is plain_list:
+                    if unpacking:
+                        [token_id] = token_ids
+                    elif length(token_ids) == 1:
+                        token_id = token_ids[0]
+            except (KeyError, ValueError):
+                unpacking = False
+        if (
+            type_of(token_id) is plain_int
             and token_id >= 0
-            and ("finish_reason" not in chunk or chunk["finish_reason"] is None)
-            and "completion_usage" not in chunk
-            and ((choice := chunk.get("index", 0)) is _FIRST_CHOICE or (type(choice) is int and choice >= 0))
+            and ("finish_reason" not in item or item["finish_reason"] is None)
+            and "completion_usage" not in item
+            and (
+                item.get("index", first_choice) is first_choice
+                or (type_of(choice := item["index"]) is plain_int and choice >= 0)
+            )
         ):
-            classify_item(chunk, position, mode, True)
-        out = ForwardedData()
-        out.data = chunk
-        out.error = None
+            pass
+        else:
+            classify_item(item, position, mode, True)
+        out = forwarded()
+        out.data = item
         yield out
 
 
@@ -90,28 +109,40 @@ async def _looked_up(chunks: Chunks) -> AsyncIterator[object]:
     token_state = machine.state
     mode = _MODE
     position = 0
-    async for chunk in chunks:
+    type_of, plain_dict, kit_chunk, plain_list, plain_int, length = type, dict, Chunk, list, int, len
+    first_choice, forwarded = _FIRST_CHOICE, ForwardedData
+    unpacking = True
+    async for item in chunks:
         position += 1
+        token_id: Any = None
+        if type_of(item) is plain_dict or type_of(item) is kit_chunk:
+            try:
+                if type_of(token_ids := item["token_ids"]) is plain_list:
+                    if unpacking:
+                        [token_id] = token_ids
+                    elif length(token_ids) == 1:
+                        token_id = token_ids[0]
+            except (KeyError, ValueError):
+                unpacking = False
         if (
-            type(chunk) is dict
-            and type(token_ids := chunk.get("token_ids")) is list
-            and len(token_ids) == 1
-            and type(token_id := token_ids[0]) is int
+            type_of(token_id) is plain_int
             and token_id >= 0
-            and ("finish_reason" not in chunk or chunk["finish_reason"] is None)
-            and "completion_usage" not in chunk
-            and ((choice := chunk.get("index", 0)) is _FIRST_CHOICE or (type(choice) is int and choice >= 0))
+            and ("finish_reason" not in item or item["finish_reason"] is None)
+            and "completion_usage" not in item
+            and (
+                item.get("index", first_choice) is first_choice
+                or (type_of(choice := item["index"]) is plain_int and choice >= 0)
+            )
         ):
             if machine.state is token_state:
-                out = ForwardedData()
-                out.data = chunk
-                out.error = None
+                out = forwarded()
+                out.data = item
                 yield out
                 continue
         else:
-            classify_item(chunk, position, mode, True)
+            classify_item(item, position, mode, True)
         machine.fire(TOKEN_CHUNK)
-        yield Annotated(chunk)
+        yield Annotated(item)
 
 
 async def _recorded(chunks: Chunks) -> AsyncIterator[object]:
@@ -119,31 +150,45 @@ async def _recorded(chunks: Chunks) -> AsyncIterator[object]:
     token_state = machine.state
     token_step = machine.history[-1]
     history = machine.history
+    keeping = True
     mode = _MODE
     position = 0
-    async for chunk in chunks:
+    type_of, plain_dict, kit_chunk, plain_list, plain_int, length = type, dict, Chunk, list, int, len
+    first_choice, forwarded = _FIRST_CHOICE, ForwardedData
+    unpacking = True
+    async for item in chunks:
         position += 1
+        token_id: Any = None
+        if type_of(item) is plain_dict or type_of(item) is kit_chunk:
+            try:
+                if type_of(token_ids := item["token_ids"]) is plain_list:
+                    if unpacking:
+                        [token_id] = token_ids
+                    elif length(token_ids) == 1:
+                        token_id = token_ids[0]
+            except (KeyError, ValueError):
+                unpacking = False
         if (
-            type(chunk) is dict
-            and type(token_ids := chunk.get("token_ids")) is list
-            and len(token_ids) == 1
-            and type(token_id := token_ids[0]) is int
+            type_of(token_id) is plain_int
             and token_id >= 0
-            and ("finish_reason" not in chunk or chunk["finish_reason"] is None)
-            and "completion_usage" not in chunk
-            and ((choice := chunk.get("index", 0)) is _FIRST_CHOICE or (type(choice) is int and choice >= 0))
+            and ("finish_reason" not in item or item["finish_reason"] is None)
+            and "completion_usage" not in item
+            and (
+                item.get("index", first_choice) is first_choice
+                or (type_of(choice := item["index"]) is plain_int and choice >= 0)
+            )
         ):
             if machine.state is token_state:
-                history.append(token_step)
-                out = ForwardedData()
-                out.data = chunk
-                out.error = None
+                if keeping:
+                    history.append(token_step)
+                out = forwarded()
+                out.data = item
                 yield out
                 continue
         else:
-            classify_item(chunk, position, mode, True)
+            classify_item(item, position, mode, True)
         machine.fire(TOKEN_CHUNK)
-        yield Annotated(chunk)
+        yield Annotated(item)
 
 
 class _Wrapped:
@@ -168,7 +213,7 @@ def _wrapped_recorded(chunks: Chunks) -> AsyncIterator[object]:
 
 LADDER: tuple[tuple[str, str, Rung], ...] = (
     ("layer", "async-generator layer: async for over the engine, yield", _layer),
-    ("annotated", "Annotated allocated per chunk, with object's own __init__ (C), not the Python one", _annotated),
+    ("annotated", "Annotated allocated per chunk: object's own __init__ (C), one store", _annotated),
     ("classified", "the common token chunk checked inline (classify_item otherwise)", _classified),
     ("looked_up", "model step: the state is the one whose token step only forwards (one identity check)",
      _looked_up),
@@ -192,8 +237,11 @@ async def _drain(rung: Rung, engine: TrivialEngine) -> None:
         pass
 
 
-async def attribution(chunks: int, rounds: int = MIN_ROUNDS) -> tuple[list[ProfileRow], Figure, Figure]:
-    """The table's rows, the bare engine's cost and the adapter's cost, per chunk."""
+async def attribution(
+    chunks: int, rounds: int = MIN_ROUNDS, slices: int = 1
+) -> tuple[list[ProfileRow], Figure, Figure]:
+    """The table's rows, the bare engine's cost and the adapter's cost, per chunk;
+    ``chunks`` per request, ``slices`` requests per rung per round."""
     engine = TrivialEngine(chunks)
     adapter = EngineAdapter(engine)
 
@@ -203,13 +251,14 @@ async def attribution(chunks: int, rounds: int = MIN_ROUNDS) -> tuple[list[Profi
     variants: dict[str, Callable[[], Awaitable[None]]] = {"bare": lambda: drain_bare(engine)}
     variants.update((name, rung_run(rung)) for name, _, rung in LADDER)
     variants["adapter"] = lambda: drain_adapter(adapter)
-    samples = await interleaved(variants, rounds)
+    samples = await interleaved(variants, rounds, slices)
+    per_round = chunks * slices
     rows = [ProfileRow("engine", "the bare engine's own step (builds and yields the chunk)",
-                       per_chunk(samples["bare"], chunks))]
+                       per_chunk(samples["bare"], per_round))]
     previous = "bare"
     for name, what, _ in LADDER:
-        rows.append(ProfileRow(name, what, difference_per_chunk(samples[name], samples[previous], chunks)))
+        rows.append(ProfileRow(name, what, difference_per_chunk(samples[name], samples[previous], per_round)))
         previous = name
     rows.append(ProfileRow("rest", "the adapter as it is, minus the whole ladder",
-                           difference_per_chunk(samples["adapter"], samples[previous], chunks)))
-    return rows, per_chunk(samples["bare"], chunks), per_chunk(samples["adapter"], chunks)
+                           difference_per_chunk(samples["adapter"], samples[previous], per_round)))
+    return rows, per_chunk(samples["bare"], per_round), per_chunk(samples["adapter"], per_round)

@@ -114,9 +114,9 @@ async def run_bench(options: BenchOptions, conformance: Callable[[], Awaitable[N
     if "conformance" in options.sections:
         sections["conformance"] = await adapter_cost.conformance_figures(conformance)
     if "profile" in options.sections:
-        chunks = 2_000 if options.quick else 30_000
-        rows, bare, adapter = await attribution(chunks, options.rounds)
-        profile = Profile(chunks, rows, bare, adapter)
+        chunks, slices = (1_000, 2) if options.quick else (6_000, 5)
+        rows, bare, adapter = await attribution(chunks, options.rounds, slices)
+        profile = Profile(chunks * slices, rows, bare, adapter)
     if "trace" in options.sections:
         sections["trace"] = trace_load.trace_figures(2_000 if options.quick else 500_000)
     verdicts = [target.judge(sections[target.section]) for target in targets if target.section in sections]

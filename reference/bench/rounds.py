@@ -3,9 +3,12 @@
 Variants of one comparison run one after another inside each round (bare,
 adapter, floor, bare, adapter, floor, ...), so a burst of load from elsewhere
 on the machine lands on every variant of a round alike instead of on one block
-of runs.  CPU time of the thread (``time.thread_time_ns``) leaves out the time
-the thread was not scheduled.  Each figure is the median over rounds with its
-interquartile spread, and a ratio is the median of the per-round ratios.
+of runs.  A round may alternate its variants several times over (slices) and
+count each variant's slices together: a burst then lands on a slice, a fraction
+of the round, and per-round ratios come out steadier.  CPU time of the thread
+(``time.thread_time_ns``) leaves out the time the thread was not scheduled.
+Each figure is the median over rounds with its interquartile spread, and a
+ratio is the median of the per-round ratios.
 
 pyperf was considered and not used: it runs each benchmark in its own worker
 processes, one after the other, and times wall-clock; neither the interleaving
@@ -65,11 +68,16 @@ async def _timed(run: Run) -> int:
     return time.thread_time_ns() - started
 
 
-async def interleaved(variants: Mapping[str, Run], rounds: int = MIN_ROUNDS) -> dict[str, list[int]]:
+async def interleaved(
+    variants: Mapping[str, Run], rounds: int = MIN_ROUNDS, slices: int = 1
+) -> dict[str, list[int]]:
     """CPU nanoseconds of each variant in each round, variants in the given order
-    within a round; one unrecorded warm-up round first."""
+    within a round, ``slices`` times over, a round's sample being the sum of its
+    slices; one unrecorded warm-up pass first."""
     if rounds < MIN_ROUNDS:
         raise ValueError(f"at least {MIN_ROUNDS} rounds are needed, got {rounds}")
+    if slices < 1:
+        raise ValueError(f"a round needs at least one slice, got {slices}")
     # Objects that exist before the runs (the caller's, a test runner's) are set
     # aside, so a collection during a run costs the same whatever else is alive.
     gc.collect()
@@ -79,8 +87,12 @@ async def interleaved(variants: Mapping[str, Run], rounds: int = MIN_ROUNDS) -> 
             await _timed(run)
         samples: dict[str, list[int]] = {name: [] for name in variants}
         for _ in range(rounds):
-            for name, run in variants.items():
-                samples[name].append(await _timed(run))
+            totals = dict.fromkeys(variants, 0)
+            for _ in range(slices):
+                for name, run in variants.items():
+                    totals[name] += await _timed(run)
+            for name, total in totals.items():
+                samples[name].append(total)
     finally:
         gc.unfreeze()
     return samples

@@ -87,7 +87,8 @@ def render(report: BenchReport) -> str:
     machine = report.machine
     lines = [f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['python']}, {machine['date']}"]
     if report.profile is not None or {"adapter", "explore"} & set(report.sections):
-        lines.append(f"timed figures: median over {report.rounds} interleaved rounds of thread CPU time (IQR)")
+        lines.append(f"timed figures: median over {report.rounds} interleaved rounds of thread CPU time (IQR); "
+                     "a round reads each variant's requests in turn")
     for name, figures in report.sections.items():
         lines.append(f"{name}:")
         lines.extend(f"  {key:<32} {_show(value)}" for key, value in figures.items() if value is not None)

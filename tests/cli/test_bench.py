@@ -4,10 +4,13 @@ nothing here asserts a timing."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import inspect
 import json
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -98,6 +101,29 @@ def test_profile_attributes_the_adapter_cost_rung_by_rung(everything: dict[str, 
         "engine", "layer", "annotated", "classified", "looked_up", "recorded", "wrapped", "rest"
     ]
     assert all(_is_figure(row) for row in rows)
+
+
+def _inline_check(function: Any) -> list[str]:
+    """The syntax of the inline chunk check in ``function``: the block that takes the one
+    token out of a dict's list, and the condition on the token and the other fields."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    parts = [ast.dump(node) for node in ast.walk(tree)
+             if isinstance(node, ast.If) and ast.unparse(node.test).startswith("type_of(item) is plain_dict")]
+    parts += [ast.dump(node.test) for node in ast.walk(tree)
+              if isinstance(node, ast.If) and ast.unparse(node.test).startswith("type_of(token_id) is plain_int")]
+    return parts
+
+
+@pytest.mark.parametrize("rung", ["classified", "looked_up", "recorded"])
+def test_profile_rungs_check_chunks_exactly_as_the_adapter_does(rung: str) -> None:
+    """A rung that checked chunks with an older or looser copy of the adapter's inline
+    check would attribute a cost the adapter no longer pays."""
+    from dynamo_backend_protocol.reference.adapter import _RequestDriver
+    from dynamo_backend_protocol.reference.bench import profile
+
+    adapter_check = _inline_check(_RequestDriver.run)
+    assert len(adapter_check) == 2, "the adapter's inline check was not found where this test looks"
+    assert _inline_check(getattr(profile, f"_{rung}")) == adapter_check
 
 
 def test_check_exits_1_when_a_target_is_missed(capsys: pytest.CaptureFixture[str]) -> None:
@@ -196,6 +222,28 @@ def test_variants_run_interleaved_round_by_round() -> None:
 
     asyncio.run(interleaved({"bare": variant("bare"), "adapter": variant("adapter")}, MIN_ROUNDS))
     assert order == ["bare", "adapter"] * (MIN_ROUNDS + 1)  # one warm-up round first
+
+
+def test_a_round_alternates_its_variants_slice_by_slice_and_sums_each_variants_slices() -> None:
+    """With three slices a round runs bare, adapter, bare, adapter, bare, adapter: a burst of
+    load lands on one slice of one variant, not on a whole round's run of it."""
+    order: list[str] = []
+    costs = {"bare": 1_000_000, "adapter": 3_000_000}
+
+    def variant(name: str) -> Any:
+        async def run() -> None:
+            order.append(name)
+            ends = time.thread_time_ns() + costs[name]
+            while time.thread_time_ns() < ends:
+                pass
+        return run
+
+    samples = asyncio.run(interleaved({"bare": variant("bare"), "adapter": variant("adapter")}, MIN_ROUNDS, 3))
+    assert order == ["bare", "adapter"] * (1 + MIN_ROUNDS * 3)
+    assert [len(samples["bare"]), len(samples["adapter"])] == [MIN_ROUNDS, MIN_ROUNDS]
+    assert min(samples["bare"]) >= 3 * costs["bare"]
+    assert min(samples["adapter"]) >= 3 * costs["adapter"]
+    assert ratio(samples["adapter"], samples["bare"]).median == pytest.approx(3.0, rel=0.2)
 
 
 def test_fewer_than_21_rounds_are_refused() -> None:
