@@ -74,8 +74,9 @@ def classify_item(item: object, position: int, mode: Mode, validate: bool = True
     ``position`` counts the stream's items from 1.  With ``validate`` off only
     what the protocol needs is read: an item is a terminal if it has a
     ``finish_reason`` (an unknown reason counts as ``error``) and carries
-    tokens if ``token_ids`` is non-empty.  This runs once per token, so the
-    common shape (a dict with one non-negative int token) is checked first.
+    tokens if ``token_ids`` is non-empty.  This runs for every item the adapter's
+    inline check does not take, so the common shapes (a dict of non-negative int
+    tokens, one or several, no terminal, no usage) are checked first.
     """
     if type(item) is not dict:
         if isinstance(item, DynamoError):
@@ -85,11 +86,14 @@ def classify_item(item: object, position: int, mode: Mode, validate: bool = True
     token_ids = item.get("token_ids")
     reason = item.get("finish_reason")
     if validate:
-        if reason is None and type(token_ids) is list and len(token_ids) == 1 and "completion_usage" not in item:
-            single = token_ids[0]
+        if reason is None and type(token_ids) is list and token_ids and "completion_usage" not in item:
             index = item.get("index", 0)
-            if type(single) is int and single >= 0 and type(index) is int and index >= 0:
-                return TOKEN_CHUNK
+            if type(index) is int and index >= 0:
+                for token_id in token_ids:
+                    if type(token_id) is not int or token_id < 0:
+                        break
+                else:
+                    return TOKEN_CHUNK
         problem = _shape_problem(item, token_ids, reason, position, mode)
         if problem is not None:
             return problem
