@@ -110,7 +110,12 @@ class DisaggStep:
 
 
 class NotEnabled(Exception):
-    """The composition does not offer this event here (for example a first token before the cache arrived)."""
+    """The composition does not offer this event here (for example a first token before the
+    cache arrived); ``rule`` is the rule of the composition that says so."""
+
+    def __init__(self, message: str, rule: str) -> None:
+        super().__init__(f"{message} (rule {rule})")
+        self.rule = rule
 
 
 def initial_disagg_state(table: CompiledTable) -> DisaggState:
@@ -126,9 +131,9 @@ def disagg_step(table: CompiledTable, state: DisaggState, ev: DisaggEvent) -> Di
                 if row.needs_live_request and state.request.control not in LIVE:
                     break
                 return DisaggStep(state, ev, DisaggState(state.request, row.target), None)
-        raise NotEnabled(f"{ev.value} in transfer phase {state.transfer.value}")
+        raise NotEnabled(f"{ev.value} in transfer phase {state.transfer.value}", NO_ORPHANED_TRANSFER)
     if ev.signals_first_token and state.transfer is not FIRST_TOKEN_NEEDS:
-        raise NotEnabled(f"{ev.name} before the KV transfer completed")
+        raise NotEnabled(f"{ev.name} before the KV transfer completed", NO_ORPHANED_TRANSFER)
     step = table.step(state.request, ev)
     transfer = state.transfer
     if ActionKind.CALL_ABORT in step.actions and transfer in ABORT_ORPHANS:

@@ -111,7 +111,12 @@ class EngineStep:
 
 
 class NotEnabled(Exception):
-    """The composition does not offer this event here (a generate the engine does not serve)."""
+    """The composition does not offer this event here (a generate the engine does not serve,
+    a cleanup that must wait); ``rule`` is the rule that says so."""
+
+    def __init__(self, message: str, rule: str) -> None:
+        super().__init__(f"{message} (rule {rule})")
+        self.rule = rule
 
 
 def initial_engine_state(table: CompiledTable, composition: Composition) -> EngineState:
@@ -133,7 +138,7 @@ def engine_step(table: CompiledTable, composition: Composition, state: EngineSta
     if isinstance(ev, LifecycleEvent):
         waits = composition.cleanup_waits_for_requests
         if ev is LifecycleEvent.CLEANUP_CALLED and waits and any_in_flight(state.requests):
-            raise NotEnabled("cleanup while a request is in flight (ENGINE-CLEANUP-WAITS)")
+            raise NotEnabled("cleanup while a request is in flight", CLEANUP_WAITS)
         taken = lifecycle_step(state.lifecycle, ev)
         return EngineStep(state, ev, EngineState(taken.after, state.requests), None)
     request = state.requests[ev.index]
@@ -142,8 +147,10 @@ def engine_step(table: CompiledTable, composition: Composition, state: EngineSta
     if step.after != request and request == initial_state(composition.mode):
         try:
             lifecycle = lifecycle_step(lifecycle, LifecycleEvent.GENERATE).after
-        except LifecycleViolation:
-            raise NotEnabled(f"{ev.name()}: the engine does not serve generate in {lifecycle.phase.value}") from None
+        except LifecycleViolation as violation:
+            raise NotEnabled(
+                f"{ev.name()}: the engine does not serve generate in {lifecycle.phase.value}", violation.rule
+            ) from None
     if ActionKind.CALL_ABORT in step.actions:
         # Refused or not, the request has called abort; ENGINE-NO-ABORT-AFTER-CLEANUP says when that is wrong.
         with suppress(LifecycleViolation):

@@ -118,8 +118,8 @@ def _narrate(
 ) -> tuple[ComposedStep, DisaggState]:
     try:
         fired = disagg_step(table, state, ev)
-    except NotEnabled:
-        return _refused(table, state, ev, number, "NOT OFFERED", _not_offered_why(state, ev), NO_ORPHANED_TRANSFER)
+    except NotEnabled as refusal:
+        return _refused(table, state, ev, number, "NOT OFFERED", _not_offered_why(state, ev), refusal.rule)
     except ProtocolViolation as violation:
         assert isinstance(ev, Event)
         why = f"the protocol forbids {ev.name} in {state.request.control.value} (rule {violation.rule}: "

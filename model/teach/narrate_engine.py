@@ -145,8 +145,9 @@ def _narrate(
 ) -> tuple[ComposedStep, EngineState]:
     try:
         fired = engine_step(table, composition, state, ev)
-    except NotEnabled:
-        verdict, why, rule = "NOT OFFERED", *_not_offered(state, ev)
+    except NotEnabled as refusal:
+        verdict, rule = "NOT OFFERED", refusal.rule
+        why = _not_offered_why(state, ev, rule)
     except LifecycleViolation as violation:
         phase = state.lifecycle.phase.value
         verdict, rule = "NOT ALLOWED", violation.rule
@@ -216,23 +217,17 @@ def _request_step(table: CompiledTable, fired: EngineStep, ev: RequestMove, numb
                         fired.request_step.actions, first_of(rules), False, tuple(broken), tuple(sentences))
 
 
-def _not_offered(state: EngineState, ev: EngineEvent) -> tuple[str, str]:
+def _not_offered_why(state: EngineState, ev: EngineEvent, rule: str) -> str:
     if isinstance(ev, RequestMove):
         phase = state.lifecycle.phase
-        try:
-            lifecycle_step(state.lifecycle, LifecycleEvent.GENERATE)
-            rule = START_FIRST
-        except LifecycleViolation as violation:
-            rule = violation.rule
         why = (f"this is r{ev.index + 1}'s first step, so it is the engine's generate, and the engine does not "
                f"serve generate in {phase.value} (rule {rule}: {summary(rule)}).")
         if phase is Phase.DRAINING:
             why += " A draining engine takes no new request."
-        return why, rule
+        return why
     live = _in_flight_names(state)
     verb = "is" if len(live) == 1 else "are"
-    why = f"cleanup waits while {', '.join(live)} {verb} in flight (rule {CLEANUP_WAITS}: {summary(CLEANUP_WAITS)})."
-    return why, CLEANUP_WAITS
+    return f"cleanup waits while {', '.join(live)} {verb} in flight (rule {rule}: {summary(rule)})."
 
 
 def _refused(

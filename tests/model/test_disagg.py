@@ -66,8 +66,9 @@ def test_no_first_token_before_the_transfer_completed() -> None:
     is not offered until the transfer completed, and then it is."""
     table = CompiledTable()
     streaming = replay(table, ["setup", "transfer_started"])
-    with pytest.raises(NotEnabled):
+    with pytest.raises(NotEnabled) as refused:
         disagg_step(table, streaming, parse_event("token_chunk"))
+    assert refused.value.rule == NO_ORPHANED_TRANSFER
     completed = disagg_step(table, streaming, TransferEvent.COMPLETED).after
     assert disagg_step(table, completed, parse_event("token_chunk")).after.request.first_token
 
@@ -75,8 +76,9 @@ def test_no_first_token_before_the_transfer_completed() -> None:
 def test_the_transfer_starts_only_once_the_stream_exists() -> None:
     """Before setup there is no decode engine stream to pull the cache into."""
     table = CompiledTable()
-    with pytest.raises(NotEnabled):
+    with pytest.raises(NotEnabled) as refused:
         disagg_step(table, initial_disagg_state(table), TransferEvent.STARTED)
+    assert refused.value.rule == NO_ORPHANED_TRANSFER
 
 
 def test_a_transfer_in_flight_ends_only_if_the_transport_does() -> None:

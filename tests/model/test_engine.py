@@ -96,8 +96,9 @@ def test_a_request_waiting_for_setup_is_in_flight() -> None:
     state = initial_engine_state(DEFAULT_TABLE, composition)
     for event in (LifecycleEvent.START_CALLED, LifecycleEvent.START_OK, RequestMove(0, parse_event("stop"))):
         state = engine_step(DEFAULT_TABLE, composition, state, event).after
-    with pytest.raises(NotEnabled):
+    with pytest.raises(NotEnabled) as refused:
         engine_step(DEFAULT_TABLE, composition, state, LifecycleEvent.CLEANUP_CALLED)
+    assert refused.value.rule == CLEANUP_WAITS
 
 
 def test_a_draining_engine_takes_no_new_request() -> None:
@@ -107,8 +108,9 @@ def test_a_draining_engine_takes_no_new_request() -> None:
     state = initial_engine_state(DEFAULT_TABLE, composition)
     for event in (LifecycleEvent.START_CALLED, LifecycleEvent.START_OK, LifecycleEvent.DRAIN):
         state = engine_step(DEFAULT_TABLE, composition, state, event).after
-    with pytest.raises(NotEnabled):
+    with pytest.raises(NotEnabled) as refused:
         engine_step(DEFAULT_TABLE, composition, state, RequestMove(0, parse_event("setup")))
+    assert refused.value.rule == "LIFECYCLE-START-FIRST", "the lifecycle serves generate only while running"
 
 
 def test_cleanup_eventually_begins_only_if_requests_end_and_the_owner_calls_it() -> None:
