@@ -194,13 +194,13 @@ def run_composed(args: argparse.Namespace, found: ComposedScenario | None) -> in
     if args.machine == "disagg":
         if args.mode is not None and parse_modes(args.mode) != [Mode.DECODE]:
             raise UsageError("--machine disagg is a decode request with its KV transfer; use --mode decode")
-        events = _parse_each(args.events, parse_disagg_event)
+        events = _parse_each(args.events, parse_disagg_event, "setup,transfer_started,stop")
         print()
         print(narrate_disagg(events).text())
         return 0
     modes = [Mode.AGGREGATED] if args.mode is None else parse_modes(args.mode)
     count: int = args.requests
-    moves = _parse_each(args.events, lambda token: parse_engine_event(token, count))
+    moves = _parse_each(args.events, lambda token: parse_engine_event(token, count), "r1:setup,engine:drain")
     for mode in modes:
         print()
         print(narrate_engine(moves, Composition(args.requests, mode)).text())
@@ -215,18 +215,18 @@ def _check_scenario_options(args: argparse.Namespace, found: ComposedScenario) -
         raise UsageError(f"scenario {found.name!r} is told in mode {found.mode.value} only")
 
 
-def _parse_each(text: str, parse: Callable[[str], T]) -> list[T]:
-    """The --events items parsed; a bad one is reported with its position, as for one request."""
+def _parse_each(text: str, parse: Callable[[str], T], example: str) -> list[T]:
+    """The --events items parsed in order; a bad one is reported with its position."""
     tokens = [token.strip() for token in text.split(",")]
     if not any(tokens):
-        raise UsageError("--events needs at least one event, e.g. --events r1:setup,engine:drain")
+        raise UsageError(f"--events needs at least one event, e.g. --events {example}")
     parsed: list[T] = []
     for position, token in enumerate(tokens, start=1):
         if not token:
             raise UsageError(f"--events item {position}: empty")
         try:
             parsed.append(parse(token))
-        except BadComposedEvent as bad:
+        except (UnknownEvent, BadComposedEvent) as bad:
             raise UsageError(f"--events item {position}: {bad}") from None
     return parsed
 
@@ -274,16 +274,7 @@ def scenario_modes(found: Scenario, mode_text: str | None) -> list[Mode]:
 
 
 def parse_events(text: str) -> list[Event]:
-    names = [name.strip() for name in text.split(",")]
-    if not any(names):
-        raise UsageError("--events needs at least one event, e.g. --events setup,token_chunk,terminal:stop")
-    events: list[Event] = []
-    for position, name in enumerate(names, start=1):
-        try:
-            events.append(parse_event(name))
-        except UnknownEvent as unknown:
-            raise UsageError(f"--events item {position}: {unknown}") from None
-    return events
+    return _parse_each(text, parse_event, "setup,token_chunk,terminal:stop")
 
 
 def scenario_header(found: Scenario) -> str:

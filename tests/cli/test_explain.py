@@ -316,11 +316,12 @@ def test_list_with_a_mode_shows_only_the_scenarios_of_that_mode(capsys: pytest.C
         (["--events", "setup", "--mode", "bogus"], "unknown mode 'bogus'"),
         (["--events", ""], "--events needs at least one event"),
         (["--events", " , "], "--events needs at least one event"),
+        (["--events", "setup,,stop"], "--events item 2: empty"),
         (["clean-completion", "--format", "dot"], "give --frames DIR too"),
         (["--list", "--frames", "somewhere"], "--list narrates nothing"),
     ],
     ids=["list-bad-mode", "scenario-bad-mode", "events-bad-mode", "empty-events", "blank-events",
-         "format-without-frames", "frames-with-list"],
+         "empty-event-item", "format-without-frames", "frames-with-list"],
 )
 def test_bad_options_are_one_specific_line(capsys: pytest.CaptureFixture[str], argv: list[str], complaint: str) -> None:
     """Each mistake is named for what it is, in one line, before anything is printed."""
