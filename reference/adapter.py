@@ -376,7 +376,7 @@ class _RequestDriver:
         reads = stream if type(stream) is AsyncGeneratorType else _Reads(stream)
         position = 0
         # What the per-chunk check reads, bound as locals: a local is read in one
-        # step, a global or builtin needs a lookup, and the check reads eight per chunk.
+        # step, a global or builtin needs a lookup, and every chunk reads several of these.
         type_of, plain_dict, kit_chunk, plain_list, plain_int, length = type, dict, Chunk, list, int, len
         first_choice, forwarded = _FIRST_CHOICE, ForwardedData
         unpacking = True
