@@ -374,7 +374,9 @@ class _RequestDriver:
         mode = machine.mode
         validate = self._adapter.validate
         reads = stream if type(stream) is AsyncGeneratorType else _Reads(stream)
-        position = 0
+        # Items read so far, counted in a float: CPython reuses freed floats, while
+        # every int above 256 is a fresh allocation.  A float counts exactly to 2**53.
+        position = 0.0
         # What the per-chunk check reads, bound as locals: a local is read in one
         # step, a global or builtin needs a lookup, and every chunk reads several of these.
         type_of, plain_dict, kit_chunk, plain_list, plain_int, length = type, dict, Chunk, list, int, len
@@ -394,7 +396,7 @@ class _RequestDriver:
                 try:
                     async for item in reads:
                         try:
-                            position += 1
+                            position += 1.0
                             # The common chunk shape (a plain dict or the kit's Chunk, which
                             # overrides no lookup: one valid token, no terminal, no usage)
                             # is checked inline, where nothing can raise; any other item goes
@@ -435,7 +437,7 @@ class _RequestDriver:
                                 ev = TOKEN_CHUNK
                             else:
                                 try:
-                                    classified = classify_item(item, position, mode, validate)
+                                    classified = classify_item(item, int(position), mode, validate)
                                     if type(classified) is Event:
                                         ev = classified
                                         if ev is ERROR:
@@ -443,7 +445,7 @@ class _RequestDriver:
                                     else:
                                         error, ev = classified, ERROR  # type: ignore[assignment]
                                 except Exception as exc:
-                                    error, ev = unreadable_item(position, exc), _ITEM_UNREADABLE
+                                    error, ev = unreadable_item(int(position), exc), _ITEM_UNREADABLE
                             # A step that only forwards and stays put is recorded without the
                             # general dispatch.  Same decision, fewer steps.
                             state = machine.state

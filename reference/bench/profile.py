@@ -60,12 +60,12 @@ async def _annotated(chunks: Chunks) -> AsyncIterator[object]:
 
 async def _classified(chunks: Chunks) -> AsyncIterator[object]:
     mode = _MODE
-    position = 0
+    position = 0.0
     type_of, plain_dict, kit_chunk, plain_list, plain_int, length = type, dict, Chunk, list, int, len
     first_choice, forwarded = _FIRST_CHOICE, ForwardedData
     unpacking = True
     async for item in chunks:
-        position += 1
+        position += 1.0
         token_id: Any = None
         if type_of(item) is plain_dict or type_of(item) is kit_chunk:
             try:
@@ -88,7 +88,7 @@ async def _classified(chunks: Chunks) -> AsyncIterator[object]:
         ):
             pass
         else:
-            classify_item(item, position, mode, True)
+            classify_item(item, int(position), mode, True)
         out = forwarded()
         out.data = item
         yield out
@@ -108,12 +108,12 @@ async def _looked_up(chunks: Chunks) -> AsyncIterator[object]:
     machine = _streaming_machine(keep_history=False)
     token_state = machine.state
     mode = _MODE
-    position = 0
+    position = 0.0
     type_of, plain_dict, kit_chunk, plain_list, plain_int, length = type, dict, Chunk, list, int, len
     first_choice, forwarded = _FIRST_CHOICE, ForwardedData
     unpacking = True
     async for item in chunks:
-        position += 1
+        position += 1.0
         token_id: Any = None
         if type_of(item) is plain_dict or type_of(item) is kit_chunk:
             try:
@@ -140,7 +140,7 @@ async def _looked_up(chunks: Chunks) -> AsyncIterator[object]:
                 yield out
                 continue
         else:
-            classify_item(item, position, mode, True)
+            classify_item(item, int(position), mode, True)
         machine.fire(TOKEN_CHUNK)
         yield Annotated(item)
 
@@ -152,12 +152,12 @@ async def _recorded(chunks: Chunks) -> AsyncIterator[object]:
     history = machine.history
     keeping = True
     mode = _MODE
-    position = 0
+    position = 0.0
     type_of, plain_dict, kit_chunk, plain_list, plain_int, length = type, dict, Chunk, list, int, len
     first_choice, forwarded = _FIRST_CHOICE, ForwardedData
     unpacking = True
     async for item in chunks:
-        position += 1
+        position += 1.0
         token_id: Any = None
         if type_of(item) is plain_dict or type_of(item) is kit_chunk:
             try:
@@ -186,7 +186,7 @@ async def _recorded(chunks: Chunks) -> AsyncIterator[object]:
                 yield out
                 continue
         else:
-            classify_item(item, position, mode, True)
+            classify_item(item, int(position), mode, True)
         machine.fire(TOKEN_CHUNK)
         yield Annotated(item)
 
