@@ -401,8 +401,9 @@ class _RequestDriver:
                             # overrides no lookup: one valid token, no terminal, no usage)
                             # is checked inline, where nothing can raise; any other item goes
                             # to classify_item, which gives this shape the same answer.  A
-                            # token in the state whose token step is known is then one
-                            # identity check and its record.
+                            # chunk of token_ids alone, or of token_ids and an index of 0, has
+                            # no other key to look for.  A token in the state whose token step
+                            # is known is then one identity check and its record.
                             token_id: Any = None
                             if type_of(item) is plain_dict or type_of(item) is kit_chunk:
                                 # Unpacking takes the one token in a single step.  On these
@@ -420,11 +421,17 @@ class _RequestDriver:
                             if (
                                 type_of(token_id) is plain_int
                                 and token_id >= 0
-                                and ("finish_reason" not in item or item["finish_reason"] is None)
-                                and "completion_usage" not in item
                                 and (
-                                    item.get("index", first_choice) is first_choice
-                                    or (type_of(choice := item["index"]) is plain_int and choice >= 0)
+                                    (keys := length(item)) == 1
+                                    or (keys == 2 and item.get("index") is first_choice)
+                                    or (
+                                        ("finish_reason" not in item or item["finish_reason"] is None)
+                                        and "completion_usage" not in item
+                                        and (
+                                            item.get("index", first_choice) is first_choice
+                                            or (type_of(choice := item["index"]) is plain_int and choice >= 0)
+                                        )
+                                    )
                                 )
                             ):
                                 if machine.state is token_state:

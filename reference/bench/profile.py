@@ -79,11 +79,17 @@ async def _classified(chunks: Chunks) -> AsyncIterator[object]:
         if (
             type_of(token_id) is plain_int
             and token_id >= 0
-            and ("finish_reason" not in item or item["finish_reason"] is None)
-            and "completion_usage" not in item
             and (
-                item.get("index", first_choice) is first_choice
-                or (type_of(choice := item["index"]) is plain_int and choice >= 0)
+                (keys := length(item)) == 1
+                or (keys == 2 and item.get("index") is first_choice)
+                or (
+                    ("finish_reason" not in item or item["finish_reason"] is None)
+                    and "completion_usage" not in item
+                    and (
+                        item.get("index", first_choice) is first_choice
+                        or (type_of(choice := item["index"]) is plain_int and choice >= 0)
+                    )
+                )
             )
         ):
             pass
@@ -127,11 +133,17 @@ async def _looked_up(chunks: Chunks) -> AsyncIterator[object]:
         if (
             type_of(token_id) is plain_int
             and token_id >= 0
-            and ("finish_reason" not in item or item["finish_reason"] is None)
-            and "completion_usage" not in item
             and (
-                item.get("index", first_choice) is first_choice
-                or (type_of(choice := item["index"]) is plain_int and choice >= 0)
+                (keys := length(item)) == 1
+                or (keys == 2 and item.get("index") is first_choice)
+                or (
+                    ("finish_reason" not in item or item["finish_reason"] is None)
+                    and "completion_usage" not in item
+                    and (
+                        item.get("index", first_choice) is first_choice
+                        or (type_of(choice := item["index"]) is plain_int and choice >= 0)
+                    )
+                )
             )
         ):
             if machine.state is token_state:
@@ -171,11 +183,17 @@ async def _recorded(chunks: Chunks) -> AsyncIterator[object]:
         if (
             type_of(token_id) is plain_int
             and token_id >= 0
-            and ("finish_reason" not in item or item["finish_reason"] is None)
-            and "completion_usage" not in item
             and (
-                item.get("index", first_choice) is first_choice
-                or (type_of(choice := item["index"]) is plain_int and choice >= 0)
+                (keys := length(item)) == 1
+                or (keys == 2 and item.get("index") is first_choice)
+                or (
+                    ("finish_reason" not in item or item["finish_reason"] is None)
+                    and "completion_usage" not in item
+                    and (
+                        item.get("index", first_choice) is first_choice
+                        or (type_of(choice := item["index"]) is plain_int and choice >= 0)
+                    )
+                )
             )
         ):
             if machine.state is token_state:

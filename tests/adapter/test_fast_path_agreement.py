@@ -61,6 +61,12 @@ async def run(mode: Mode, stream: list[dict[str, Any]]) -> list[tuple[dict[str, 
 @example(drawn=[{"token_ids": [1], "index": 0.0}], mode=Mode.AGGREGATED)
 @example(drawn=[{"token_ids": [1], "finish_reason": "bogus"}], mode=Mode.AGGREGATED)
 @example(drawn=[{"token_ids": [1], "completion_usage": 5}], mode=Mode.AGGREGATED)
+# Two keys with no index of 0 among them: the key count alone must not settle it.
+@example(drawn=[{"token_ids": [1], "finish_reason": None}], mode=Mode.AGGREGATED)
+@example(drawn=[{"token_ids": [1], "index": 0, "finish_reason": "bogus"}], mode=Mode.AGGREGATED)
+@example(drawn=[{"token_ids": [1], "index": 0, "completion_usage": 5}], mode=Mode.DECODE)
+@example(drawn=[{"token_ids": [1], "index": 1}, {"token_ids": [1], "log_probs": [0.5]}], mode=Mode.AGGREGATED)
+@example(drawn=[{"token_ids": [1], "completion_usage": {"prompt_tokens": 1}}], mode=Mode.DECODE)
 # After a list of another size the inline check measures lists instead of unpacking them.
 @example(drawn=[{"token_ids": [1, 2]}, {"token_ids": [3, -1]}], mode=Mode.AGGREGATED)
 @example(drawn=[{"token_ids": [1, 2]}, {"token_ids": [True]}], mode=Mode.AGGREGATED)
