@@ -399,51 +399,56 @@ class _RequestDriver:
                             position += 1.0
                             # The common chunk shape (a plain dict or the kit's Chunk, which
                             # overrides no lookup: one valid token, no terminal, no usage)
-                            # is checked inline, where nothing can raise; any other item goes
-                            # to classify_item, which gives this shape the same answer.  A
-                            # chunk of token_ids alone, or of token_ids and an index of 0, has
-                            # no other key to look for.  A token in the state whose token step
-                            # is known is then one identity check and its record.
-                            token_id: Any = None
-                            if type_of(item) is plain_dict or type_of(item) is kit_chunk:
-                                # Unpacking takes the one token in a single step.  On these
-                                # exact types a KeyError means no token_ids and a ValueError
-                                # a list of another size; after either, this stream checks
-                                # the size first, which raises nothing.
-                                try:
-                                    if type_of(token_ids := item["token_ids"]) is plain_list:
-                                        if unpacking:
-                                            [token_id] = token_ids
-                                        elif length(token_ids) == 1:
-                                            token_id = token_ids[0]
-                                except (KeyError, ValueError):
-                                    unpacking = False
-                            if (
-                                type_of(token_id) is plain_int
-                                and token_id >= 0
-                                and (
-                                    (keys := length(item)) == 1
-                                    or (keys == 2 and item.get("index") is first_choice)
-                                    or (
-                                        ("finish_reason" not in item or item["finish_reason"] is None)
-                                        and "completion_usage" not in item
-                                        and (
-                                            item.get("index", first_choice) is first_choice
-                                            or (type_of(choice := item["index"]) is plain_int and choice >= 0)
+                            # is checked inline; any other item goes to classify_item, which
+                            # gives this shape the same answer.  A chunk of token_ids alone,
+                            # or of token_ids and an index of 0, has no other key to look
+                            # for.  A token in the state whose token step is known is then
+                            # one identity check and its record.  A throw at the token's
+                            # yield is the consumer's, never an unreadable item.
+                            try:
+                                token_id: Any = None
+                                if type_of(item) is plain_dict or type_of(item) is kit_chunk:
+                                    # Unpacking takes the one token in a single step.  On these
+                                    # exact types a KeyError means no token_ids and a ValueError
+                                    # a list of another size; after either, this stream checks
+                                    # the size first, which raises nothing.
+                                    try:
+                                        if type_of(token_ids := item["token_ids"]) is plain_list:
+                                            if unpacking:
+                                                [token_id] = token_ids
+                                            elif length(token_ids) == 1:
+                                                token_id = token_ids[0]
+                                    except (KeyError, ValueError):
+                                        unpacking = False
+                                if (
+                                    type_of(token_id) is plain_int
+                                    and token_id >= 0
+                                    and (
+                                        (keys := length(item)) == 1
+                                        or (keys == 2 and item.get("index") is first_choice)
+                                        or (
+                                            ("finish_reason" not in item or item["finish_reason"] is None)
+                                            and "completion_usage" not in item
+                                            and (
+                                                item.get("index", first_choice) is first_choice
+                                                or (type_of(choice := item["index"]) is plain_int and choice >= 0)
+                                            )
                                         )
                                     )
-                                )
-                            ):
-                                if machine.state is token_state:
-                                    if keeping:
-                                        history.append(token_step)
-                                    out = forwarded()
-                                    out.data = item
-                                    yield out
-                                    continue
-                                ev = TOKEN_CHUNK
-                            else:
-                                try:
+                                ):
+                                    if machine.state is token_state:
+                                        if keeping:
+                                            history.append(token_step)
+                                        out = forwarded()
+                                        out.data = item
+                                        try:
+                                            yield out
+                                        except BaseException:
+                                            raised_here = True
+                                            raise
+                                        continue
+                                    ev = TOKEN_CHUNK
+                                else:
                                     classified = classify_item(item, int(position), mode, validate)
                                     if type(classified) is Event:
                                         ev = classified
@@ -451,8 +456,13 @@ class _RequestDriver:
                                             error = item
                                     else:
                                         error, ev = classified, ERROR  # type: ignore[assignment]
-                                except Exception as exc:
-                                    error, ev = unreadable_item(int(position), exc), _ITEM_UNREADABLE
+                            except Exception as exc:
+                                if raised_here:
+                                    raise
+                                # Even a plain dict's lookup runs the == of a key whose hash is
+                                # the field name's, and that may raise, as may a hostile item's
+                                # accessors in classify_item: the item is unreadable.
+                                error, ev = unreadable_item(int(position), exc), _ITEM_UNREADABLE
                             # A step that only forwards and stays put is recorded without the
                             # general dispatch.  Same decision, fewer steps.
                             state = machine.state

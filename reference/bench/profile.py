@@ -66,35 +66,38 @@ async def _classified(chunks: Chunks) -> AsyncIterator[object]:
     unpacking = True
     async for item in chunks:
         position += 1.0
-        token_id: Any = None
-        if type_of(item) is plain_dict or type_of(item) is kit_chunk:
-            try:
-                if type_of(token_ids := item["token_ids"]) is plain_list:
-                    if unpacking:
-                        [token_id] = token_ids
-                    elif length(token_ids) == 1:
-                        token_id = token_ids[0]
-            except (KeyError, ValueError):
-                unpacking = False
-        if (
-            type_of(token_id) is plain_int
-            and token_id >= 0
-            and (
-                (keys := length(item)) == 1
-                or (keys == 2 and item.get("index") is first_choice)
-                or (
-                    ("finish_reason" not in item or item["finish_reason"] is None)
-                    and "completion_usage" not in item
-                    and (
-                        item.get("index", first_choice) is first_choice
-                        or (type_of(choice := item["index"]) is plain_int and choice >= 0)
+        try:
+            token_id: Any = None
+            if type_of(item) is plain_dict or type_of(item) is kit_chunk:
+                try:
+                    if type_of(token_ids := item["token_ids"]) is plain_list:
+                        if unpacking:
+                            [token_id] = token_ids
+                        elif length(token_ids) == 1:
+                            token_id = token_ids[0]
+                except (KeyError, ValueError):
+                    unpacking = False
+            if (
+                type_of(token_id) is plain_int
+                and token_id >= 0
+                and (
+                    (keys := length(item)) == 1
+                    or (keys == 2 and item.get("index") is first_choice)
+                    or (
+                        ("finish_reason" not in item or item["finish_reason"] is None)
+                        and "completion_usage" not in item
+                        and (
+                            item.get("index", first_choice) is first_choice
+                            or (type_of(choice := item["index"]) is plain_int and choice >= 0)
+                        )
                     )
                 )
-            )
-        ):
+            ):
+                pass
+            else:
+                classify_item(item, int(position), mode, True)
+        except Exception:
             pass
-        else:
-            classify_item(item, int(position), mode, True)
         out = forwarded()
         out.data = item
         yield out
@@ -120,39 +123,42 @@ async def _looked_up(chunks: Chunks) -> AsyncIterator[object]:
     unpacking = True
     async for item in chunks:
         position += 1.0
-        token_id: Any = None
-        if type_of(item) is plain_dict or type_of(item) is kit_chunk:
-            try:
-                if type_of(token_ids := item["token_ids"]) is plain_list:
-                    if unpacking:
-                        [token_id] = token_ids
-                    elif length(token_ids) == 1:
-                        token_id = token_ids[0]
-            except (KeyError, ValueError):
-                unpacking = False
-        if (
-            type_of(token_id) is plain_int
-            and token_id >= 0
-            and (
-                (keys := length(item)) == 1
-                or (keys == 2 and item.get("index") is first_choice)
-                or (
-                    ("finish_reason" not in item or item["finish_reason"] is None)
-                    and "completion_usage" not in item
-                    and (
-                        item.get("index", first_choice) is first_choice
-                        or (type_of(choice := item["index"]) is plain_int and choice >= 0)
+        try:
+            token_id: Any = None
+            if type_of(item) is plain_dict or type_of(item) is kit_chunk:
+                try:
+                    if type_of(token_ids := item["token_ids"]) is plain_list:
+                        if unpacking:
+                            [token_id] = token_ids
+                        elif length(token_ids) == 1:
+                            token_id = token_ids[0]
+                except (KeyError, ValueError):
+                    unpacking = False
+            if (
+                type_of(token_id) is plain_int
+                and token_id >= 0
+                and (
+                    (keys := length(item)) == 1
+                    or (keys == 2 and item.get("index") is first_choice)
+                    or (
+                        ("finish_reason" not in item or item["finish_reason"] is None)
+                        and "completion_usage" not in item
+                        and (
+                            item.get("index", first_choice) is first_choice
+                            or (type_of(choice := item["index"]) is plain_int and choice >= 0)
+                        )
                     )
                 )
-            )
-        ):
-            if machine.state is token_state:
-                out = forwarded()
-                out.data = item
-                yield out
-                continue
-        else:
-            classify_item(item, int(position), mode, True)
+            ):
+                if machine.state is token_state:
+                    out = forwarded()
+                    out.data = item
+                    yield out
+                    continue
+            else:
+                classify_item(item, int(position), mode, True)
+        except Exception:
+            pass
         machine.fire(TOKEN_CHUNK)
         yield Annotated(item)
 
@@ -170,41 +176,44 @@ async def _recorded(chunks: Chunks) -> AsyncIterator[object]:
     unpacking = True
     async for item in chunks:
         position += 1.0
-        token_id: Any = None
-        if type_of(item) is plain_dict or type_of(item) is kit_chunk:
-            try:
-                if type_of(token_ids := item["token_ids"]) is plain_list:
-                    if unpacking:
-                        [token_id] = token_ids
-                    elif length(token_ids) == 1:
-                        token_id = token_ids[0]
-            except (KeyError, ValueError):
-                unpacking = False
-        if (
-            type_of(token_id) is plain_int
-            and token_id >= 0
-            and (
-                (keys := length(item)) == 1
-                or (keys == 2 and item.get("index") is first_choice)
-                or (
-                    ("finish_reason" not in item or item["finish_reason"] is None)
-                    and "completion_usage" not in item
-                    and (
-                        item.get("index", first_choice) is first_choice
-                        or (type_of(choice := item["index"]) is plain_int and choice >= 0)
+        try:
+            token_id: Any = None
+            if type_of(item) is plain_dict or type_of(item) is kit_chunk:
+                try:
+                    if type_of(token_ids := item["token_ids"]) is plain_list:
+                        if unpacking:
+                            [token_id] = token_ids
+                        elif length(token_ids) == 1:
+                            token_id = token_ids[0]
+                except (KeyError, ValueError):
+                    unpacking = False
+            if (
+                type_of(token_id) is plain_int
+                and token_id >= 0
+                and (
+                    (keys := length(item)) == 1
+                    or (keys == 2 and item.get("index") is first_choice)
+                    or (
+                        ("finish_reason" not in item or item["finish_reason"] is None)
+                        and "completion_usage" not in item
+                        and (
+                            item.get("index", first_choice) is first_choice
+                            or (type_of(choice := item["index"]) is plain_int and choice >= 0)
+                        )
                     )
                 )
-            )
-        ):
-            if machine.state is token_state:
-                if keeping:
-                    history.append(token_step)
-                out = forwarded()
-                out.data = item
-                yield out
-                continue
-        else:
-            classify_item(item, int(position), mode, True)
+            ):
+                if machine.state is token_state:
+                    if keeping:
+                        history.append(token_step)
+                    out = forwarded()
+                    out.data = item
+                    yield out
+                    continue
+            else:
+                classify_item(item, int(position), mode, True)
+        except Exception:
+            pass
         machine.fire(TOKEN_CHUNK)
         yield Annotated(item)
 

@@ -92,7 +92,19 @@ class AmbiguousArray:
         return 2
 
 
+class HashesLikeFinishReason:
+    """A key of a plain dict that hashes as "finish_reason" does and raises when compared: looking
+    "finish_reason" up in that dict runs this key's ``==``."""
+
+    def __hash__(self) -> int:
+        return hash("finish_reason")
+
+    def __eq__(self, other: object) -> bool:
+        raise ZeroDivisionError("division by zero in __eq__")
+
+
 ACCESSOR_FAULTS: list[tuple[str, object, bool, str]] = [
+    ("plain-dict-key-eq", {"token_ids": [2], HashesLikeFinishReason(): 1}, True, "ZeroDivisionError"),
     ("get", RaisingGet(token_ids=[2]), True, "ZeroDivisionError"),
     ("contains", RaisingContains(token_ids=[2]), True, "ZeroDivisionError"),
     ("getitem", RaisingGetItem(token_ids=[2], completion_usage={"prompt_tokens": 1}), True, "ZeroDivisionError"),
