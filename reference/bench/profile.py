@@ -93,7 +93,10 @@ async def _classified(chunks: Chunks) -> AsyncIterator[object]:
                     )
                 )
             ):
-                pass
+                out = forwarded()
+                out.data = item
+                yield out
+                continue
             else:
                 classify_item(item, int(position), mode, True)
         except Exception:
