@@ -15,7 +15,7 @@ from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable
 from dynamo_backend_protocol.model.state import initial_state
 from dynamo_backend_protocol.model.table import ABORT_DEFERRED, CANCELLED_DEFERRED, REQUEST_TABLE
 from dynamo_backend_protocol.model.teach.composed_events import parse_disagg_event, parse_engine_event
-from dynamo_backend_protocol.model.teach.composed_scenarios import ComposedScenario, Fault, Machine
+from dynamo_backend_protocol.model.teach.composed_scenarios import ComposedScenario, Machine, PlantedFault
 from dynamo_backend_protocol.model.teach.narrate_disagg import DisaggNarration, narrate_disagg
 from dynamo_backend_protocol.model.teach.narrate_engine import EngineNarration, narrate_engine
 from dynamo_backend_protocol.model.vocabulary import ActionKind, ControlState
@@ -37,11 +37,11 @@ def without_decode_deferral() -> CompiledTable:
 
 
 def scenario_table(scenario: ComposedScenario) -> CompiledTable:
-    return without_decode_deferral() if scenario.fault is Fault.WITHOUT_DECODE_DEFERRAL else DEFAULT_TABLE
+    return without_decode_deferral() if scenario.fault is PlantedFault.WITHOUT_DECODE_DEFERRAL else DEFAULT_TABLE
 
 
 def scenario_composition(scenario: ComposedScenario) -> Composition:
-    waits = scenario.fault is not Fault.CLEANUP_DOES_NOT_WAIT
+    waits = scenario.fault is not PlantedFault.CLEANUP_DOES_NOT_WAIT
     return Composition(scenario.requests, scenario.mode, cleanup_waits_for_requests=waits)
 
 

@@ -29,7 +29,7 @@ class Machine(Slug):
     """N requests sharing one engine with its lifecycle (``--requests N``)."""
 
 
-class Fault(Slug):
+class PlantedFault(Slug):
     """A fault planted in the model to tell what it would do without a rule."""
 
     WITHOUT_DECODE_DEFERRAL = "without-decode-deferral"
@@ -66,7 +66,7 @@ class ComposedScenario:
     expected: Expected
     requests: int = 1
     mode: Mode = Mode.DECODE
-    fault: Fault | None = None
+    fault: PlantedFault | None = None
 
     def where(self) -> str:
         """The composition, as ``--list`` marks it."""
@@ -165,7 +165,7 @@ COMPOSED_SCENARIOS: tuple[ComposedScenario, ...] = (
             broken=frozenset({NO_ORPHANED_TRANSFER, "DECODE-DEFER"}),
             transfer=TransferPhase.ORPHANED,
         ),
-        fault=Fault.WITHOUT_DECODE_DEFERRAL,
+        fault=PlantedFault.WITHOUT_DECODE_DEFERRAL,
     ),
     ComposedScenario(
         name="engine-two-requests",
@@ -239,7 +239,7 @@ COMPOSED_SCENARIOS: tuple[ComposedScenario, ...] = (
             engine=Phase.CLEANING_UP,
         ),
         mode=Mode.AGGREGATED,
-        fault=Fault.CLEANUP_DOES_NOT_WAIT,
+        fault=PlantedFault.CLEANUP_DOES_NOT_WAIT,
     ),
     ComposedScenario(
         name="engine-generate-before-start",
