@@ -126,6 +126,12 @@ def leaving_event(exc: BaseException, cancellation: type[BaseException]) -> Even
     return fault_event(Fault.STREAM_INTERRUPTED)
 
 
+def error_name(exc: BaseException) -> str:
+    """How a trace names what was raised: a typed error by its kind (``BackendCancelled``),
+    anything else by its type."""
+    return exc.kind.display if isinstance(exc, DynamoError) else type(exc).__name__
+
+
 def error_of(exc: BaseException) -> DynamoError:
     """Typed errors keep their kind; anything else becomes ``Unknown`` naming the exception."""
     if isinstance(exc, DynamoError):

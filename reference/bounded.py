@@ -74,7 +74,7 @@ async def within(work: Awaitable[object], timeout: float | None, abandon: Callab
     task = asyncio.get_running_loop().create_task(_finish(steps, pending))
     try:
         await asyncio.wait((task,), timeout=timeout)
-    except asyncio.CancelledError:
+    except BaseException:  # the caller gave up waiting (it was cancelled): so does the work
         task.cancel()
         abandon(task)
         raise

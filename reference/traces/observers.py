@@ -18,9 +18,9 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from dynamo_backend_protocol.model import DynamoError, Event, Mode
+from dynamo_backend_protocol.model import Event, Mode
 from dynamo_backend_protocol.model.chunks import classify_item
-from dynamo_backend_protocol.model.faults import Fault, stream_fault
+from dynamo_backend_protocol.model.faults import error_name, stream_fault
 from dynamo_backend_protocol.reference.annotated import Annotated
 from dynamo_backend_protocol.reference.context import Context, Signal, cancelled_by_consumer
 from dynamo_backend_protocol.reference.engine import call_optional
@@ -66,7 +66,7 @@ class RequestObservations(RequestBoundary):
         self.note(obs, **fields)
 
     def setup_failed(self, raised: BaseException) -> None:
-        self.client_ended("client.setup_error", error=_describe(raised))
+        self.client_ended("client.setup_error", error=error_name(raised))
 
     def response(self, items: AsyncIterator[Annotated]) -> AsyncIterator[Annotated]:
         return ObservedResponse(items, self)
@@ -135,7 +135,7 @@ class ObservedEngine:
         try:
             produced = self._engine.generate(request, context)
         except BaseException as exc:
-            log.note("engine.setup_failed", error=_describe(exc))
+            log.note("engine.setup_failed", error=error_name(exc))
             raise
         if inspect.isawaitable(produced):
             return self._set_up_later(produced, log)
@@ -145,7 +145,7 @@ class ObservedEngine:
         try:
             result = await produced
         except BaseException as exc:
-            log.note("engine.setup_failed", error=_describe(exc))
+            log.note("engine.setup_failed", error=error_name(exc))
             raise
         return self._stream(result, log)
 
@@ -157,7 +157,7 @@ class ObservedEngine:
         try:
             iterator = aiter_method()
         except BaseException as exc:
-            log.note("engine.setup_failed", error=_describe(exc))
+            log.note("engine.setup_failed", error=error_name(exc))
             raise
         if not callable(getattr(iterator, "__anext__", None)):
             log.note("engine.setup_failed", error="not an async iterator")
@@ -199,8 +199,8 @@ class ObservedEngineStream:
             fault = stream_fault(exc, asyncio.CancelledError, cancelled_by_consumer())
             if fault is None:
                 log.note("engine.cancel")
-            elif fault.fault is Fault.STREAM_RAISED:
-                log.note("engine.raise", error=_describe(exc))
+            elif not fault.propagates:
+                log.note("engine.raise", error=error_name(exc))
             else:
                 log.note("engine.interrupt", error=type(exc).__name__)
             raise
@@ -224,9 +224,6 @@ def _item_name(item: object, position: int, stream: ObservedEngineStream) -> str
         return "malformed"
     return classified.name if isinstance(classified, Event) else "malformed"
 
-
-def _describe(exc: BaseException) -> str:
-    return f"Backend{exc.kind.name.title().replace('_', '')}" if isinstance(exc, DynamoError) else type(exc).__name__
 
 
 class ObservedResponse:
@@ -254,7 +251,7 @@ class ObservedResponse:
             log.client_ended("client.raise", error=type(exc).__name__)
             raise
         if item.error is not None:
-            log.note("client.item", item="error", error=_describe(item.error))
+            log.note("client.item", item="error", error=error_name(item.error))
         else:
             log.note("client.item", item="data", n=log.position if item.data is log.last_item else None)
         return item
