@@ -1,9 +1,12 @@
 """What a fault means to the request it happens in.
 
 The adapter catches what breaks (the engine raising at setup or mid-stream, an
-item whose accessors raise, an interrupt passing through the stream); this
-table says which event each fault is to the request's machine, so the request
-still ends by the table's own rows and the adapter only performs the actions.
+item whose accessors raise, an interrupt passing through the stream) and asks
+here which fault it is (:func:`setup_fault`, :func:`stream_fault`), whether the
+exception goes on unchanged, and which typed error the request ends with
+otherwise (:func:`error_of`, :func:`stream_error`).  The table says which event
+each fault is to the request's machine, so the request still ends by the
+table's own rows and the adapter only performs the actions.
 Faults outside any request (a failing trace sink, a hanging abort or close,
 a signal after the loop closed) change no request state and are not listed;
 the spec's fault model (section 14) states what the adapter does with them.
