@@ -282,7 +282,7 @@ class _RequestDriver:
         reads = stream if type(stream) is AsyncGeneratorType else Reads(stream)
         # Set when an exception on its way out is not the engine's: the model's own, or one
         # the consumer threw in at a yield.
-        ours = False
+        ours = exhausted = False
         try:
             while True:
                 item: Any = None
@@ -299,6 +299,7 @@ class _RequestDriver:
                             ours = True
                             raise
                     else:
+                        ours = exhausted = True  # what is raised from here on is not the engine's
                         actions = reader.ended()
                 except BaseException as exc:
                     if ours:
@@ -320,8 +321,8 @@ class _RequestDriver:
                             raise
                     elif self.perform((action,)):
                         await self.close_engine_stream()
-                if self.machine.over:
-                    self.stream = None  # over: hold nothing of the engine's generator
+                if exhausted or self.machine.over:
+                    self.stream = None  # hold nothing of the engine's generator
                     return
         except BaseException as exc:
             await self.ended_by(leaving_event(exc, _CANCELLATION))
