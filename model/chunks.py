@@ -1,9 +1,10 @@
 """What an engine item means to the protocol: which event it is, or why it is malformed.
 
-The adapter hands every item it reads to :func:`classify_item`; the answer is
-the event to fire, or a :class:`ChunkProblem` that the adapter reports as a
-typed error item.  Deciding what an item *is* is a protocol decision, so it
-lives here, not in the adapter.
+The model's reader (:mod:`.reading`) hands every item it does not settle as
+the common token chunk to :func:`classify_item`; the answer is the event to
+fire, or a :class:`ChunkProblem` that the adapter forwards as a typed error
+item.  Deciding what an item *is* is a protocol decision, so it lives here,
+not in the adapter.
 """
 
 from __future__ import annotations
@@ -74,8 +75,8 @@ def classify_item(item: object, position: int, mode: Mode, validate: bool = True
     ``position`` counts the stream's items from 1.  With ``validate`` off only
     what the protocol needs is read: an item is a terminal if it has a
     ``finish_reason`` (an unknown reason counts as ``error``) and carries
-    tokens if ``token_ids`` is non-empty.  This runs for every item the adapter's
-    inline check does not take, so the common shapes (a dict of non-negative int
+    tokens if ``token_ids`` is non-empty.  This runs for every item the reader's
+    common case does not take, so the common shapes (a dict of non-negative int
     tokens, one or several, no terminal, no usage) are checked first.
     """
     if type(item) is not dict:

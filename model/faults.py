@@ -1,9 +1,12 @@
 """What a fault means to the request it happens in.
 
 The adapter catches what breaks (the engine raising at setup or mid-stream, an
-item whose accessors raise, an interrupt passing through the stream); this
-table says which event each fault is to the request's machine, so the request
-still ends by the table's own rows and the adapter only performs the actions.
+item whose accessors raise, an interrupt passing through the stream) and asks
+here which fault it is (:func:`setup_fault`, :func:`stream_fault`), whether the
+exception goes on unchanged, and which typed error the request ends with
+otherwise (:func:`error_of`, :func:`stream_error`).  The table says which event
+each fault is to the request's machine, so the request still ends by the
+table's own rows and the adapter only performs the actions.
 Faults outside any request (a failing trace sink, a hanging abort or close,
 a signal after the loop closed) change no request state and are not listed;
 the spec's fault model (section 14) states what the adapter does with them.
@@ -14,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from dynamo_backend_protocol.model.chunks import describe_exception
+from dynamo_backend_protocol.model.errors import BackendError, DynamoError
 from dynamo_backend_protocol.model.invariants import LIVE, Invariant
 from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, Step
 from dynamo_backend_protocol.model.state import RequestState
@@ -74,6 +79,67 @@ FAULT_RESPONSES: dict[Fault, FaultResponse] = {
 def fault_event(fault: Fault) -> Event:
     """The event the adapter fires for ``fault``."""
     return FAULT_RESPONSES[fault].event
+
+
+ITEM_UNREADABLE = fault_event(Fault.ITEM_UNREADABLE)
+_DROP = event(EventKind.DROP)
+
+
+def setup_fault(exc: BaseException) -> FaultResponse:
+    """What ``generate`` raising ``exc`` is: an Exception is the engine failing (the caller
+    gets its typed error, :func:`error_of`); anything else goes on to the caller unchanged."""
+    return FAULT_RESPONSES[Fault.SETUP_RAISED if isinstance(exc, Exception) else Fault.SETUP_INTERRUPTED]
+
+
+def stream_fault(
+    exc: BaseException, cancellation: type[BaseException], consumer_cancelling: bool
+) -> FaultResponse | None:
+    """What ``exc``, raised while reading the engine's stream, is to the request.
+
+    ``cancellation`` is the I/O framework's cancellation exception, and
+    ``consumer_cancelling`` whether the reading task is being cancelled by whoever
+    holds it.  That cancellation is the consumer going away, no fault: None (the
+    request ends as a drop where the exception leaves the stream).  The engine
+    raising an Exception, or GeneratorExit or a cancellation of its own (a
+    consumer's close is thrown at a yield, never into a read), is its stream
+    failing; any other BaseException is an interrupt.
+    """
+    if isinstance(exc, Exception | GeneratorExit):
+        return FAULT_RESPONSES[Fault.STREAM_RAISED]
+    if isinstance(exc, cancellation):
+        return None if consumer_cancelling else FAULT_RESPONSES[Fault.STREAM_RAISED]
+    return FAULT_RESPONSES[Fault.STREAM_INTERRUPTED]
+
+
+def stream_error(exc: BaseException, cancellation: type[BaseException]) -> DynamoError:
+    """The typed error a request ends with when its engine's stream raised ``exc`` (FAULT-ENGINE-RAISES)."""
+    if isinstance(exc, GeneratorExit):
+        return DynamoError(BackendError.UNKNOWN, "the engine's stream raised GeneratorExit")
+    if isinstance(exc, cancellation):
+        return DynamoError(BackendError.CANCELLED, f"the engine's stream raised {type(exc).__name__}")
+    return error_of(exc)
+
+
+def leaving_event(exc: BaseException, cancellation: type[BaseException]) -> Event:
+    """The event for an exception leaving the response stream unchanged: the consumer's close
+    or cancellation is its drop; anything else (an interrupt, an exception the consumer threw
+    in) ends the request as an interrupt does (FAULT-INTERRUPT), without delivering anything."""
+    if isinstance(exc, GeneratorExit | cancellation):
+        return _DROP
+    return fault_event(Fault.STREAM_INTERRUPTED)
+
+
+def error_name(exc: BaseException) -> str:
+    """How a trace names what was raised: a typed error by its kind (``BackendCancelled``),
+    anything else by its type."""
+    return exc.kind.display if isinstance(exc, DynamoError) else type(exc).__name__
+
+
+def error_of(exc: BaseException) -> DynamoError:
+    """Typed errors keep their kind; anything else becomes ``Unknown`` naming the exception."""
+    if isinstance(exc, DynamoError):
+        return exc
+    return DynamoError(BackendError.UNKNOWN, describe_exception(exc))
 
 
 @dataclass(frozen=True)

@@ -203,14 +203,27 @@ class RequestMachine:
     def control(self) -> ControlState:
         return self.state.control
 
+    @property
+    def over(self) -> bool:
+        """The request is Done: nothing more is read, forwarded or fired for it."""
+        return self.state.control is ControlState.DONE
+
+    @property
+    def keeps_history(self) -> bool:
+        return self.keep_step is not _FORGET
+
     def fire(self, ev: Event) -> tuple[ActionKind, ...]:
         """Apply one event; returns the actions to perform, in order."""
+        return self.advance(ev).actions
+
+    def advance(self, ev: Event) -> Step:
+        """Apply one event; returns its step."""
         step = self.state.successors.get(ev)
         if step is None:
             step = self._table.step(self.state, ev)
         self.state = step.after
         self.keep_step(step)
-        return step.actions
+        return step
 
     def allowed(self, ev: Event) -> bool:
         try:

@@ -44,9 +44,6 @@ class Mode(Slug):
             f"unknown disaggregation mode {text!r}; valid values: {valid}",
         )
 
-    def is_decode(self) -> bool:
-        return self is Mode.DECODE
-
 
 class ControlState(Slug):
     """Where a request is in its life, as the adapter sees it."""

@@ -1,11 +1,11 @@
-"""The reference adapter: bridges an engine's stream to the runtime, driven by the model.
+"""The reference adapter: sets up the engine's stream, monitors the request's signals and
+forwards the engine's items, as Dynamo's adapter does, with the model deciding every step.
 
-For each request the adapter owns one :class:`RequestMachine`.  It turns what
-happens (the engine set up its stream, yielded an item, raised; the client
-stopped, killed or went away; the engine signalled first-token) into model
-events, and performs exactly the actions the machine returns: forward an
-item, forward an error, return the setup error, call ``engine.abort``, stop
-reading the engine, release the cancellation watch.  It decides nothing itself.
+Each request owns a :class:`RequestMachine` and the model's :class:`StreamReader`
+over it.  Whatever happens (setup, an item, a raise, the end, a signal, a drop)
+is one call of the model, and the adapter performs the actions it returns.  What
+an item is, which row fires, which fault applies and which error a request ends
+with are the model's answers, never worked out here.
 """
 
 from __future__ import annotations
@@ -13,19 +13,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import threading
-import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import AsyncGeneratorType
 from typing import Any
 
 from dynamo_backend_protocol.model import (
     DEFAULT_TABLE,
     ActionKind,
-    BackendError,
     CompiledTable,
-    ControlState,
-    DynamoError,
     Event,
     EventKind,
     Mode,
@@ -33,42 +28,34 @@ from dynamo_backend_protocol.model import (
     Step,
     event,
 )
-from dynamo_backend_protocol.model.chunks import ERROR, TOKEN_CHUNK, classify_item, unreadable_item
-from dynamo_backend_protocol.model.faults import Fault, fault_event
+from dynamo_backend_protocol.model.faults import error_of, leaving_event, setup_fault
 from dynamo_backend_protocol.model.machine import FORWARD_ONLY
-from dynamo_backend_protocol.reference.annotated import Annotated, ForwardedData, as_dynamo_error
-from dynamo_backend_protocol.reference.bounded import within
-from dynamo_backend_protocol.reference.chunks import Chunk
-from dynamo_backend_protocol.reference.context import Context, Signal
-from dynamo_backend_protocol.reference.engine import call_optional
+from dynamo_backend_protocol.model.reading import Actions, StreamReader
+from dynamo_backend_protocol.reference.annotated import Annotated, ForwardedData
+from dynamo_backend_protocol.reference.bounded import BestEffort
+from dynamo_backend_protocol.reference.context import Context, HomeLoop, Signal, cancelled_by_consumer
+from dynamo_backend_protocol.reference.engine import Reads, call_optional, stream_of
+from dynamo_backend_protocol.reference.response import ResponseStream
+from dynamo_backend_protocol.reference.traces.boundary import Boundary, ObservingSink
+from dynamo_backend_protocol.reference.traces.observers import Observers
+
+__all__ = ["EngineAdapter", "ResponseStream", "TraceSink"]
 
 logger = logging.getLogger(__name__)
 
 TraceSink = Callable[[str, Sequence[Step]], None]
-"""Called once per request when it reaches Done, with the request id and its steps."""
+"""Called once per request when it reaches Done, with the request id and its steps.
+An :class:`ObservingSink` also takes the request's observations."""
 
 _SETUP = event(EventKind.SETUP)
-_END = event(EventKind.END)
 _DROP = event(EventKind.DROP)
-_SETUP_RAISED = fault_event(Fault.SETUP_RAISED)
-_SETUP_INTERRUPTED = fault_event(Fault.SETUP_INTERRUPTED)
-_STREAM_RAISED = fault_event(Fault.STREAM_RAISED)
-_ITEM_UNREADABLE = fault_event(Fault.ITEM_UNREADABLE)
-_STREAM_INTERRUPTED = fault_event(Fault.STREAM_INTERRUPTED)
 _SIGNAL_EVENTS: dict[Signal, Event] = {
     "stop": event(EventKind.STOP),
     "kill": event(EventKind.KILL),
     "first_token": event(EventKind.FIRST_TOKEN_NOTICE),
 }
-_FORWARD_DATA = ActionKind.FORWARD_DATA
-_FORWARD_ERROR = ActionKind.FORWARD_ERROR
-_CALL_ABORT = ActionKind.CALL_ABORT
-_STOP_READING = ActionKind.STOP_READING
-_RELEASE_WATCH = ActionKind.RELEASE_WATCH
-_DONE = ControlState.DONE
-_FIRST_CHOICE = 0
-"""An index of 0, however it was made, is CPython's one cached small int, so one identity
-check settles the common case; any other int takes the type and sign test."""
+_CANCELLATION = asyncio.CancelledError
+_FORWARD_DATA, _FORWARD_ERROR = ActionKind.FORWARD_DATA, ActionKind.FORWARD_ERROR
 
 
 class EngineAdapter:
@@ -98,70 +85,62 @@ class EngineAdapter:
         """An ``engine.abort`` still running after this many seconds is cancelled (None: wait forever)."""
         self.close_timeout = close_timeout
         """Closing the engine's stream (its ``finally``) may take this long before it is cancelled."""
-        self.abort_failures = 0
-        """Aborts that raised or overran ``abort_timeout``."""
-        self.close_failures = 0
-        """Engine streams whose closing raised or overran ``close_timeout``."""
         self.sink_failures = 0
         """Calls of ``trace_sink`` that raised; the stream went on as if it had not."""
         self.keep_traces = keep_traces
         """Each request keeps its model steps (``ResponseStream.trace``); off, it keeps none."""
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._abandoned: set[asyncio.Task[None]] = set()
-        self._engine_calls: Any = engine
-        """The engine as this adapter calls it: the engine itself, or its observer (observation traces)."""
-        opener = getattr(trace_sink, "open_observations", None)
-        if opener is not None:
-            # Imported here: the observers wrap this module's ResponseStream.
-            from dynamo_backend_protocol.reference.traces.observers import Observers
-
-            observers = Observers(self, opener)
-            self._engine_calls = observers.engine
-            # Shadows the method on this instance only: an adapter without observers pays nothing.
-            self.generate = observers.generate(self.generate)  # type: ignore[method-assign]
+        self.best_effort = BestEffort()
+        """The aborts and engine-stream closes this adapter started."""
+        self._boundary: Boundary | None = None
+        if isinstance(trace_sink, ObservingSink):
+            self._boundary = Observers(trace_sink, mode, validate, self._sink_failed)
+        self._engine_calls: Any = engine if self._boundary is None else self._boundary.engine(engine)
+        """The engine as this adapter calls it: the engine itself, or its observer."""
 
     async def generate(self, request: dict[str, Any], context: Context) -> ResponseStream:
         """Set up the engine's stream.  A setup failure is raised as a :class:`DynamoError`."""
+        boundary = None if self._boundary is None else self._boundary.request(context)
         driver = _RequestDriver(self, context)
         try:
             produced = self._engine_calls.generate(request, context)
             if inspect.isawaitable(produced):
                 produced = await produced
-            stream = _as_async_iterator(produced)
-        except Exception as exc:
-            error = as_dynamo_error(exc)
-            driver.end_now(_SETUP_RAISED)
-            raise error from exc
-        except BaseException:
-            # The caller gave up while the engine was setting up, or an interrupt:
-            # no stream will exist, so the request ends as a failed setup and stays traced.
-            driver.end_now(_SETUP_INTERRUPTED)
-            raise
+            stream = stream_of(produced)
+        except BaseException as exc:
+            response = setup_fault(exc)
+            driver.end_now(response.event)
+            raised = exc if response.propagates else error_of(exc)
+            if boundary is not None:
+                boundary.setup_failed(raised)
+            if raised is exc:
+                raise
+            raise raised from exc
         driver.start(stream)
-        return ResponseStream(driver)
+        return ResponseStream(driver, boundary)
 
     async def settle(self) -> None:
         """Wait until every abort and engine-close this adapter started has finished."""
-        while self._tasks:
-            await asyncio.gather(*tuple(self._tasks), return_exceptions=True)
+        await self.best_effort.settle()
 
     @property
     def background_tasks(self) -> int:
-        return len(self._tasks)
+        return len(self.best_effort.tasks)
 
     @property
     def abandoned_tasks(self) -> int:
         """Aborts and closes given up at their bound that have not finished yet (their
         engine swallowed the cancellation); :meth:`settle` does not wait for them."""
-        return len(self._abandoned)
+        return len(self.best_effort.abandoned)
 
-    def _track(self, task: asyncio.Task[None]) -> None:
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    @property
+    def abort_failures(self) -> int:
+        """Aborts that raised or overran ``abort_timeout``."""
+        return self.best_effort.failures["abort"]
 
-    def _abandon(self, task: asyncio.Task[None]) -> None:
-        self._abandoned.add(task)
-        task.add_done_callback(_forget_abandoned(self._abandoned))
+    @property
+    def close_failures(self) -> int:
+        """Engine streams whose closing raised or overran ``close_timeout``."""
+        return self.best_effort.failures["close"]
 
     def _deliver_trace(self, request: str, steps: Sequence[Step]) -> None:
         sink = self.trace_sink
@@ -179,95 +158,28 @@ class EngineAdapter:
                            exc_info=True)
 
     async def _abort(self, context: Context) -> None:
-        try:
-            await within(call_optional(self._engine_calls, "abort", context), self.abort_timeout, self._abandon)
-        except TimeoutError:
-            self.abort_failures += 1
-            logger.warning("engine.abort for request %s overran %ss; cancelled", context.id(), self.abort_timeout)
-        except Exception:
-            # The abort is best effort; a failing abort must not break the stream.
-            self.abort_failures += 1
-            logger.warning("engine.abort raised for request %s", context.id(), exc_info=True)
-
-
-def _forget_abandoned(abandoned: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
-    def forget(task: asyncio.Task[None]) -> None:
-        abandoned.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved, so asyncio does not report it: it was counted when abandoned
-
-    return forget
-
-
-def _as_async_iterator(produced: object) -> AsyncIterator[Any]:
-    aiter_method = getattr(produced, "__aiter__", None)
-    if aiter_method is None:
-        raise TypeError(f"engine.generate must produce an async iterator, got {type(produced).__name__}")
-    iterator: AsyncIterator[Any] = aiter_method()
-    if not callable(getattr(iterator, "__anext__", None)):
-        raise TypeError(
-            f"engine.generate produced a {type(produced).__name__} whose __aiter__ returned "
-            f"{type(iterator).__name__}, which is not an async iterator (no __anext__)"
-        )
-    return iterator
+        await self.best_effort.attempt("abort", call_optional(self._engine_calls, "abort", context),
+                                       self.abort_timeout, f"engine.abort for request {context.id()}")
 
 
 class _RequestDriver:
-    """Feeds one request's events to its machine and performs the returned actions."""
+    """One request: feeds what happens to the model and performs the actions it returns."""
 
-    __slots__ = (
-        "_adapter",
-        "_heard",
-        "_listening",
-        "_loop",
-        "_thread",
-        "context",
-        "machine",
-        "stream",
-    )
+    __slots__ = ("_adapter", "_heard", "_home", "_listening", "_traced", "context", "machine", "reader", "stream")
 
     def __init__(self, adapter: EngineAdapter, context: Context) -> None:
         self._adapter = adapter
         self.context = context
         self.machine = RequestMachine(adapter.mode, adapter.table, keep_history=adapter.keep_traces)
+        self.reader = StreamReader(self.machine, validate=adapter.validate, cancellation=_CANCELLATION,
+                                   hear_signals=self.catch_up_with_context)
         self.stream: AsyncIterator[Any] | None = None
-        self._loop = asyncio.get_running_loop()
-        self._thread = threading.get_ident()
+        self._home = HomeLoop()
         self._listening = False
+        self._traced = False
         self._heard: set[Signal] = set()
 
-    # Events.
-
-    def fire(self, ev: Event) -> tuple[ActionKind, ...]:
-        actions = self.machine.fire(ev)
-        if self.machine.state.control is _DONE and self._adapter.trace_sink is not None:
-            self._adapter._deliver_trace(self.context.id(), self.machine.history)
-        return actions
-
-    def end_now(self, ev: Event) -> bool:
-        """End the request with ``ev`` after hearing every signal given so far; returns
-        whether stop-reading is owed.  A request already over stays as it is."""
-        if self.machine.state.control is _DONE:
-            return False
-        self.catch_up_with_context()
-        return self.perform(self.fire(ev))
-
-    def catch_up_with_context(self) -> None:
-        """Fire the signals the context already shows but this request has not heard yet.
-
-        Signals from other threads reach the loop a turn later; an engine may
-        act on ``is_stopped()`` before that.  Catching up before setup and
-        before the stream ends keeps the model's view no later than the engine's.
-        """
-        for signal in self.context.signals():
-            self._hear(signal)
-
-    def _hear(self, signal: Signal) -> None:
-        if signal in self._heard:
-            return
-        self._heard.add(signal)
-        if self.machine.state.control is not _DONE:
-            self.perform(self.fire(_SIGNAL_EVENTS[signal]))
+    # Setup and the monitor: events other than the engine's items.
 
     def start(self, stream: AsyncIterator[Any]) -> None:
         self.stream = stream
@@ -277,52 +189,59 @@ class _RequestDriver:
         self._listening = True
         self.catch_up_with_context()
         self.perform(self.fire(_SETUP))
-        if not self.machine.state.watching:
-            self._release_watch()
+
+    def fire(self, ev: Event) -> Actions:
+        return self.stepped(self.machine.fire(ev))
+
+    def stepped(self, actions: Actions) -> Actions:
+        """Hand the trace over once the request is Done, before its last actions are performed."""
+        if not self._traced and self.machine.over:
+            self._traced = True
+            if self._adapter.trace_sink is not None:
+                self._adapter._deliver_trace(self.context.id(), self.machine.history)
+        return actions
+
+    def end_now(self, ev: Event) -> bool:
+        """End the request with ``ev`` after hearing every signal given so far; returns
+        whether stop-reading is owed.  A request already over stays as it is."""
+        if self.machine.over:
+            return False
+        self.catch_up_with_context()
+        return self.perform(self.fire(ev))
+
+    def catch_up_with_context(self) -> None:
+        """Hear the signals the context already shows: one from another thread reaches the
+        loop a turn later, and the engine may act on ``is_stopped()`` before that."""
+        for signal in self.context.signals():
+            self._hear(signal)
+
+    def _hear(self, signal: Signal) -> None:
+        if signal in self._heard:
+            return
+        self._heard.add(signal)
+        if not self.machine.over:
+            self.perform(self.fire(_SIGNAL_EVENTS[signal]))
 
     def _on_signal(self, signal: Signal) -> None:
         """Called by the context on the signaller's thread, which must never see the adapter's errors."""
         try:
-            if threading.get_ident() != self._thread:
-                if not self._loop.is_closed():
-                    self._loop.call_soon_threadsafe(self._hear, signal)
-            else:
-                self._hear(signal)
-        except RuntimeError:
-            if not self._loop.is_closed():
-                raise
-            # The loop closed between the check and the call: nothing is left to hear it.
+            self._home.call(lambda: self._hear(signal))
         except Exception:
             logger.exception("handling signal %r of request %s failed", signal, self.context.id())
 
-    # Actions that need no await; stop-reading is awaited by the caller when it can.
+    # Performing the actions that need no consumer.
 
-    def perform(self, actions: tuple[ActionKind, ...]) -> bool:
-        """Perform the non-forwarding actions; returns whether stop-reading is owed."""
+    def perform(self, actions: Actions) -> bool:
+        """Perform the actions other than forwarding; returns whether stop-reading is owed."""
         owes_close = False
         for action in actions:
-            if action is _CALL_ABORT:
-                self._start_task(lambda: self._adapter._abort(self.context))
-            elif action is _RELEASE_WATCH:
+            if action is ActionKind.CALL_ABORT:
+                self._home.start(lambda: self._adapter._abort(self.context), self._adapter.best_effort.track)
+            elif action is ActionKind.RELEASE_WATCH:
                 self._release_watch()
-            elif action is _STOP_READING:
+            elif action is ActionKind.STOP_READING:
                 owes_close = True
         return owes_close
-
-    def _start_task(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Start ``work`` on the request's loop, from its thread or any other (a
-        finalizer or a signal may run elsewhere, or while the loop is idle)."""
-        loop = self._loop
-        if loop.is_closed():
-            return
-        if threading.get_ident() == self._thread:
-            self._adapter._track(loop.create_task(work()))
-            return
-        try:
-            loop.call_soon_threadsafe(lambda: self._adapter._track(loop.create_task(work())))
-        except RuntimeError:
-            if not loop.is_closed():
-                raise
 
     def _release_watch(self) -> None:
         if self._listening:
@@ -336,275 +255,75 @@ class _RequestDriver:
             return
         self.stream = None
         aclose = getattr(stream, "aclose", None)
-        if aclose is None:
-            return
-        try:
-            await within(aclose(), self._adapter.close_timeout, self._adapter._abandon)
-        except TimeoutError:
-            self._adapter.close_failures += 1
-            logger.warning(
-                "closing the engine stream of request %s overran %ss; cancelled",
-                self.context.id(),
-                self._adapter.close_timeout,
-            )
-        except Exception:
-            # e.g. a generator that yields while being closed ("ignored GeneratorExit").
-            self._adapter.close_failures += 1
-            logger.warning("closing the engine stream of request %s raised", self.context.id(), exc_info=True)
+        if aclose is not None:
+            # It may fail: e.g. a generator that yields while being closed ("ignored GeneratorExit").
+            await self._adapter.best_effort.attempt("close", aclose(), self._adapter.close_timeout,
+                                                    f"closing the engine stream of request {self.context.id()}")
 
     def abandon(self) -> None:
         """The consumer dropped the stream without closing it: fire drop now, close later."""
         if self.end_now(_DROP) and self.stream is not None:
-            self._start_task(self.close_engine_stream)
+            self._home.start(self.close_engine_stream, self._adapter.best_effort.track)
+
+    async def dropped(self) -> None:
+        await self.ended_by(_DROP)
 
     async def ended_by(self, ev: Event) -> None:
         """End the request with ``ev`` (a drop, an interrupt) and close the engine's stream if owed."""
         if self.end_now(ev):
             await self.close_engine_stream()
 
-    # The stream.
+    # Forwarding: the engine's items, one model call each.
 
     async def run(self) -> AsyncIterator[Annotated]:
         stream = self.stream
         assert stream is not None
-        machine = self.machine
-        record = machine.keep_step
-        keeping = self._adapter.keep_traces
-        history = machine.history
-        mode = machine.mode
-        validate = self._adapter.validate
-        reads = stream if type(stream) is AsyncGeneratorType else _Reads(stream)
-        # Items read so far, counted in a float: CPython reuses freed floats, while
-        # every int above 256 is a fresh allocation.  A float counts exactly to 2**53.
-        position = 0.0
-        # What the per-chunk check reads, bound as locals: a local is read in one
-        # step, a global or builtin needs a lookup, and every chunk reads several of these.
-        type_of, plain_dict, kit_chunk, plain_list, plain_int, length = type, dict, Chunk, list, int, len
-        first_choice, forwarded = _FIRST_CHOICE, ForwardedData
-        unpacking = True
-        # The current state's step for a token, once the machine has shown it only
-        # forwards and stays put; token_step is only read while token_state is current.
-        token_state: object = None
-        token_step: Any = None
-        # Set when an exception on its way out was raised in this generator's own
-        # body (a consumer's throw at a yield), not by the engine's read.
-        raised_here = False
+        reader, read, forwarded = self.reader, self.reader.read, ForwardedData
+        reads = stream if type(stream) is AsyncGeneratorType else Reads(stream)
+        # Set when an exception on its way out is not the engine's: the model's own, or one
+        # the consumer threw in at a yield.
+        ours = exhausted = False
         try:
             while True:
                 item: Any = None
-                error: DynamoError | None = None
                 try:
                     async for item in reads:
                         try:
-                            position += 1.0
-                            # The common chunk shape (a plain dict or the kit's Chunk, which
-                            # overrides no lookup: one valid token, no terminal, no usage)
-                            # is checked inline; any other item goes to classify_item, which
-                            # gives this shape the same answer.  A chunk of token_ids alone,
-                            # or of token_ids and an index of 0, has no other key to look
-                            # for.  A token in the state whose token step is known is then
-                            # one identity check and its record.  A throw at the token's
-                            # yield is the consumer's, never an unreadable item.
-                            try:
-                                token_id: Any = None
-                                if type_of(item) is plain_dict or type_of(item) is kit_chunk:
-                                    # Unpacking takes the one token in a single step.  On these
-                                    # exact types a KeyError means no token_ids and a ValueError
-                                    # a list of another size; after either, this stream checks
-                                    # the size first, which raises nothing.
-                                    try:
-                                        if type_of(token_ids := item["token_ids"]) is plain_list:
-                                            if unpacking:
-                                                [token_id] = token_ids
-                                            elif length(token_ids) == 1:
-                                                token_id = token_ids[0]
-                                    except (KeyError, ValueError):
-                                        unpacking = False
-                                if (
-                                    type_of(token_id) is plain_int
-                                    and token_id >= 0
-                                    and (
-                                        (keys := length(item)) == 1
-                                        or (keys == 2 and item.get("index") is first_choice)
-                                        or (
-                                            ("finish_reason" not in item or item["finish_reason"] is None)
-                                            and "completion_usage" not in item
-                                            and (
-                                                item.get("index", first_choice) is first_choice
-                                                or (type_of(choice := item["index"]) is plain_int and choice >= 0)
-                                            )
-                                        )
-                                    )
-                                ):
-                                    if machine.state is token_state:
-                                        if keeping:
-                                            history.append(token_step)
-                                        out = forwarded()
-                                        out.data = item
-                                        try:
-                                            yield out
-                                        except BaseException:
-                                            raised_here = True
-                                            raise
-                                        continue
-                                    ev = TOKEN_CHUNK
-                                else:
-                                    classified = classify_item(item, int(position), mode, validate)
-                                    if type(classified) is Event:
-                                        ev = classified
-                                        if ev is ERROR:
-                                            error = item
-                                    else:
-                                        error, ev = classified, ERROR  # type: ignore[assignment]
-                            except Exception as exc:
-                                if raised_here:
-                                    raise
-                                # Even a plain dict's lookup runs the == of a key whose hash is
-                                # the field name's, and that may raise, as may a hostile item's
-                                # accessors in classify_item: the item is unreadable.
-                                error, ev = unreadable_item(int(position), exc), _ITEM_UNREADABLE
-                            # A step that only forwards and stays put is recorded without the
-                            # general dispatch.  Same decision, fewer steps.
-                            state = machine.state
-                            step = state.successors.get(ev)
-                            if step is not None and step.actions is FORWARD_ONLY and step.after is state:
-                                if ev is TOKEN_CHUNK:
-                                    token_state, token_step = state, step
-                                record(step)
-                                out = forwarded()
-                                out.data = item
-                                yield out
-                                continue
+                            actions = read(item)
+                            if actions is not FORWARD_ONLY:
+                                break
+                            out = forwarded()
+                            out.data = item
+                            yield out
                         except BaseException:
-                            raised_here = True
+                            ours = True
                             raise
-                        break
                     else:
-                        self.catch_up_with_context()
-                        if self.perform(self.fire(_END)):
-                            await self.close_engine_stream()
-                        # The engine's generator has finished; hold nothing of it.
-                        self.stream = None
-                        return
-                except asyncio.CancelledError:
-                    if raised_here or _cancelled_from_outside():
+                        ours = exhausted = True  # what is raised from here on is not the engine's
+                        actions = reader.ended()
+                except BaseException as exc:
+                    if ours:
                         raise
-                    item, ev = None, _STREAM_RAISED
-                    error = DynamoError(BackendError.CANCELLED, "the engine's stream raised CancelledError")
-                except Exception as exc:
-                    if raised_here:
+                    answer = reader.raised(exc, cancelled_by_consumer())
+                    if answer is None:
                         raise
-                    item, error, ev = None, as_dynamo_error(exc), _STREAM_RAISED
-                except GeneratorExit:
-                    if raised_here:
-                        raise
-                    # A consumer closing this stream throws GeneratorExit at a yield, never
-                    # into a read: here it can only be the engine's own doing.
-                    item, ev = None, _STREAM_RAISED
-                    error = DynamoError(BackendError.UNKNOWN, "the engine's stream raised GeneratorExit")
-                if machine.state.control is _DONE:
-                    # Dropped from another task while this read was pending.
-                    await self.close_engine_stream()
-                    return
-                if ev.ends_stream:
-                    self.catch_up_with_context()
-                actions = self.fire(ev)
+                    item, actions = None, answer
+                self.stepped(actions)
                 for index, action in enumerate(actions):
                     if action is _FORWARD_DATA or action is _FORWARD_ERROR:
-                        out = Annotated(item) if action is _FORWARD_DATA else Annotated(error=error)
+                        out = Annotated(item) if action is _FORWARD_DATA else Annotated(error=reader.error)
                         try:
                             yield out
-                        except GeneratorExit:
+                        except BaseException:
                             # The consumer left mid-step: what the step still owes is owed anyway.
                             if self.perform(actions[index + 1 :]):
                                 await self.close_engine_stream()
                             raise
                     elif self.perform((action,)):
                         await self.close_engine_stream()
-                if machine.state.control is _DONE:
+                if exhausted or self.machine.over:
+                    self.stream = None  # hold nothing of the engine's generator
                     return
-        except (GeneratorExit, asyncio.CancelledError):
-            await self.ended_by(_DROP)
+        except BaseException as exc:
+            await self.ended_by(leaving_event(exc, _CANCELLATION))
             raise
-        except BaseException:
-            await self.ended_by(_STREAM_INTERRUPTED)
-            raise
-
-
-class _Reads:
-    """An engine iterator that is not an async generator, read through its own
-    ``__anext__``: ``async for`` would call its ``__aiter__`` a second time."""
-
-    __slots__ = ("_next",)
-
-    def __init__(self, stream: AsyncIterator[Any]) -> None:
-        self._next = stream.__anext__
-
-    def __aiter__(self) -> _Reads:
-        return self
-
-    def __anext__(self) -> Awaitable[Any]:
-        return self._next()
-
-
-def _cancelled_from_outside() -> bool:
-    """Whether a CancelledError is the consumer's task being cancelled (a drop),
-    rather than the engine raising it on its own (an engine failure)."""
-    task = asyncio.current_task()
-    return task is None or task.cancelling() > 0
-
-
-class ResponseStream:
-    """The response stream of one request: an async iterator of :class:`Annotated`.
-
-    Dropping it (``aclose()``, or letting it and the iterator ``async for``
-    took from it be garbage-collected) is the protocol's *drop* event.
-    """
-
-    __slots__ = ("_driver", "_items")
-
-    def __init__(self, driver: _RequestDriver) -> None:
-        self._driver = driver
-        self._items = driver.run()
-        _drop_when_collected(self._items, driver)
-
-    def __aiter__(self) -> AsyncIterator[Annotated]:
-        # The driver's generator itself: ``async for`` then reads it with no
-        # Python frame of this object's in between.
-        return self._items
-
-    def __anext__(self) -> Awaitable[Annotated]:
-        return self._items.__anext__()
-
-    async def aclose(self) -> None:
-        """Drop the stream.  If another task is waiting for its next item, that
-        read ends the stream when it returns."""
-        if getattr(self._items, "ag_running", False):
-            self._driver.abandon()
-            return
-        await self._items.aclose()  # type: ignore[attr-defined]
-        await self._driver.ended_by(_DROP)
-
-    @property
-    def machine(self) -> RequestMachine:
-        return self._driver.machine
-
-    @property
-    def trace(self) -> list[Step]:
-        return self._driver.machine.history
-
-
-_WATCHED: set[weakref.ref[AsyncIterator[Annotated]]] = set()
-"""One weak reference per live response generator, kept here so that neither the
-generator nor its driver holds it (which would make a reference cycle)."""
-
-
-def _drop_when_collected(items: AsyncIterator[Annotated], driver: _RequestDriver) -> None:
-    """A consumer that forgets the stream drops it: when the last reference to its
-    generator goes (the stream's or an ``async for``'s), the request hears a drop."""
-
-    def collected(watch: weakref.ref[AsyncIterator[Annotated]]) -> None:
-        _WATCHED.discard(watch)
-        driver.abandon()
-
-    _WATCHED.add(weakref.ref(items, collected))

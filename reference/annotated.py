@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from dynamo_backend_protocol.model import BackendError, DynamoError
-from dynamo_backend_protocol.model.chunks import describe_exception
+from dynamo_backend_protocol.model import DynamoError
+from dynamo_backend_protocol.model.faults import error_of as as_dynamo_error
+
+__all__ = ["Annotated", "ForwardedData", "as_dynamo_error"]
 
 
 class Annotated:
@@ -55,10 +57,3 @@ class ForwardedData(Annotated):
 
     def __reduce__(self) -> tuple[type[Annotated], tuple[dict[str, Any] | None]]:
         return Annotated, (self.data,)
-
-
-def as_dynamo_error(exc: BaseException) -> DynamoError:
-    """Typed errors keep their kind; anything else becomes ``Unknown`` naming the exception."""
-    if isinstance(exc, DynamoError):
-        return exc
-    return DynamoError(BackendError.UNKNOWN, describe_exception(exc))

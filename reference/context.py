@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable, Iterator, Mapping
+import threading
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Literal
 
@@ -302,3 +303,41 @@ def _wake(waiter: asyncio.Future[bool]) -> None:
 def _resolve(waiter: asyncio.Future[bool]) -> None:
     if not waiter.done():
         waiter.set_result(True)
+
+
+def cancelled_by_consumer() -> bool:
+    """Whether the running task is being cancelled by whoever holds it (the consumer going
+    away), as opposed to a ``CancelledError`` that an engine raised on its own."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
+class HomeLoop:
+    """The loop (and its thread) that was running when this was made: calls from any thread
+    run there (a signal may come from the engine's thread, a finalizer from anywhere), and
+    calls after the loop closed are dropped, since nothing is left to hear them."""
+
+    __slots__ = ("_loop", "_thread")
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+
+    def call(self, function: Callable[[], object]) -> None:
+        """Call ``function`` now on the home thread, or soon on the home loop from another."""
+        loop = self._loop
+        if loop.is_closed():
+            return
+        if threading.get_ident() == self._thread:
+            function()
+            return
+        try:
+            loop.call_soon_threadsafe(function)
+        except RuntimeError:
+            if not loop.is_closed():
+                raise
+            # The loop closed between the check and the call.
+
+    def start(self, work: Callable[[], Coroutine[Any, Any, None]], track: Callable[[asyncio.Task[None]], None]) -> None:
+        """Start ``work`` in a task on the home loop, handed to ``track``."""
+        self.call(lambda: track(self._loop.create_task(work())))

@@ -9,9 +9,9 @@ returns an async iterator (so it can fail before any stream exists).
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from dynamo_backend_protocol.reference.context import Context
 
@@ -34,15 +34,6 @@ class EngineConfig:
     data_parallel_start_rank: int | None = None
     bootstrap_host: str | None = None
     bootstrap_port: int | None = None
-
-
-@runtime_checkable
-class EngineLike(Protocol):
-    """What the adapter and the conformance kit need from an engine."""
-
-    def generate(self, request: dict[str, Any], context: Context) -> Any: ...
-
-    async def cleanup(self) -> None: ...
 
 
 class LLMEngine:
@@ -97,6 +88,36 @@ async def start_engine(engine: object, worker_id: int = 0) -> Any:
     if inspect.isawaitable(result):
         result = await result
     return result
+
+
+def stream_of(produced: object) -> AsyncIterator[Any]:
+    """The async iterator ``generate`` produced; TypeError when it produced none."""
+    aiter_method = getattr(produced, "__aiter__", None)
+    if aiter_method is None:
+        raise TypeError(f"engine.generate must produce an async iterator, got {type(produced).__name__}")
+    iterator: AsyncIterator[Any] = aiter_method()
+    if not callable(getattr(iterator, "__anext__", None)):
+        raise TypeError(
+            f"engine.generate produced a {type(produced).__name__} whose __aiter__ returned "
+            f"{type(iterator).__name__}, which is not an async iterator (no __anext__)"
+        )
+    return iterator
+
+
+class Reads:
+    """An engine iterator that is not an async generator, read through its own
+    ``__anext__``: ``async for`` would call its ``__aiter__`` a second time."""
+
+    __slots__ = ("_next",)
+
+    def __init__(self, stream: AsyncIterator[Any]) -> None:
+        self._next = stream.__anext__
+
+    def __aiter__(self) -> Reads:
+        return self
+
+    def __anext__(self) -> Awaitable[Any]:
+        return self._next()
 
 
 async def call_optional(engine: object, name: str, *args: Any) -> None:

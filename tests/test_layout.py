@@ -114,3 +114,171 @@ def test_the_bare_command_lists_the_subcommands() -> None:
     for subcommand in listed:
         assert re.search(rf"\n {{4}}{subcommand}\s", result.stderr), result.stderr
     assert "Traceback" not in result.stderr
+
+
+# The import graph: no cycles, and the adapter stands alone.
+
+
+def module_files() -> dict[str, Path]:
+    """Every module of the package by its dotted name (a package by its ``__init__``)."""
+    roots = {f"{PACKAGE}.model": MODEL, f"{PACKAGE}.reference": REFERENCE}
+    found: dict[str, Path] = {}
+    for prefix, folder in roots.items():
+        for path in folder.rglob("*.py"):
+            parts = path.relative_to(folder).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join((prefix, *parts))] = path
+    return found
+
+
+def _checked_only(node: ast.AST) -> bool:
+    """``if TYPE_CHECKING:``: imports that never run."""
+    return isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+
+
+def runtime_imports(path: Path, modules: set[str]) -> set[str]:
+    """The package's modules a file imports when it runs (at the top or inside a function),
+    each ``from X import Y`` counted as importing X.Y when that is a module and X otherwise."""
+    found: set[str] = set()
+    pending: list[ast.AST] = [ast.parse(path.read_text())]
+    while pending:
+        node = pending.pop()
+        if _checked_only(node):
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name in modules)
+        elif isinstance(node, ast.ImportFrom) and node.module in modules:
+            for alias in node.names:
+                found.add(submodule if (submodule := f"{node.module}.{alias.name}") in modules else node.module)
+        pending.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module, or of one importing itself."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for imported in sorted(graph[module]):
+            if imported not in index:
+                visit(imported)
+                low[module] = min(low[module], low[imported])
+            elif imported in on_stack:
+                low[module] = min(low[module], index[imported])
+        if low[module] == index[module]:
+            component: list[str] = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == module:
+                    break
+            if len(component) > 1 or module in graph[module]:
+                cycles.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return cycles
+
+
+def test_import_cycle_detection_finds_a_planted_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}
+    assert import_cycles(graph) == [["a", "b", "c"], ["e"]]
+
+
+def test_no_import_cycle_in_the_package() -> None:
+    """A module that needs a module needing it (even through a function-level import) has
+    two jobs tangled; the adapter and its observers once did."""
+    files = module_files()
+    graph = {module: runtime_imports(path, set(files)) for module, path in files.items()}
+    assert import_cycles(graph) == []
+
+
+def test_importing_the_adapter_loads_no_kit_cli_or_hypothesis() -> None:
+    """An engine serving through the adapter pays for the adapter, not for the kit that checks it."""
+    probe = (
+        "import sys, dynamo_backend_protocol.reference.adapter\n"
+        "print('\\n'.join(sorted(sys.modules)))"
+    )
+    result = run_cli(sys.executable, "-c", probe)
+    assert result.returncode == 0, result.stderr
+    loaded = result.stdout.split()
+    assert f"{PACKAGE}.reference.adapter" in loaded
+    unwanted = (f"{PACKAGE}.reference.conformance", f"{PACKAGE}.reference.cli", "hypothesis")
+    offending = sorted(name for name in loaded if name.startswith(unwanted))
+    assert not offending, offending
+
+
+# The model decides: the adapter's path holds no copy of its decisions.
+
+ADAPTER_PATH = sorted(
+    [*REFERENCE.glob("*.py"), *(REFERENCE / "traces").glob("*.py"), REFERENCE / "bench" / "profile.py"]
+)
+"""The modules a request passes through (and the profile, which times them): the kit, the CLI
+and the differential judge what happened after the fact, and may read items and states."""
+
+DECIDING_BY_ITSELF = {
+    "reads a chunk's fields": r"""\[["'](token_ids|finish_reason|completion_usage|index|encoder_result)["']\]"""
+    r"""(?!\s*=[^=])|\.get\(["'](token_ids|finish_reason|completion_usage|index|encoder_result)["']"""
+    r"""|["'](token_ids|finish_reason|completion_usage|index)["'] (not )?in """,
+    "tests an item's type": r"type\(item\)|isinstance\(item\b",
+    "tests a state": r"\.control\b|ControlState\.|\.first_token\b|\.cancel\s+(is|==|!=)|\.watching\b|\.successors\b",
+    "tests a guard": r"(is|==|!=) Mode\.|\bGuard\b|\.guard\(",
+    "tests a fault kind": r"isinstance\([^)]*(Error|Exit|Interrupt)\b|except \(?(asyncio\.)?"
+    r"(CancelledError|GeneratorExit|KeyboardInterrupt|SystemExit)|\bFault\.",
+}
+
+
+@pytest.mark.parametrize("path", ADAPTER_PATH, ids=lambda path: str(path.relative_to(REFERENCE)))
+def test_the_adapters_path_leaves_every_decision_to_the_model(path: Path) -> None:
+    """What an item is, which state or guard applies and which fault happened are the model's
+    answers (model/chunks.py, reading.py, faults.py); a module here that worked one out itself
+    would be a second copy of the protocol, free to drift from the first."""
+    found = [
+        f"line {number} {what}: {line.strip()}"
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        for what, pattern in DECIDING_BY_ITSELF.items()
+        if re.search(pattern, line)
+    ]
+    assert not found, found
+
+
+def test_the_decision_patterns_catch_the_inline_check_they_replace() -> None:
+    """The adapter's former inline chunk check, a state test and a fault test, as they were written."""
+    former = [
+        'if type_of(token_ids := item["token_ids"]) is plain_list:',
+        'and ("finish_reason" not in item or item["finish_reason"] is None)',
+        "if self.machine.state.control is _DONE and self._adapter.trace_sink is not None:",
+        "except asyncio.CancelledError:",
+        "if isinstance(exc, DynamoError):",
+    ]
+    assert all(any(re.search(pattern, line) for pattern in DECIDING_BY_ITSELF.values()) for line in former)
+
+
+def test_no_module_outside_the_model_uses_a_private_name_of_the_model() -> None:
+    offending: list[str] = []
+    for path in sorted([*REFERENCE.rglob("*.py"), *(ROOT / "tests").rglob("*.py")]):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(f"{PACKAGE}.model"):
+                offending += [f"{path.relative_to(ROOT)}: {alias.name}" for alias in node.names
+                              if alias.name.startswith("_")]
+    assert not offending, offending
+
+
+def test_the_cancellation_origin_is_told_in_one_place() -> None:
+    """Whether a CancelledError is the consumer's going away or the engine's own failure is read
+    from asyncio once (reference/context.py) and decided by the model (faults.stream_fault)."""
+    telling = sorted(
+        str(path.relative_to(ROOT)) for path in REFERENCE.rglob("*.py") if "cancelling()" in path.read_text()
+    )
+    assert telling == ["reference/context.py"]

@@ -80,16 +80,6 @@ class Playground:
     scenarios: tuple[Scenario, ...]
     """The teaching scenarios that apply to this machine's mode."""
 
-    def state_after(self, events: list[str]) -> PlayState:
-        """Where these events lead from the initial state; for tests and sanity checks."""
-        state = self.states[0]
-        for name in events:
-            [move] = [move for move in state.moves if move.event == name]
-            if move.target is None:
-                raise ValueError(f"{name} is forbidden in {state.control.value} (rule {move.rule})")
-            state = self.states[move.target]
-        return state
-
 
 def request_playground(mode: Mode) -> Playground:
     graph = explore_graph(mode)

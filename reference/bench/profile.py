@@ -3,27 +3,26 @@ work one piece at a time.
 
 Each rung of the ladder is a consumer-facing stream over the same engine that
 does everything the rung before it does plus one piece of the adapter's work,
-made of the project's own parts (``classify_item``, the machine's step cache
-and history, :class:`Annotated`).  All rungs and the adapter itself run
+made of the project's own parts: the model's call the adapter makes per chunk
+(:meth:`StreamReader.read`, with and without the history) and the item it
+forwards (:class:`ForwardedData`).  All rungs and the adapter itself run
 interleaved, round by round; a row of the table is the median of the per-round
 differences between a rung and the one before it.  The last row is the
 adapter measured as it is minus the full ladder: what the adapter does beyond
 the ladder (or, if negative, what it does more cheaply).
-
-The rungs are written out in full, on purpose: one generator with a flag per
-piece would add the flag's own cost to every rung.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from dynamo_backend_protocol.model import EventKind, Mode, RequestMachine, event
-from dynamo_backend_protocol.model.chunks import TOKEN_CHUNK, classify_item
+from dynamo_backend_protocol.model.reading import StreamReader
 from dynamo_backend_protocol.reference.adapter import EngineAdapter
-from dynamo_backend_protocol.reference.annotated import Annotated, ForwardedData
+from dynamo_backend_protocol.reference.annotated import ForwardedData
 from dynamo_backend_protocol.reference.bench.engines import TrivialEngine, drain_adapter, drain_bare
 from dynamo_backend_protocol.reference.bench.rounds import (
     MIN_ROUNDS,
@@ -32,13 +31,11 @@ from dynamo_backend_protocol.reference.bench.rounds import (
     interleaved,
     per_chunk,
 )
-from dynamo_backend_protocol.reference.chunks import Chunk
 from dynamo_backend_protocol.reference.context import Context
 
 Chunks = AsyncIterator[dict[str, Any]]
 _SETUP = event(EventKind.SETUP)
 _MODE = Mode.AGGREGATED
-_FIRST_CHOICE = 0
 
 
 async def _layer(chunks: Chunks) -> AsyncIterator[object]:
@@ -54,171 +51,35 @@ async def _annotated(chunks: Chunks) -> AsyncIterator[object]:
         yield out
 
 
-# The rungs below repeat the adapter's inline check word for word (a test compares
-# their syntax trees with the adapter's), with the same names bound as locals.
+def _reader(keep_history: bool) -> StreamReader:
+    """The model's reader of one request past setup, as the adapter makes it; its
+    first tokens show it the state whose token step only forwards and stays put."""
+    machine = RequestMachine(_MODE, keep_history=keep_history)
+    machine.fire(_SETUP)
+    return StreamReader(machine, validate=True, cancellation=asyncio.CancelledError, hear_signals=_no_signals)
 
 
-async def _classified(chunks: Chunks) -> AsyncIterator[object]:
-    mode = _MODE
-    position = 0.0
-    type_of, plain_dict, kit_chunk, plain_list, plain_int, length = type, dict, Chunk, list, int, len
-    first_choice, forwarded = _FIRST_CHOICE, ForwardedData
-    unpacking = True
+def _no_signals() -> None:
+    return None
+
+
+async def _forward_read(chunks: Chunks, reader: StreamReader) -> AsyncIterator[object]:
+    """Each chunk read by the model, then forwarded whatever the answer (every answer but
+    the last chunk's is forward-only)."""
+    read, forwarded = reader.read, ForwardedData
     async for item in chunks:
-        position += 1.0
-        try:
-            token_id: Any = None
-            if type_of(item) is plain_dict or type_of(item) is kit_chunk:
-                try:
-                    if type_of(token_ids := item["token_ids"]) is plain_list:
-                        if unpacking:
-                            [token_id] = token_ids
-                        elif length(token_ids) == 1:
-                            token_id = token_ids[0]
-                except (KeyError, ValueError):
-                    unpacking = False
-            if (
-                type_of(token_id) is plain_int
-                and token_id >= 0
-                and (
-                    (keys := length(item)) == 1
-                    or (keys == 2 and item.get("index") is first_choice)
-                    or (
-                        ("finish_reason" not in item or item["finish_reason"] is None)
-                        and "completion_usage" not in item
-                        and (
-                            item.get("index", first_choice) is first_choice
-                            or (type_of(choice := item["index"]) is plain_int and choice >= 0)
-                        )
-                    )
-                )
-            ):
-                out = forwarded()
-                out.data = item
-                yield out
-                continue
-            else:
-                classify_item(item, int(position), mode, True)
-        except Exception:
-            pass
+        read(item)
         out = forwarded()
         out.data = item
         yield out
 
 
-def _streaming_machine(keep_history: bool) -> RequestMachine:
-    """A machine past setup and its first two tokens: in the state whose token step
-    only forwards and stays put (the first token may move it)."""
-    machine = RequestMachine(_MODE, keep_history=keep_history)
-    machine.fire(_SETUP)
-    machine.fire(TOKEN_CHUNK)
-    machine.fire(TOKEN_CHUNK)
-    return machine
+def _read(chunks: Chunks) -> AsyncIterator[object]:
+    return _forward_read(chunks, _reader(keep_history=False))
 
 
-async def _looked_up(chunks: Chunks) -> AsyncIterator[object]:
-    machine = _streaming_machine(keep_history=False)
-    token_state = machine.state
-    mode = _MODE
-    position = 0.0
-    type_of, plain_dict, kit_chunk, plain_list, plain_int, length = type, dict, Chunk, list, int, len
-    first_choice, forwarded = _FIRST_CHOICE, ForwardedData
-    unpacking = True
-    async for item in chunks:
-        position += 1.0
-        try:
-            token_id: Any = None
-            if type_of(item) is plain_dict or type_of(item) is kit_chunk:
-                try:
-                    if type_of(token_ids := item["token_ids"]) is plain_list:
-                        if unpacking:
-                            [token_id] = token_ids
-                        elif length(token_ids) == 1:
-                            token_id = token_ids[0]
-                except (KeyError, ValueError):
-                    unpacking = False
-            if (
-                type_of(token_id) is plain_int
-                and token_id >= 0
-                and (
-                    (keys := length(item)) == 1
-                    or (keys == 2 and item.get("index") is first_choice)
-                    or (
-                        ("finish_reason" not in item or item["finish_reason"] is None)
-                        and "completion_usage" not in item
-                        and (
-                            item.get("index", first_choice) is first_choice
-                            or (type_of(choice := item["index"]) is plain_int and choice >= 0)
-                        )
-                    )
-                )
-            ):
-                if machine.state is token_state:
-                    out = forwarded()
-                    out.data = item
-                    yield out
-                    continue
-            else:
-                classify_item(item, int(position), mode, True)
-        except Exception:
-            pass
-        machine.fire(TOKEN_CHUNK)
-        yield Annotated(item)
-
-
-async def _recorded(chunks: Chunks) -> AsyncIterator[object]:
-    machine = _streaming_machine(keep_history=True)
-    token_state = machine.state
-    token_step = machine.history[-1]
-    history = machine.history
-    keeping = True
-    mode = _MODE
-    position = 0.0
-    type_of, plain_dict, kit_chunk, plain_list, plain_int, length = type, dict, Chunk, list, int, len
-    first_choice, forwarded = _FIRST_CHOICE, ForwardedData
-    unpacking = True
-    async for item in chunks:
-        position += 1.0
-        try:
-            token_id: Any = None
-            if type_of(item) is plain_dict or type_of(item) is kit_chunk:
-                try:
-                    if type_of(token_ids := item["token_ids"]) is plain_list:
-                        if unpacking:
-                            [token_id] = token_ids
-                        elif length(token_ids) == 1:
-                            token_id = token_ids[0]
-                except (KeyError, ValueError):
-                    unpacking = False
-            if (
-                type_of(token_id) is plain_int
-                and token_id >= 0
-                and (
-                    (keys := length(item)) == 1
-                    or (keys == 2 and item.get("index") is first_choice)
-                    or (
-                        ("finish_reason" not in item or item["finish_reason"] is None)
-                        and "completion_usage" not in item
-                        and (
-                            item.get("index", first_choice) is first_choice
-                            or (type_of(choice := item["index"]) is plain_int and choice >= 0)
-                        )
-                    )
-                )
-            ):
-                if machine.state is token_state:
-                    if keeping:
-                        history.append(token_step)
-                    out = forwarded()
-                    out.data = item
-                    yield out
-                    continue
-            else:
-                classify_item(item, int(position), mode, True)
-        except Exception:
-            pass
-        machine.fire(TOKEN_CHUNK)
-        yield Annotated(item)
+def _recorded(chunks: Chunks) -> AsyncIterator[object]:
+    return _forward_read(chunks, _reader(keep_history=True))
 
 
 class _Wrapped:
@@ -244,10 +105,8 @@ def _wrapped_recorded(chunks: Chunks) -> AsyncIterator[object]:
 LADDER: tuple[tuple[str, str, Rung], ...] = (
     ("layer", "async-generator layer: async for over the engine, yield", _layer),
     ("annotated", "Annotated allocated per chunk: object's own __init__ (C), one store", _annotated),
-    ("classified", "the common token chunk checked inline (classify_item otherwise)", _classified),
-    ("looked_up", "model step: the state is the one whose token step only forwards (one identity check)",
-     _looked_up),
-    ("recorded", "step recorded in the model's history", _recorded),
+    ("read", "the model's StreamReader.read per chunk, history off: what the chunk is, which step", _read),
+    ("recorded", "the same with the step recorded in the model's history", _recorded),
     ("wrapped", "stream object whose __aiter__ hands out the generator", _wrapped_recorded),
 )
 

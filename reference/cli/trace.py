@@ -289,12 +289,6 @@ def _closing_fields(report: TraceReport) -> dict[str, object]:
     }
 
 
-def render_json(report: TraceReport) -> str:
-    """The whole JSON report of a checker that collected its requests."""
-    return json.dumps({"requests": [_summary_dict(summary) for summary in report.requests], **_closing_fields(report)},
-                      indent=2)
-
-
 class JsonOutput:
     """Streams one JSON object: ``requests`` first, one entry per line as each request is final,
     then the fields only known at the end (``ok``, ``lines``, ``counts``, the orphans)."""

@@ -23,6 +23,7 @@ from dynamo_backend_protocol.reference.adapter import EngineAdapter, ResponseStr
 from dynamo_backend_protocol.reference.annotated import Annotated
 from dynamo_backend_protocol.reference.conformance.recording import RecordingEngine, RequestLog
 from dynamo_backend_protocol.reference.context import Context
+from dynamo_backend_protocol.reference.traces.boundary import ObservationWriter, ObservingSink
 
 PLAIN_MAX_TOKENS = 8
 CANCEL_MAX_TOKENS = 1000
@@ -170,14 +171,16 @@ class RequestRun:
         return str(self.ending.value)
 
 
-class TraceCollector:
+class TraceCollector(ObservingSink):
     """A trace sink keeping each finished request's steps, and passing them on to another sink."""
 
     def __init__(self, forward: TraceSink | None = None) -> None:
         self.traces: dict[str, list[Step]] = {}
         self._forward = forward
+
+    def open_observations(self, request: str) -> ObservationWriter | None:
         # A sink taking observations (JsonlTraceWriter) still gets them through this collector.
-        self.open_observations = getattr(forward, "open_observations", None)
+        return self._forward.open_observations(request) if isinstance(self._forward, ObservingSink) else None
 
     def __call__(self, request: str, steps: Sequence[Step]) -> None:
         self.traces[request] = list(steps)

@@ -219,11 +219,6 @@ class RecordingEngine:
     def has(self, name: str) -> bool:
         return name in self._originals
 
-    def describe_calls(self) -> str:
-        """The calls in order; successful returns are left out, they are what is expected."""
-        quiet = (LifecycleEvent.START_OK, LifecycleEvent.CLEANUP_OK)
-        return ", ".join(call.describe() for call in self.calls if call.event not in quiet) or "(none)"
-
     # Recording.
 
     def _shadow(self, name: str) -> None:

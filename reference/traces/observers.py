@@ -15,21 +15,24 @@ from __future__ import annotations
 import asyncio
 import inspect
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from dynamo_backend_protocol.model import DynamoError, Event
+from dynamo_backend_protocol.model import Event, Mode
 from dynamo_backend_protocol.model.chunks import classify_item
-from dynamo_backend_protocol.reference.adapter import EngineAdapter, ResponseStream
+from dynamo_backend_protocol.model.faults import error_name, stream_fault
 from dynamo_backend_protocol.reference.annotated import Annotated
-from dynamo_backend_protocol.reference.context import Context, Signal
+from dynamo_backend_protocol.reference.context import Context, Signal, cancelled_by_consumer
 from dynamo_backend_protocol.reference.engine import call_optional
-from dynamo_backend_protocol.reference.traces.writer import ObservationWriter, OpenObservations
+from dynamo_backend_protocol.reference.traces.boundary import (
+    Boundary,
+    ObservationWriter,
+    ObservingSink,
+    RequestBoundary,
+)
 
-Generate = Callable[[dict[str, Any], Context], Any]
 
-
-class RequestObservations:
+class RequestObservations(RequestBoundary):
     """What crossed the boundaries of one request, written as it happens."""
 
     __slots__ = ("_failed", "_on_failure", "_write", "client_over", "context", "last_item", "position")
@@ -62,41 +65,61 @@ class RequestObservations:
         self.context.remove_listener(self.heard)
         self.note(obs, **fields)
 
+    def setup_failed(self, raised: BaseException) -> None:
+        self.client_ended("client.setup_error", error=error_name(raised))
 
-class Observers:
+    def response(self, items: AsyncIterator[Annotated]) -> AsyncIterator[Annotated]:
+        return ObservedResponse(items, self)
+
+    def dropped(self) -> None:
+        self.client_ended("client.drop")
+
+
+class _Unobserved(RequestBoundary):
+    """A request the sink takes no observations of."""
+
+    def setup_failed(self, raised: BaseException) -> None:
+        return None
+
+    def response(self, items: AsyncIterator[Annotated]) -> AsyncIterator[Annotated]:
+        return items
+
+    def dropped(self) -> None:
+        return None
+
+
+_UNOBSERVED = _Unobserved()
+
+
+class Observers(Boundary):
     """The observers of one adapter: which request each context belongs to, and the proxies."""
 
-    def __init__(self, adapter: EngineAdapter, opener: OpenObservations) -> None:
-        self._adapter = adapter
-        self._opener = opener
+    def __init__(self, sink: ObservingSink, mode: Mode, validate: bool, on_failure: Callable[[str], None]) -> None:
+        self._sink = sink
+        self._on_failure = on_failure
+        self.mode = mode
+        self.validate = validate
         self._requests: weakref.WeakKeyDictionary[Context, RequestObservations] = weakref.WeakKeyDictionary()
-        self.engine = ObservedEngine(adapter.engine, self)
 
     def of(self, context: Context) -> RequestObservations | None:
         return self._requests.get(context)
 
-    def generate(self, serve: Callable[[dict[str, Any], Context], Any]) -> Callable[..., Any]:
-        """The adapter's ``generate`` as the runtime calls it, observed from the runtime's side."""
-        adapter = self._adapter
+    def engine(self, engine: Any) -> Any:
+        return ObservedEngine(engine, self)
 
-        async def generate(request: dict[str, Any], context: Context) -> ResponseStream:
-            name = context.id()
-            log = RequestObservations(self._opener(name), context, lambda: adapter._sink_failed(name))
-            self._requests[context] = log
-            log.note("client.generate", mode=adapter.mode.value)
-            # Listen first, then catch up, as the adapter does: no signal falls between the two.
-            context.add_listener(log.heard)
-            for signal in context.signals():
-                log.heard(signal)
-            try:
-                stream = await serve(request, context)
-            except BaseException as exc:
-                log.client_ended("client.setup_error", error=_describe(exc))
-                raise
-            return ObservedResponseStream(stream, log)
-
-        return generate
-
+    def request(self, context: Context) -> RequestBoundary:
+        name = context.id()
+        write = self._sink.open_observations(name)
+        if write is None:
+            return _UNOBSERVED
+        log = RequestObservations(write, context, lambda: self._on_failure(name))
+        self._requests[context] = log
+        log.note("client.generate", mode=self.mode.value)
+        # Listen first, then catch up, as the adapter does: no signal falls between the two.
+        context.add_listener(log.heard)
+        for signal in context.signals():
+            log.heard(signal)
+        return log
 
 class ObservedEngine:
     """The engine as the adapter sees it: every call it receives and all it produces is noted."""
@@ -112,7 +135,7 @@ class ObservedEngine:
         try:
             produced = self._engine.generate(request, context)
         except BaseException as exc:
-            log.note("engine.setup_failed", error=_describe(exc))
+            log.note("engine.setup_failed", error=error_name(exc))
             raise
         if inspect.isawaitable(produced):
             return self._set_up_later(produced, log)
@@ -122,7 +145,7 @@ class ObservedEngine:
         try:
             result = await produced
         except BaseException as exc:
-            log.note("engine.setup_failed", error=_describe(exc))
+            log.note("engine.setup_failed", error=error_name(exc))
             raise
         return self._stream(result, log)
 
@@ -134,7 +157,7 @@ class ObservedEngine:
         try:
             iterator = aiter_method()
         except BaseException as exc:
-            log.note("engine.setup_failed", error=_describe(exc))
+            log.note("engine.setup_failed", error=error_name(exc))
             raise
         if not callable(getattr(iterator, "__anext__", None)):
             log.note("engine.setup_failed", error="not an async iterator")
@@ -155,8 +178,8 @@ class ObservedEngineStream:
     def __init__(self, inner: AsyncIterator[Any], log: RequestObservations, observers: Observers) -> None:
         self._inner = inner
         self._log = log
-        self._mode = observers._adapter.mode
-        self._validate = observers._adapter.validate
+        self.mode = observers.mode
+        self.validate = observers.validate
 
     def __aiter__(self) -> ObservedEngineStream:
         return self
@@ -172,18 +195,14 @@ class ObservedEngineStream:
         except StopAsyncIteration:
             log.note("engine.end")
             raise
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is None or task.cancelling() > 0:
-                log.note("engine.cancel")
-            else:
-                log.note("engine.raise", error="CancelledError")
-            raise
-        except (Exception, GeneratorExit) as exc:
-            log.note("engine.raise", error=_describe(exc))
-            raise
         except BaseException as exc:
-            log.note("engine.interrupt", error=type(exc).__name__)
+            fault = stream_fault(exc, asyncio.CancelledError, cancelled_by_consumer())
+            if fault is None:
+                log.note("engine.cancel")
+            elif not fault.propagates:
+                log.note("engine.raise", error=error_name(exc))
+            else:
+                log.note("engine.interrupt", error=type(exc).__name__)
             raise
         log.position += 1
         log.last_item = item
@@ -200,41 +219,31 @@ class ObservedEngineStream:
 def _item_name(item: object, position: int, stream: ObservedEngineStream) -> str:
     """The event the item stands for, by the protocol's own reading of items; ``malformed`` otherwise."""
     try:
-        classified = classify_item(item, position, stream._mode, stream._validate)
+        classified = classify_item(item, position, stream.mode, stream.validate)
     except Exception:
         return "malformed"
     return classified.name if isinstance(classified, Event) else "malformed"
 
 
-def _describe(exc: BaseException) -> str:
-    return f"Backend{exc.kind.name.title().replace('_', '')}" if isinstance(exc, DynamoError) else type(exc).__name__
 
+class ObservedResponse:
+    """The response items as the consumer reads them: what it received, how its stream ended."""
 
-class ObservedResponseStream(ResponseStream):
-    """The adapter's response stream as the consumer reads it: what it received, how it ended."""
+    __slots__ = ("_items", "_log")
 
-    __slots__ = ("_inner", "_log")
-
-    def __init__(self, inner: ResponseStream, log: RequestObservations) -> None:
-        # Shares the inner stream's driver and items; the inner stream's own finalizer is the drop.
-        self._inner = inner
-        self._driver = inner._driver
-        self._items = inner._items
+    def __init__(self, items: AsyncIterator[Annotated], log: RequestObservations) -> None:
+        self._items = items
         self._log = log
 
-    def __aiter__(self) -> ObservedResponseStream:
-        # Not the driver's generator, as the plain stream hands out: every read
-        # must pass through this observer, and ``async for`` must hold it so that
-        # it is not finalised (a drop) while the consumer is still reading.
+    def __aiter__(self) -> ObservedResponse:
+        # Every read passes through this observer, and ``async for`` holds it, so that it is
+        # not finalised (a drop) while the consumer is still reading.
         return self
 
-    def __anext__(self) -> Awaitable[Annotated]:
-        return self._read()
-
-    async def _read(self) -> Annotated:
+    async def __anext__(self) -> Annotated:
         log = self._log
         try:
-            item = await self._inner.__anext__()
+            item = await self._items.__anext__()
         except StopAsyncIteration:
             log.client_ended("client.end")
             raise
@@ -242,14 +251,10 @@ class ObservedResponseStream(ResponseStream):
             log.client_ended("client.raise", error=type(exc).__name__)
             raise
         if item.error is not None:
-            log.note("client.item", item="error", error=_describe(item.error))
+            log.note("client.item", item="error", error=error_name(item.error))
         else:
             log.note("client.item", item="data", n=log.position if item.data is log.last_item else None)
         return item
 
-    async def aclose(self) -> None:
-        self._log.client_ended("client.drop")
-        await self._inner.aclose()
-
     def __del__(self) -> None:
-        self._log.client_ended("client.drop")
+        self._log.dropped()

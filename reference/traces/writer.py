@@ -13,23 +13,20 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import IO, Literal
 
 from dynamo_backend_protocol.model import Step
+from dynamo_backend_protocol.reference.traces.boundary import ObservationWriter, ObservingSink
 
 TraceFormat = Literal["observations", "steps"]
-ObservationWriter = Callable[[dict[str, object]], None]
-"""Writes one observation (``obs`` and its fields) of one request."""
-OpenObservations = Callable[[str], ObservationWriter]
-"""Given a request id, the writer of that request's observations."""
 
 
 def trace_lines(request: str, steps: Sequence[Step]) -> list[str]:
     return [json.dumps(step.as_record(request), separators=(",", ":")) for step in steps]
 
 
-class JsonlTraceWriter:
+class JsonlTraceWriter(ObservingSink):
     """A ``trace_sink`` for :class:`EngineAdapter` that appends traces to a text stream.
 
     Request ids are made unique per writer (``id#2`` for a second request with
@@ -45,8 +42,6 @@ class JsonlTraceWriter:
         self._lock = threading.Lock()
         self.format: TraceFormat = format
         self.requests = 0
-        self.open_observations: OpenObservations | None = self._open if format == "observations" else None
-        """Set when this sink takes observations: the adapter then installs its boundary observers."""
 
     def _unique(self, request: str) -> str:
         count = self._seen.get(request, 0) + 1
@@ -61,7 +56,9 @@ class JsonlTraceWriter:
                 name = self._unique(request)
                 self._out.write("".join(line + "\n" for line in trace_lines(name, steps)))
 
-    def _open(self, request: str) -> ObservationWriter:
+    def open_observations(self, request: str) -> ObservationWriter | None:
+        if self.format != "observations":
+            return None
         with self._lock:
             name = self._unique(request)
         out, lock = self._out, self._lock

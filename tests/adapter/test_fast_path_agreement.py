@@ -1,11 +1,12 @@
 """The adapter's verdict on a chunk does not depend on how the chunk reaches its validation.
 
-The adapter checks the common one-token chunk inline, for speed, and sends
-every other item to the model's full classifier (``model.chunks``).  A plain
-``dict`` can take the inline check; a ``dict`` subclass with the same contents
-always takes the classifier.  If the two ever disagreed (the inline check
-forwarding a chunk the classifier would refuse, or the reverse), a backend's
-stream would be judged differently by an accident of its chunk type.
+The model's reader (``model.reading``) settles the common one-token chunk with
+its compiled check, for speed, and sends every other item to the model's full
+classifier (``model.chunks``).  A plain ``dict`` can take the compiled check; a
+``dict`` subclass with the same contents always takes the classifier.  If the
+two ever disagreed (the compiled check forwarding a chunk the classifier would
+refuse, or the reverse), a backend's stream would be judged differently by an
+accident of its chunk type.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from hypothesis import strategies as st
 
 
 class OtherMapping(dict[str, Any]):
-    """Same contents as a plain dict, never taken by the inline check."""
+    """Same contents as a plain dict, never taken by the compiled check."""
 
 
-# Edge values near each of the inline check's conditions, most often as a single token.
+# Edge values near each of the compiled check's conditions, most often as a single token.
 token_values = st.one_of(st.sampled_from([-1, 0, 1, 2**64, True, False, "7", 1.0]), st.integers())
 token_ids = st.one_of(
     st.lists(token_values, min_size=1, max_size=1),
@@ -52,7 +53,7 @@ async def run(mode: Mode, stream: list[dict[str, Any]]) -> list[tuple[dict[str, 
 
 
 @settings(max_examples=80, deadline=None, database=None, derandomize=True)
-# One chunk just past each of the inline check's conditions, whatever the draw finds.
+# One chunk just past each of the compiled check's conditions, whatever the draw finds.
 @example(drawn=[{"token_ids": [-1]}], mode=Mode.AGGREGATED)
 @example(drawn=[{"token_ids": [True]}], mode=Mode.AGGREGATED)
 @example(drawn=[{"token_ids": [1], "index": -1}], mode=Mode.AGGREGATED)
@@ -67,7 +68,7 @@ async def run(mode: Mode, stream: list[dict[str, Any]]) -> list[tuple[dict[str, 
 @example(drawn=[{"token_ids": [1], "index": 0, "completion_usage": 5}], mode=Mode.DECODE)
 @example(drawn=[{"token_ids": [1], "index": 1}, {"token_ids": [1], "log_probs": [0.5]}], mode=Mode.AGGREGATED)
 @example(drawn=[{"token_ids": [1], "completion_usage": {"prompt_tokens": 1}}], mode=Mode.DECODE)
-# After a list of another size the inline check measures lists instead of unpacking them.
+# After a list of another size the compiled check measures lists instead of unpacking them.
 @example(drawn=[{"token_ids": [1, 2]}, {"token_ids": [3, -1]}], mode=Mode.AGGREGATED)
 @example(drawn=[{"token_ids": [1, 2]}, {"token_ids": [True]}], mode=Mode.AGGREGATED)
 @example(drawn=[{"token_ids": []}, {"token_ids": [1], "index": False}], mode=Mode.DECODE)
