@@ -357,7 +357,8 @@ def test_cli_reports_a_failing_dot_in_one_line(
     assert code == 2
     assert out == ""
     assert err.strip().splitlines() == [
-        "error: Graphviz 'dot' failed rendering svg (exit status 3): Error: something broke"
+        "dynamo-backend-protocol diagram: error: "
+        "Graphviz 'dot' failed rendering svg (exit status 3): Error: something broke"
     ]
     assert not (tmp_path / "machine.svg").exists()
 
