@@ -132,6 +132,38 @@ def absolute_path(text: str) -> str:
     return text if text == "-" else os.path.abspath(text)
 
 
+def writable_file(option: str, path: str) -> str:
+    """Checked before any work: ``path`` can be written as a file (not a directory, in a directory
+    that exists and may be written), so a bad ``-o`` costs the user nothing."""
+    where = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {path}: is a directory; give a file name inside it")
+    if not os.path.isdir(where):
+        raise UsageError(f"{option} {path}: directory {where} does not exist")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise UsageError(f"{option} {path}: not writable")
+    if not os.path.exists(path) and not os.access(where, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: directory {where} is not writable")
+    return path
+
+
+def read_text_file(option: str, path: str) -> str:
+    """The UTF-8 text of a file the user names, or one line saying why it is not one."""
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {path}: is a directory, not a file")
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read()
+    except OSError as error:
+        raise UsageError(f"{option} {path}: cannot read it: {error.strerror or error}") from None
+    if b"\x00" in data:
+        raise UsageError(f"{option} {path}: not a text file (it holds NUL bytes)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UsageError(f"{option} {path}: not UTF-8 text (byte {error.start} is {data[error.start]:#04x})") from None
+
+
 # ---------------------------------------------------------------------------------------------- colour
 
 
