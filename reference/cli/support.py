@@ -151,6 +151,8 @@ def read_text_file(option: str, path: str) -> str:
     """The UTF-8 text of a file the user names, or one line saying why it is not one."""
     if os.path.isdir(path):
         raise UsageError(f"{option} {path}: is a directory, not a file")
+    if not os.path.exists(path):
+        raise UsageError(f"{option} {path}: no such file")
     try:
         with open(path, "rb") as stream:
             data = stream.read()
