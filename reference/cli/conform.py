@@ -120,7 +120,7 @@ def _judge(args: argparse.Namespace) -> ConformanceReport:
         sink = None
         if args.trace is not None:
             # A write error ends the writing, not the run: it is reported after the report.
-            trace_file = DeferredOutputFile(args.trace, "--trace")
+            trace_file = DeferredOutputFile(args.trace, "the trace file")
             stack.callback(trace_file.close)
             sink = JsonlTraceWriter(trace_file)  # type: ignore[arg-type]
         # The adapter logs engine misbehaviour as warnings; the report already says it, once.

@@ -238,7 +238,7 @@ def test_a_reader_that_stops_early_leaves_no_noise(tmp_path: Path) -> None:
 def test_conform_trace_file_write_error_comes_after_the_report(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "conform", "--examples", "0", "--quiet", "--trace", "/dev/full")
     assert "StartFailed" in out  # the report is not lost
-    assert_one_error_line(code, err, "--trace /dev/full", "No space left")
+    assert_one_error_line(code, err, "the trace file /dev/full", "No space left")
 
 
 NOISY_ENGINE = """
