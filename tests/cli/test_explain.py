@@ -295,7 +295,8 @@ def test_frames_write_one_diagram_per_step_with_the_fired_edge_highlighted(
     assert "<B>token_chunk / call_abort, forward_data" in third
     # One edge, drawn in two halves through its label: both are thick.
     thick = [line.split(" [")[0].strip() for line in third.splitlines() if "penwidth=2.5" in line]
-    assert thick == ['CancelPending -> "edge-CancelPending-Aborted-label"', '"edge-CancelPending-Aborted-label" -> Aborted']
+    label = '"edge-CancelPending-Aborted-label"'
+    assert thick == [f"CancelPending -> {label}", f"{label} -> Aborted"]
     [aborted] = [line for line in third.splitlines() if line.strip().startswith("Aborted [")]
     assert "filled" in aborted
     assert "penwidth=2.5" not in frames[0].read_text()
