@@ -55,6 +55,18 @@ class _TopParser(Parser):
         raise _ParserExit(status)
 
 
+class _Version(argparse.Action):
+    """``--version``, its version looked up only when asked: importlib.metadata costs every start otherwise."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        print(f"{parser.prog} {distribution_version()}")
+        parser.exit()
+
+
 def chosen_command(argv: Sequence[str]) -> str | None:
     """The subcommand ``argv`` names: its first word that is not an option (the top level has no
     option that takes a value)."""
@@ -75,7 +87,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         epilog=f"Run '{PROG} COMMAND --help' for a command's options, examples and exit status. "
         "Colour is used on a terminal only, and never with NO_COLOR set.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {distribution_version()}")
+    parser.add_argument("--version", action=_Version, help="show the installed version and exit")
     parser.set_defaults(run=lambda _args: _print_usage(parser))
     subparsers: Subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_TopParser)
     wanted = None if argv is None else chosen_command(argv)

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from typing import BinaryIO, TextIO
 
 from dynamo_backend_protocol.model.rules import summary as rule_summary
-from dynamo_backend_protocol.model.teach.narrate import describe_events
 from dynamo_backend_protocol.model.traces.check import (
     Divergence,
     Malformed,
@@ -157,6 +156,9 @@ def _divergence_lines(found: Divergence | ObservationDivergence) -> list[str]:
     if found.expected_state is not None:
         lines.append(f"    expected: state {found.expected_state.value}, actions {_actions(found.expected_actions)}")
     elif found.allowed:
+        # Imported for a divergence only: it brings the explorer, which a conforming trace never needs.
+        from dynamo_backend_protocol.model.teach.narrate import describe_events
+
         lines.append(f"    allowed in {found.before.value}: {describe_events(found.allowed)}")
     lines.append(f"    observed: state {found.observed_state.value}, actions {_actions(found.observed_actions)}")
     if found.rule is not None:
