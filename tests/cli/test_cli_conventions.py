@@ -207,7 +207,7 @@ def test_colour_on_a_terminal_only_and_never_with_no_color(monkeypatch: pytest.M
 
 
 @pytest.mark.parametrize("argv", [["check", "--mode", "agg"], ["explain", "--list"], ["trace", os.devnull],
-                                  ["export"], ["diagram"]])
+                                  ["export"], ["diagram"], ["conform", "--examples", "0", "--json"]])
 def test_a_full_standard_output_is_one_line_and_exit_2(argv: list[str]) -> None:
     with open("/dev/full", "w") as full:
         done = command(*argv, stdout=full.fileno())
