@@ -1,35 +1,27 @@
 """The reference implementation: an asyncio adapter driven by the model, the
-engine API, the conformance kit and the command line.
-
-The kit's names are imported on first use, so that importing the adapter (which
-imports this package first) loads neither the kit nor Hypothesis.
-"""
+engine API, the conformance kit and the command line."""
 
 import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from dynamo_backend_protocol.model import BackendError, DynamoError
-from dynamo_backend_protocol.model import Mode as DisaggregationMode
-from dynamo_backend_protocol.reference import chunks
-from dynamo_backend_protocol.reference.adapter import EngineAdapter, ResponseStream, TraceSink
-from dynamo_backend_protocol.reference.annotated import Annotated, as_dynamo_error
-from dynamo_backend_protocol.reference.chunks import (
-    Chunk,
-    cancelled,
-    content_filter,
-    eos,
-    error,
-    length,
-    stop,
-    token,
-    usage,
-)
-from dynamo_backend_protocol.reference.context import Context
-from dynamo_backend_protocol.reference.engine import EngineConfig, LLMEngine, start_engine
-from dynamo_backend_protocol.reference.traces.writer import JsonlTraceWriter
-
 if TYPE_CHECKING:
+    from dynamo_backend_protocol.model import BackendError, DynamoError
+    from dynamo_backend_protocol.model import Mode as DisaggregationMode
+    from dynamo_backend_protocol.reference import chunks
+    from dynamo_backend_protocol.reference.adapter import EngineAdapter, ResponseStream, TraceSink
+    from dynamo_backend_protocol.reference.annotated import Annotated, as_dynamo_error
+    from dynamo_backend_protocol.reference.chunks import (
+        Chunk,
+        cancelled,
+        content_filter,
+        eos,
+        error,
+        length,
+        stop,
+        token,
+        usage,
+    )
     from dynamo_backend_protocol.reference.conformance import assert_conforms, run_conformance
     from dynamo_backend_protocol.reference.conformance.checks import Failure as ConformanceCheck
     from dynamo_backend_protocol.reference.conformance.report import (
@@ -40,33 +32,51 @@ if TYPE_CHECKING:
     )
     from dynamo_backend_protocol.reference.conformance.sample_engine import SampleEngine
     from dynamo_backend_protocol.reference.conformance.session import EngineFactoryError
-
-_KIT = "dynamo_backend_protocol.reference.conformance"
-_FROM_THE_KIT: dict[str, tuple[str, str]] = {
-    "assert_conforms": (_KIT, "assert_conforms"),
-    "run_conformance": (_KIT, "run_conformance"),
-    "ConformanceCheck": (f"{_KIT}.checks", "Failure"),
-    "CheckResult": (f"{_KIT}.report", "CheckResult"),
-    "CheckStatus": (f"{_KIT}.report", "CheckStatus"),
-    "ConformanceFailure": (f"{_KIT}.report", "ConformanceFailure"),
-    "ConformanceReport": (f"{_KIT}.report", "ConformanceReport"),
-    "SampleEngine": (f"{_KIT}.sample_engine", "SampleEngine"),
-    "EngineFactoryError": (f"{_KIT}.session", "EngineFactoryError"),
-}
-
-
-def __getattr__(name: str) -> Any:
-    found = _FROM_THE_KIT.get(name)
-    if found is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module, attribute = found
-    value = getattr(importlib.import_module(module), attribute)
-    globals()[name] = value
-    return value
-
+    from dynamo_backend_protocol.reference.context import Context
+    from dynamo_backend_protocol.reference.engine import EngineConfig, LLMEngine, start_engine
+    from dynamo_backend_protocol.reference.traces.writer import JsonlTraceWriter
 
 # A library does not decide where warnings go: silent unless the application configures logging.
 logging.getLogger("dynamo_backend_protocol").addHandler(logging.NullHandler())
+
+
+_WHERE = {
+    "BackendError": "dynamo_backend_protocol.model",
+    "DynamoError": "dynamo_backend_protocol.model",
+    "DisaggregationMode": "dynamo_backend_protocol.model:Mode",
+    "EngineAdapter": "dynamo_backend_protocol.reference.adapter",
+    "ResponseStream": "dynamo_backend_protocol.reference.adapter",
+    "TraceSink": "dynamo_backend_protocol.reference.adapter",
+    "Annotated": "dynamo_backend_protocol.reference.annotated",
+    "as_dynamo_error": "dynamo_backend_protocol.reference.annotated",
+    **{name: "dynamo_backend_protocol.reference.chunks" for name in (
+        "Chunk", "cancelled", "content_filter", "eos", "error", "length", "stop", "token", "usage")},
+    "assert_conforms": "dynamo_backend_protocol.reference.conformance",
+    "run_conformance": "dynamo_backend_protocol.reference.conformance",
+    "ConformanceCheck": "dynamo_backend_protocol.reference.conformance.checks:Failure",
+    **{name: "dynamo_backend_protocol.reference.conformance.report" for name in (
+        "CheckResult", "CheckStatus", "ConformanceFailure", "ConformanceReport")},
+    "SampleEngine": "dynamo_backend_protocol.reference.conformance.sample_engine",
+    "EngineFactoryError": "dynamo_backend_protocol.reference.conformance.session",
+    "Context": "dynamo_backend_protocol.reference.context",
+    **{name: "dynamo_backend_protocol.reference.engine" for name in ("EngineConfig", "LLMEngine", "start_engine")},
+    "JsonlTraceWriter": "dynamo_backend_protocol.reference.traces.writer",
+}
+"""Where each public name lives: imported on first use, so that ``import dynamo_backend_protocol.reference.cli``
+(every start of the command) does not pay for the adapter and the kit."""
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        if name == "chunks":
+            return importlib.import_module(f"{__name__}.chunks")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, _, attribute = where.partition(":")
+    value = getattr(importlib.import_module(module), attribute or name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Annotated",

@@ -116,14 +116,18 @@ def _add_node(graph: graphviz.Digraph, node: PlannedNode, in_place: PlannedEdge 
         style.append("dashed")
     if node.highlighted:
         style.append("filled")
-    label = f'<B>{escape(node.state.value)}</B>'
+    # The state's name centred above its lines, which start at one left edge: centred, lines of
+    # different lengths each began somewhere else, and their "(remembers: ...)" parts drifted.
+    label = f'<B>{escape(node.state.value)}</B><BR/>'
+    lines: list[str] = []
     if node.decode_only:
-        label += '<BR/><FONT POINT-SIZE="12">decode only</FONT>'
+        lines.append('<FONT POINT-SIZE="12">decode only</FONT>')
     if in_place is not None:
-        for stays in in_place.lines:
-            label += f'<BR/><FONT POINT-SIZE="12">{_in_place_markup(stays, node.decode_only)}</FONT>'
-    for ignored in node.ignores:
-        label += f'<BR/><FONT POINT-SIZE="12" COLOR="{_IGNORED_COLOUR}">ignores {escape(ignored)}</FONT>'
+        lines.extend(f'<FONT POINT-SIZE="12">{_in_place_markup(stays, node.decode_only)}</FONT>'
+                     for stays in in_place.lines)
+    lines.extend(f'<FONT POINT-SIZE="12" COLOR="{_IGNORED_COLOUR}">ignores {escape(ignored)}</FONT>'
+                 for ignored in node.ignores)
+    label += "".join(f'{line}<BR ALIGN="LEFT"/>' for line in lines)
     graph.node(
         node.state.value,
         id=node_id(node.state),
@@ -147,9 +151,12 @@ def _in_place_markup(line: EdgeLine, node_is_decode_only: bool) -> str:
 
 
 def _line_text(line: EdgeLine) -> str:
+    # One run of one font: Graphviz places each change of font as its own piece of text, at a place
+    # measured with its own font metrics, and a browser's font of another width drew the italic
+    # "(remembers: ...)" pieces apart from their lines.
     text = escape(line.text)
     if line.remembers:
-        text += f" <I>(remembers: {escape(line.remembers)})</I>"
+        text += f" (remembers: {escape(line.remembers)})"
     return text
 
 
@@ -164,6 +171,11 @@ def _line_markup(line: EdgeLine, mixed: bool, wrap_at: int) -> str:
     return text + '<BR ALIGN="LEFT"/>'
 
 
+EDGE_PARTS = ("-in", "-label")
+"""An edge with a label is drawn as three elements: its first half (id suffix ``-in``), its label
+(``-label``) and its second half, which ends in the arrowhead and carries the edge's own id."""
+
+
 def _add_edge(graph: graphviz.Digraph, edge: PlannedEdge) -> None:
     mixed = not edge.decode_only and any(line.decode_only for line in edge.lines)
     wrap_at = _WRAP_LONE_AT if len(edge.lines) == 1 else _WRAP_GROUPED_AT
@@ -171,17 +183,20 @@ def _add_edge(graph: graphviz.Digraph, edge: PlannedEdge) -> None:
     colour = _DECODE_COLOUR if edge.decode_only else "black"
     if edge.highlighted:
         colour = _HIGHLIGHT_EDGE
-    graph.edge(
-        edge.source.value,
-        edge.target.value,
-        id=element_id(edge),
-        label=f"<{label}>",
-        color=colour,
-        fontcolor=_DECODE_COLOUR if edge.decode_only else "black",
-        style="dashed" if edge.decode_only else "solid",
-        penwidth="2.5" if edge.highlighted else "1",
-        tooltip="rules: " + ", ".join(edge.rules),
-    )
+    drawn = element_id(edge)
+    line = {
+        "color": colour,
+        "style": "dashed" if edge.decode_only else "solid",
+        "penwidth": "2.5" if edge.highlighted else "1",
+        "tooltip": "rules: " + ", ".join(edge.rules),
+    }
+    # The label is a box the edge runs through, not text beside it: beside it, where two edges ran
+    # close, a label sat between them and read as either one's.
+    middle = drawn + "-label"
+    graph.node(middle, id=middle, label=f"<{label}>", shape="plain", fontsize="12",
+               fontcolor=_DECODE_COLOUR if edge.decode_only else "black", tooltip=line["tooltip"])
+    graph.edge(edge.source.value, middle, id=drawn + "-in", arrowhead="none", **line)
+    graph.edge(middle, edge.target.value, id=drawn, **line)
 
 
 def dot_source(plan: DiagramPlan) -> str:

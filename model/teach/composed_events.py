@@ -57,7 +57,8 @@ def parse_engine_event(token: str, requests: int) -> EngineEvent:
     if text in _ENGINE_OWN or text in _FROM_REQUESTS:
         return _lifecycle_event(text, text)
     if colon and who[:1] == "r" and who[1:].isdigit():
-        index = int(who[1:])
+        # No request number has more digits than the count (and int() refuses thousands of them).
+        index = int(who[1:]) if len(who) <= 1 + len(str(requests)) else requests + 1
         if not 1 <= index <= requests:
             raise BadComposedEvent(text, f"there is no request {who}: {requests} request(s), r1 to r{requests}")
         try:

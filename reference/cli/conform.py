@@ -13,7 +13,15 @@ from collections.abc import Coroutine
 from typing import TypeVar
 
 from dynamo_backend_protocol.model import Mode
-from dynamo_backend_protocol.reference.cli.support import Subparsers, UsageError, add_mode_option, parse_mode
+from dynamo_backend_protocol.reference.cli.support import (
+    DeferredOutputFile,
+    Subparsers,
+    UsageError,
+    absolute_path,
+    add_mode_option,
+    parse_mode,
+    stdout_to_stderr,
+)
 from dynamo_backend_protocol.reference.conformance import DEFAULT_EXAMPLES, run_conformance
 from dynamo_backend_protocol.reference.conformance.kit import (
     DEFAULT_CANCEL_DEADLINE,
@@ -22,6 +30,7 @@ from dynamo_backend_protocol.reference.conformance.kit import (
     DEFAULT_STREAM_TIMEOUT,
 )
 from dynamo_backend_protocol.reference.conformance.progress import LinePrinter, live_display
+from dynamo_backend_protocol.reference.conformance.report import ConformanceReport
 from dynamo_backend_protocol.reference.conformance.sample_engine import SampleEngine
 from dynamo_backend_protocol.reference.conformance.session import EngineFactory, EngineFactoryError
 from dynamo_backend_protocol.reference.conformance.target import load_engine_factory
@@ -54,7 +63,8 @@ def register(subparsers: Subparsers) -> None:
                        "line as it finishes, and a live progress line on a terminal)")
     parser.add_argument("--cancel-deadline", "--deadline", dest="cancel_deadline", type=_positive_seconds,
                         default=DEFAULT_CANCEL_DEADLINE, metavar="S",
-                        help=f"seconds a cancelled stream may take to end (default {DEFAULT_CANCEL_DEADLINE:g})")
+                        help=f"seconds a cancelled stream may take to end (default {DEFAULT_CANCEL_DEADLINE:g}); "
+                        "--deadline is its earlier name")
     parser.add_argument("--start-timeout", type=_positive_seconds, default=DEFAULT_START_TIMEOUT, metavar="S",
                         help=f"seconds start() may take, e.g. loading weights (default {DEFAULT_START_TIMEOUT:g})")
     parser.add_argument("--cleanup-timeout", type=_positive_seconds, default=DEFAULT_CLEANUP_TIMEOUT, metavar="S",
@@ -63,7 +73,8 @@ def register(subparsers: Subparsers) -> None:
                         help=f"seconds each stream may take to end (default {DEFAULT_STREAM_TIMEOUT:g})")
     parser.add_argument("--examples", type=_count, default=DEFAULT_EXAMPLES, metavar="N",
                         help=f"schedules the property-based phase draws, 0 to skip it (default {DEFAULT_EXAMPLES})")
-    parser.add_argument("--trace", metavar="FILE", help="write every adapter-driven request's trace as JSON Lines")
+    parser.add_argument("--trace", metavar="FILE", type=absolute_path,
+                        help="write every adapter-driven request's trace as JSON Lines")
     parser.set_defaults(run=run)
 
 
@@ -88,6 +99,17 @@ def _count(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    # With --json the one JSON object is alone on stdout: what the engine prints goes to stderr.
+    with stdout_to_stderr() if args.json else contextlib.nullcontext():
+        report = _judge(args)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print(report.render() if args.quiet else report.render_ending())
+    return 0 if report.ok else 1
+
+
+def _judge(args: argparse.Namespace) -> ConformanceReport:
     mode = parse_mode(args.mode) if args.mode is not None else None
     factory: EngineFactory
     if args.engine is None:
@@ -97,10 +119,10 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         sink = None
         if args.trace is not None:
-            try:
-                sink = JsonlTraceWriter(stack.enter_context(open(args.trace, "w", encoding="utf-8")))
-            except OSError as error:
-                raise UsageError(f"cannot write the trace file {args.trace!r}: {error.strerror}") from None
+            # A write error ends the writing, not the run: it is reported after the report.
+            trace_file = DeferredOutputFile(args.trace, "the trace file")
+            stack.callback(trace_file.close)
+            sink = JsonlTraceWriter(trace_file)  # type: ignore[arg-type]
         # The adapter logs engine misbehaviour as warnings; the report already says it, once.
         logging.getLogger("dynamo_backend_protocol").addHandler(logging.NullHandler())
         at_the_end = args.json or args.quiet
@@ -113,11 +135,7 @@ def run(args: argparse.Namespace) -> int:
                 )))
             except EngineFactoryError as error:
                 raise UsageError(str(error)) from None
-    if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
-    else:
-        print(report.render() if args.quiet else report.render_ending())
-    return 0 if report.ok else 1
+    return report
 
 
 def _display() -> contextlib.AbstractContextManager[LinePrinter]:

@@ -10,7 +10,13 @@ from typing import TypeVar
 
 from dynamo_backend_protocol.model import ControlState, Mode
 from dynamo_backend_protocol.model.teach.diagram_plan import DiagramPlan, Highlight, plan_request_diagram
-from dynamo_backend_protocol.reference.cli.support import Subparsers, UsageError, add_mode_option, parse_mode
+from dynamo_backend_protocol.reference.cli.support import (
+    Subparsers,
+    UsageError,
+    add_mode_option,
+    parse_mode,
+    writable_file,
+)
 from dynamo_backend_protocol.reference.diagrams import FORMATS, Format, RenderError, dot_source, render
 
 MACHINES = ("request", "lifecycle")
@@ -38,6 +44,8 @@ def register(subparsers: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.output is not None:
+        writable_file("-o", args.output)
     fmt = choose_format(args.format, args.output)
     if fmt == "png" and args.output is None:
         raise UsageError("PNG output is binary: give -o PATH")

@@ -6,11 +6,16 @@ import argparse
 import asyncio
 import json
 import signal
-import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from dynamo_backend_protocol.reference.cli.support import Subparsers, UsageError, add_mode_option, parse_modes
+from dynamo_backend_protocol.reference.cli.support import (
+    Subparsers,
+    UsageError,
+    add_mode_option,
+    parse_modes,
+    print_error,
+)
 from dynamo_backend_protocol.reference.differential.compare import Verdict
 from dynamo_backend_protocol.reference.differential.run import ModeReport, run_modes
 from dynamo_backend_protocol.reference.differential.upstream import UpstreamUnavailable
@@ -73,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         reports = asyncio.run(_interruptible(run_modes(modes, args.examples, args.seed, progress=progress)))
     except UpstreamUnavailable as error:
-        print(f"error: differential: {error}", file=sys.stderr)
+        print_error("differential", str(error))
         return 2
     if args.json:
         print(json.dumps({"modes": [report.as_json() for report in reports]}, indent=2))
@@ -86,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     if unserved:
         # The modes that ran are reported above; one line says which could not.
         reasons = "; ".join(f"{report.mode.value}: {report.unavailable}" for report in unserved)
-        print(f"error: differential: Dynamo's worker could not serve {reasons}", file=sys.stderr)
+        print_error("differential", f"Dynamo's worker could not serve {reasons}")
         return 2
     return 0
 

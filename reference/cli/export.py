@@ -17,6 +17,7 @@ from dynamo_backend_protocol.reference.cli.support import (
     add_mode_option,
     parse_mode,
     request_count,
+    writable_file,
 )
 
 
@@ -47,7 +48,10 @@ def run(args: argparse.Namespace) -> int:
     with_transfer = args.machine == "disagg"
     mode = Mode.DECODE if with_transfer else parse_mode(args.mode)
     if args.requests is not None and with_transfer:
-        raise UsageError("export: --requests composes request machines; it does not take --machine disagg")
+        raise UsageError("--requests composes request machines; it does not take --machine disagg")
+    if args.output is not None:
+        # Checked before the export, which takes seconds for a composition.
+        writable_file("-o", args.output)
     if args.requests is None:
         model = export_promela(mode, DEFAULT_TABLE, with_transfer)
     else:
@@ -58,5 +62,5 @@ def run(args: argparse.Namespace) -> int:
     try:
         Path(args.output).write_text(model)
     except OSError as error:
-        raise UsageError(f"export: cannot write {args.output}: {error.strerror}") from None
+        raise UsageError(f"-o {args.output}: cannot write it: {error.strerror or error}") from None
     return 0

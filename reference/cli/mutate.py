@@ -6,7 +6,7 @@ import argparse
 import json
 
 from dynamo_backend_protocol.model.explore.mutants import MutationScore, Verdict, mutation_score
-from dynamo_backend_protocol.reference.cli.support import Subparsers
+from dynamo_backend_protocol.reference.cli.support import Subparsers, emit
 
 
 def register(subparsers: Subparsers) -> None:
@@ -21,7 +21,10 @@ def register(subparsers: Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     score = mutation_score()
-    print(json.dumps(as_dict(score), indent=2) if args.json else render(score, args.killed))
+    if args.json:
+        print(json.dumps(as_dict(score), indent=2))
+    else:
+        emit(render(score, args.killed))
     return 0 if not score.blind_spots else 1
 
 

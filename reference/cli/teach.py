@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import re
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -20,7 +21,14 @@ from dynamo_backend_protocol.model.rules import RULES
 from dynamo_backend_protocol.model.teach.diagram_plan import DiagramPlan, plan_request_diagram
 from dynamo_backend_protocol.model.teach.lifecycle_diagram import plan_lifecycle_diagram
 from dynamo_backend_protocol.model.teach.playground import Playground, lifecycle_playground, request_playground
-from dynamo_backend_protocol.reference.cli.support import Subparsers, UsageError, add_mode_option, parse_modes
+from dynamo_backend_protocol.reference.cli.support import (
+    Subparsers,
+    UsageError,
+    add_mode_option,
+    parse_modes,
+    read_text_file,
+    writable_file,
+)
 from dynamo_backend_protocol.reference.diagrams import RenderError, dot_source, element_id, node_id, render
 
 TITLE = "Play the dynamo-backend-common protocol"
@@ -61,10 +69,9 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"-o {output}: the page is HTML; give a path ending in .html")
+    writable_file("-o", args.output)
     modes = parse_modes(args.mode)
     spec = find_spec(args.spec)
-    if not output.parent.is_dir():
-        raise UsageError(f"-o {output}: directory {output.parent} does not exist")
     try:
         page = build_page(modes, spec, output.parent)
     except RenderError as failed:
@@ -77,28 +84,35 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def find_spec(given: str | None) -> Path | None:
+@dataclass(frozen=True)
+class Spec:
+    """The spec the page quotes: where it is (the page links to it) and its text, read before any work."""
+
+    path: Path
+    text: str
+
+
+def find_spec(given: str | None) -> Spec | None:
     if given is None:
-        return DEFAULT_SPEC if DEFAULT_SPEC.is_file() else None
-    spec = Path(given)
-    if not spec.is_file():
-        raise UsageError(f"--spec {given}: no such file")
-    return spec
+        if not DEFAULT_SPEC.is_file():
+            return None
+        return Spec(DEFAULT_SPEC, read_text_file("the default spec", str(DEFAULT_SPEC)))
+    return Spec(Path(given), read_text_file("--spec", given))
 
 
-def build_page(modes: list[Mode], spec: Path | None, page_dir: Path) -> str:
+def build_page(modes: list[Mode], spec: Spec | None, page_dir: Path) -> str:
     texts: dict[str, int] = {}
     machines = [machine_data(request_playground(mode), plan_request_diagram(mode), texts) for mode in modes]
     machines.append(machine_data(lifecycle_playground(), plan_lifecycle_diagram(), texts))
-    sections = rule_sections(spec.read_text(encoding="utf-8")) if spec is not None else {}
+    sections = rule_sections(spec.text) if spec is not None else {}
     data = {
         "machines": machines,
         "texts": list(texts),
         "rules": {rule: {"summary": about, "section": sections.get(rule, [])} for rule, about in RULES.items()},
         "variableLabels": VARIABLE_LABELS,
-        "specLink": "" if spec is None else Path(os.path.relpath(spec.resolve(), page_dir.resolve())).as_posix(),
+        "specLink": "" if spec is None else Path(os.path.relpath(spec.path.resolve(), page_dir.resolve())).as_posix(),
         "specNote": (
-            f"Each rule's text is quoted from {spec}." if spec is not None
+            f"Each rule's text is quoted from {spec.path}." if spec is not None
             else f"{DEFAULT_SPEC} was not found here, so rules are shown by their one-line summaries."
         ),
     }

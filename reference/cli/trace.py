@@ -11,14 +11,13 @@ output escapes what is not printable, so a request id cannot forge a line.
 from __future__ import annotations
 
 import argparse
-import io
+import codecs
 import json
 import sys
 from collections.abc import Iterator
 from typing import BinaryIO, TextIO
 
 from dynamo_backend_protocol.model.rules import summary as rule_summary
-from dynamo_backend_protocol.model.teach.narrate import describe_events
 from dynamo_backend_protocol.model.traces.check import (
     Divergence,
     Malformed,
@@ -29,7 +28,7 @@ from dynamo_backend_protocol.model.traces.check import (
 )
 from dynamo_backend_protocol.model.traces.observed import ObservationDivergence
 from dynamo_backend_protocol.model.vocabulary import ActionKind, ControlState
-from dynamo_backend_protocol.reference.cli.support import Subparsers, UsageError
+from dynamo_backend_protocol.reference.cli.support import Subparsers, UsageError, emit
 
 MAX_LINE_BYTES = 1 << 20
 """A longer line is reported as malformed and skipped, so memory stays bounded."""
@@ -57,9 +56,6 @@ def register(subparsers: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if isinstance(sys.stdout, io.TextIOWrapper):
-        # A name the terminal cannot encode is escaped, not a crash halfway through the report.
-        sys.stdout.reconfigure(errors="backslashreplace")
     output = JsonOutput(sys.stdout) if args.json else TextOutput(sys.stdout)
     report = check_file(args.file, output.request)
     output.finish(report)
@@ -122,8 +118,10 @@ def read_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes | None, str | None
 
 
 def _looks_like_text(raw: bytes) -> bool:
+    """Valid UTF-8 without NUL; the read may have cut a character at its end (a first line
+    longer than the read), which is not a fault of the file."""
     try:
-        raw.decode("utf-8")
+        codecs.getincrementaldecoder("utf-8")().decode(raw, final=False)
     except UnicodeDecodeError:
         return False
     return b"\x00" not in raw
@@ -158,6 +156,9 @@ def _divergence_lines(found: Divergence | ObservationDivergence) -> list[str]:
     if found.expected_state is not None:
         lines.append(f"    expected: state {found.expected_state.value}, actions {_actions(found.expected_actions)}")
     elif found.allowed:
+        # Imported for a divergence only: it brings the explorer, which a conforming trace never needs.
+        from dynamo_backend_protocol.model.teach.narrate import describe_events
+
         lines.append(f"    allowed in {found.before.value}: {describe_events(found.allowed)}")
     lines.append(f"    observed: state {found.observed_state.value}, actions {_actions(found.observed_actions)}")
     if found.rule is not None:
@@ -227,10 +228,10 @@ class TextOutput:
         self._out = out
 
     def request(self, summary: RequestSummary) -> None:
-        self._out.write("".join(printable(line) + "\n" for line in _request_lines(summary)))
+        emit("\n".join(printable(line) for line in _request_lines(summary)), self._out)
 
     def finish(self, report: TraceReport) -> None:
-        self._out.write("".join(printable(line) + "\n" for line in _verdict_lines(report)))
+        emit("\n".join(printable(line) for line in _verdict_lines(report)), self._out)
         self._out.flush()
 
 

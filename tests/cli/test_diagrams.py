@@ -6,7 +6,9 @@ the model draws now; regenerate with spec/diagrams/regenerate.sh.
 
 from __future__ import annotations
 
+import html
 import re
+import shlex
 import shutil
 import struct
 import subprocess
@@ -20,7 +22,7 @@ from dynamo_backend_protocol.model.teach.diagram_plan import DiagramPlan, StateI
 from dynamo_backend_protocol.model.teach.lifecycle_diagram import plan_lifecycle_diagram
 from dynamo_backend_protocol.model.vocabulary import ALL_EVENTS
 from dynamo_backend_protocol.reference.cli import main
-from dynamo_backend_protocol.reference.diagrams import dot_source, render
+from dynamo_backend_protocol.reference.diagrams import dot_source, element_id, render
 from optional_tools import require_commands
 
 DIAGRAMS = Path(__file__).resolve().parents[2] / "spec" / "diagrams"
@@ -127,8 +129,8 @@ def test_decode_only_behaviour_is_drawn_distinctly() -> None:
         if touches_pending:
             assert edge.decode_only, (edge.source, edge.target)
     source = dot_source(drawn)
-    assert "style=dashed" in dot_line(source, "Streaming -> CancelPending")
-    assert "style=solid" in dot_line(source, "Streaming -> Aborted")
+    assert "style=dashed" in dot_line(source, 'Streaming -> "edge-Streaming-CancelPending')
+    assert "style=solid" in dot_line(source, 'Streaming -> "edge-Streaming-Aborted')
 
 
 @pytest.mark.parametrize("mode", [Mode.AGGREGATED, Mode.PREFILL, Mode.ENCODE])
@@ -357,7 +359,8 @@ def test_cli_reports_a_failing_dot_in_one_line(
     assert code == 2
     assert out == ""
     assert err.strip().splitlines() == [
-        "error: Graphviz 'dot' failed rendering svg (exit status 3): Error: something broke"
+        "dynamo-backend-protocol diagram: error: "
+        "Graphviz 'dot' failed rendering svg (exit status 3): Error: something broke"
     ]
     assert not (tmp_path / "machine.svg").exists()
 
@@ -409,3 +412,85 @@ def test_cli_highlights_a_lifecycle_phase(capsys: pytest.CaptureFixture[str]) ->
     code, out, _ = run_cli(capsys, "--machine", "lifecycle", "--highlight", "draining")
     assert code == 0
     assert "filled" in dot_line(out, "Draining [")
+
+
+def _bezier_points(points: list[tuple[float, float]], steps: int = 24) -> list[tuple[float, float]]:
+    """Points along a piecewise cubic Bézier as ``dot -Tplain`` gives its control points."""
+    sampled: list[tuple[float, float]] = []
+    for start in range(0, len(points) - 3, 3):
+        (x0, y0), (x1, y1), (x2, y2), (x3, y3) = points[start:start + 4]
+        for step in range(steps + 1):
+            t = step / steps
+            a, b, c, d = (1 - t) ** 3, 3 * (1 - t) ** 2 * t, 3 * (1 - t) * t ** 2, t ** 3
+            sampled.append((a * x0 + b * x1 + c * x2 + d * x3, a * y0 + b * y1 + c * y2 + d * y3))
+    return sampled
+
+
+Box = tuple[float, float, float, float]
+Path2D = list[tuple[float, float]]
+
+
+def laid_out(name: str) -> tuple[dict[str, Box], list[tuple[str, str, Path2D]]]:
+    """Graphviz's layout of a diagram: each node's centre and size, each edge's path."""
+    require_commands("dot", install="apt-get install graphviz")
+    plain = subprocess.run(["dot", "-Tplain"], input=dot_source(plan(COMMITTED[name])), capture_output=True, text=True,
+                           timeout=60, check=True).stdout
+    nodes: dict[str, Box] = {}
+    edges: list[tuple[str, str, Path2D]] = []
+    for line in plain.splitlines():
+        words = shlex.split(line)
+        if words[0] == "node":
+            x, y, width, height = map(float, words[2:6])
+            nodes[words[1]] = (x, y, width, height)
+        elif words[0] == "edge":
+            count = int(words[3])
+            points = [(float(words[4 + 2 * i]), float(words[5 + 2 * i])) for i in range(count)]
+            edges.append((words[1], words[2], _bezier_points(points)))
+    return nodes, edges
+
+
+@pytest.mark.parametrize("name", list(COMMITTED))
+def test_no_edge_runs_through_a_label_or_a_state_it_does_not_join(name: str) -> None:
+    """Each edge's label is a box the edge runs through, and no other edge crosses that box (or a
+    state's): a label between two edges no longer reads as either one's."""
+    nodes, edges = laid_out(name)
+    crossings = [
+        (node, tail, head)
+        for node, (x, y, width, height) in nodes.items()
+        for tail, head, path in edges
+        if node not in (tail, head) and any(abs(px - x) < width / 2 and abs(py - y) < height / 2 for px, py in path)
+    ]
+    assert crossings == []
+
+
+@pytest.mark.parametrize("name", list(COMMITTED))
+def test_every_label_joins_its_own_two_states(name: str) -> None:
+    """A label has one edge in, from the edge's source, and one out, to its target (with the arrowhead)."""
+    drawn = plan(COMMITTED[name])
+    _, edges = laid_out(name)
+    for edge in drawn.edges:
+        if edge.is_loop:
+            continue
+        label = element_id(edge) + "-label"
+        assert [(tail, head) for tail, head, _ in edges if label in (tail, head)] == [
+            (edge.source.value, label), (label, edge.target.value)]
+
+
+def test_lines_in_a_state_start_at_one_left_edge() -> None:
+    """Centred, lines of different lengths each began elsewhere and their "(remembers: ...)" drifted."""
+    idle = dot_line(dot_source(plan("decode")), "Idle [")
+    title, body = idle.split("<BR/>", 1)
+    assert title.endswith("<B>Idle</B>")
+    lines = re.findall(r'(.*?)<BR ALIGN="LEFT"/>', body)
+    assert [("remembers" in line, "ignores" in line) for line in lines] == [(True, False)] * 3 + [(False, True)] * 2
+    assert "<BR/>" not in body  # no line is centred
+
+
+def test_each_line_is_one_piece_of_text() -> None:
+    """Graphviz places each change of font as its own piece of text, measured with its own metrics; in a
+    browser with another font the "(remembers: ...)" pieces drifted from their lines."""
+    require_commands("dot", install="apt-get install graphviz")
+    svg = render(dot_source(plan("decode")), "svg").decode()
+    texts = [html.unescape(text) for text in re.findall(r"<text[^>]*>([^<]*)</text>", svg)]
+    assert "on first_token [before first-token] (remembers: note first-token)" in texts
+    assert not [text for text in texts if text.startswith("(remembers")]

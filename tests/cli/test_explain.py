@@ -293,7 +293,10 @@ def test_frames_write_one_diagram_per_step_with_the_fired_edge_highlighted(
     assert [frame.name for frame in frames] == [f"decode-deferred-abort-decode-{n:02d}.dot" for n in range(5)]
     third = frames[3].read_text()
     assert "<B>token_chunk / call_abort, forward_data" in third
-    assert third.count("penwidth=2.5") == 1
+    # One edge, drawn in two halves through its label: both are thick.
+    thick = [line.split(" [")[0].strip() for line in third.splitlines() if "penwidth=2.5" in line]
+    label = '"edge-CancelPending-Aborted-label"'
+    assert thick == [f"CancelPending -> {label}", f"{label} -> Aborted"]
     [aborted] = [line for line in third.splitlines() if line.strip().startswith("Aborted [")]
     assert "filled" in aborted
     assert "penwidth=2.5" not in frames[0].read_text()

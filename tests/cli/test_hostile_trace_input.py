@@ -304,4 +304,5 @@ def test_closed_standard_input_is_a_usage_error(capsys: pytest.CaptureFixture[st
         code = main(["trace", "-"])
     captured = capsys.readouterr()
     assert code == 2
-    assert captured.err.startswith("error: standard input") and captured.err.count("\n") == 1
+    assert captured.err.startswith("dynamo-backend-protocol trace: error: standard input")
+    assert captured.err.count("\n") == 1

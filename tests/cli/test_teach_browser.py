@@ -68,6 +68,11 @@ def lit(browser: WebDriver, highlight: str) -> list[str]:
     return [element.get_attribute("id") or "" for element in elements]
 
 
+def edge_parts(edge: str) -> set[str]:
+    """What draws an edge: its first half, its label and its second half (with the arrowhead)."""
+    return {f"{edge}-in", f"{edge}-label", edge}
+
+
 def logged_rules(browser: WebDriver) -> list[str]:
     """The deciding rule of each step in the page's step list."""
     from selenium.webdriver.common.by import By
@@ -118,6 +123,7 @@ def test_a_forbidden_event_is_a_disabled_button_naming_its_rule(browser: WebDriv
     chunk = browser.find_element(By.CSS_SELECTOR, 'button[data-event="token_chunk"]')
     assert not chunk.is_enabled()
     assert chunk.get_attribute("data-rule") == "STREAM-EVENT-ORDER"
+    browser.find_element(By.CSS_SELECTOR, "#forbidden summary").click()
     why = browser.find_element(By.ID, chunk.get_attribute("aria-describedby") or "")
     assert why.text == "forbidden by STREAM-EVENT-ORDER"
     for event in ("setup", "token_chunk", "terminal:stop"):
@@ -136,10 +142,10 @@ def test_back_forward_and_keys_walk_the_steps_taken(browser: WebDriver, page: Pa
     assert shown(browser)[0] == "Streaming"
     for event in ("stop", "token_chunk"):
         click(browser, event)
-    assert lit(browser, "last") == ["edge-CancelPending-Aborted"]
+    assert set(lit(browser, "last")) == edge_parts("edge-CancelPending-Aborted")
     browser.find_element(By.ID, "back").click()
     assert shown(browser) == ("CancelPending", "0", "DECODE-DEFER")
-    assert lit(browser, "last") == ["edge-Streaming-CancelPending"]
+    assert set(lit(browser, "last")) == edge_parts("edge-Streaming-CancelPending")
     browser.find_element(By.ID, "forward").click()
     assert shown(browser) == ("Aborted", "1", "DECODE-DEFER")
     body = browser.find_element(By.TAG_NAME, "body")
@@ -205,3 +211,50 @@ def test_the_page_renders_something_visible(browser: WebDriver, page: Path) -> N
     pixels = png_pixels(browser.get_screenshot_as_png())
     assert len(set(pixels)) > 50
     assert max(pixels.count(value) for value in set(pixels)) < 0.97 * len(pixels)
+
+
+def test_forbidden_events_wait_behind_one_control_that_says_how_many_and_why(browser: WebDriver, page: Path) -> None:
+    """In Idle most events are forbidden, all by STREAM-EVENT-ORDER: the event panel shows the allowed ones
+    as buttons and one closed control for the rest; after setup the chunks move out of it."""
+    from selenium.webdriver.common.by import By
+
+    open_page(browser, page, "decode")
+    allowed = browser.find_elements(By.CSS_SELECTOR, "#events button")
+    forbidden = browser.find_elements(By.CSS_SELECTOR, "#forbidden-events button")
+    assert allowed and all(button.is_enabled() for button in allowed)
+    assert "setup" in [button.get_attribute("data-event") for button in allowed]
+    assert not any(button.is_displayed() for button in forbidden), "the forbidden events are not collapsed"
+    assert len(forbidden) >= 10 and not any(button.is_enabled() for button in forbidden)
+    summary = browser.find_element(By.CSS_SELECTOR, "#forbidden summary").text
+    assert summary == f"{len(forbidden)} events forbidden here, by STREAM-EVENT-ORDER"
+    click(browser, "setup")
+    moved = [button.get_attribute("data-event") for button in browser.find_elements(By.CSS_SELECTOR, "#events button")]
+    assert "token_chunk" in moved
+    every = [button.get_attribute("data-event")
+             for button in browser.find_elements(By.CSS_SELECTOR, "button[data-event]")]
+    assert len(every) == len(set(every)), "a machine chosen earlier left its buttons behind"
+
+
+def test_the_diagram_text_is_readable(browser: WebDriver, page: Path) -> None:
+    """Scaled to fit its pane the decode diagram's 12 pt text shrank to about 8 px; it now stays at least
+    three quarters of its size (about 12 px), the pane scrolling sideways if it must."""
+    open_page(browser, page, "decode")
+    smallest = browser.execute_script("""
+        const sizes = [...document.querySelectorAll("#diagram svg text")].map(
+            (text) => parseFloat(text.getAttribute("font-size")) * text.getScreenCTM().a);
+        return Math.min(...sizes);
+    """)
+    assert smallest >= 11, smallest
+
+
+def test_the_current_state_is_scrolled_into_view(browser: WebDriver, page: Path) -> None:
+    """At a readable size the diagram can be wider than its pane: the state the request is in stays shown."""
+    open_page(browser, page, "decode")
+    for event in ("setup", "stop", "token_chunk"):
+        click(browser, event)
+    inside = browser.execute_script("""
+        const pane = document.getElementById("diagram").getBoundingClientRect();
+        const node = document.querySelector("#diagram .current").getBoundingClientRect();
+        return node.left >= pane.left - 1 && node.right <= pane.right + 1;
+    """)
+    assert inside

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 from importlib.metadata import entry_points
 
 import pytest
-from dynamo_backend_protocol.reference.conformance.checks import CHECKS
+from dynamo_backend_protocol.model import Mode
+from dynamo_backend_protocol.reference import SampleEngine, run_conformance
+from dynamo_backend_protocol.reference.conformance.checks import CHECKS, Failure
+from dynamo_backend_protocol.reference.conformance.pytest_plugin import kit_order
+from dynamo_backend_protocol.reference.conformance.report import CheckResult
 
 pytest_plugins = ["pytester"]
 
@@ -132,3 +138,92 @@ def test_a_dbp_option_without_an_engine_is_a_usage_error(pytester: pytest.Pytest
     result = pytester.runpytest(*plugin_args(), *option)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*{option[0]} needs --dbp-engine*"])
+
+
+def test_settings_in_pyproject_toml_are_read(pytester: pytest.Pytester) -> None:
+    """dbp_engine and the other options work from [tool.pytest.ini_options], as any pytest option does."""
+    pytester.makepyprojecttoml(f"""
+        [tool.pytest.ini_options]
+        dbp_engine = "{BUNDLED}"
+        dbp_examples = "3"
+        dbp_cancel_deadline = "0.3"
+    """)
+    result = pytester.runpytest(*plugin_args())
+    result.assert_outcomes(passed=len(CHECKS) - 6, skipped=6)
+
+
+def test_x_stops_at_the_first_failing_check_and_durations_are_per_check(pytester: pytest.Pytester) -> None:
+    """Each item runs its own check: -x ends the session at the failing check (the later ones never run),
+    and --durations lists conformance items with their own times."""
+    pytester.makepyfile(my_engine=f"from {BROKEN.split(':')[0]} import {BROKEN.split(':')[1]} as Engine\n")
+    result = run(pytester, "--dbp-engine", "my_engine:Engine", "-x", "--durations=0", "-vv")
+    outcomes = result.parseoutcomes()
+    assert outcomes["failed"] == 1
+    assert outcomes.get("passed", 0) + 1 < len(CHECKS), "checks after the failing one ran"
+    ran = [item.split("::")[1].split()[0] for item in kit_order_ids(result)]
+    assert ran[-1] == "NoTerminalChunk"
+    durations = [line for line in result.stdout.lines if re.match(r"^\d+\.\d+s call\s+my_engine\.py::", line)]
+    assert {line.split("::")[1] for line in durations} == set(ran)
+
+
+def kit_order_ids(result: pytest.RunResult) -> list[str]:
+    return [line.split()[0] for line in result.stdout.lines if line.startswith("my_engine.py::")]
+
+
+def test_items_come_in_the_order_the_kit_judges_the_checks() -> None:
+    """Otherwise an item would be charged for the checks before it, and -x would stop late."""
+    heard: list[Failure] = []
+
+    class Listener:
+        def phase(self, what: str) -> None:
+            pass
+
+        def examples_done(self, done: int, total: int) -> None:
+            pass
+
+        def check_finished(self, result: CheckResult) -> None:
+            heard.append(result.failure)
+
+    for mode in (Mode.AGGREGATED, Mode.DECODE):
+        heard.clear()
+        asyncio.run(run_conformance(SampleEngine, mode=mode, examples=2, events=Listener()))
+        assert tuple(heard) == kit_order()
+
+
+def test_several_modes_in_one_session(pytester: pytest.Pytester) -> None:
+    """--dbp-mode agg,decode: each check once per mode, named by it."""
+    pytester.makepyfile(decode_capable="""
+        from dynamo_backend_protocol.reference import SampleEngine
+
+        def factory():
+            return SampleEngine()
+    """)
+    result = run(pytester, "--dbp-engine", "decode_capable:SampleEngine", "--dbp-mode", "agg,decode",
+                 "-k", "AbortBeforeFirstToken", "-rs")
+    result.assert_outcomes(passed=1, skipped=1, deselected=2 * len(CHECKS) - 2)
+    result.stdout.fnmatch_lines(["*AbortBeforeFirstToken*applies to decode mode only (checking agg)*"])
+
+
+def test_skips_are_reported_at_the_engine_not_at_the_plugin(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(my_engine=f"from {BUNDLED.split(':')[0]} import SampleEngine\n\n\nclass Engine(SampleEngine):\n"
+                        "    pass\n")
+    result = run(pytester, "--dbp-engine", "my_engine:Engine", "-rs", "-k", "AbortBeforeFirstToken")
+    result.stdout.fnmatch_lines(["SKIPPED [[]1] my_engine.py:4: AbortBeforeFirstToken: skipped*"])
+    assert "pytest_plugin.py" not in result.stdout.str()
+
+
+def test_the_fixture_runs_the_kit_from_a_users_own_test(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_mine=f"""
+        from dynamo_backend_protocol.reference import ConformanceCheck, SampleEngine
+        from {BROKEN.split(':')[0]} import {BROKEN.split(':')[1]} as Broken
+
+        def test_sample_in_decode(dbp_conformance):
+            report = dbp_conformance(SampleEngine, mode="decode", examples=2)
+            assert report.ok
+            assert report.result(ConformanceCheck.ABORT_BEFORE_FIRST_TOKEN).passed
+
+        def test_broken(dbp_conformance):
+            assert not dbp_conformance(Broken, examples=0).ok
+    """)
+    result = pytester.runpytest(*plugin_args())
+    result.assert_outcomes(passed=2)
