@@ -5,15 +5,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
+import tempfile
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 from dynamo_backend_protocol.reference.cli.support import Subparsers, UsageError, add_mode_option, parse_modes
 from dynamo_backend_protocol.reference.differential.compare import Verdict
-from dynamo_backend_protocol.reference.differential.run import ModeReport, run_modes
-from dynamo_backend_protocol.reference.differential.upstream import UpstreamUnavailable
+from dynamo_backend_protocol.reference.differential.report import json_report, text_report, verdict_lines
+from dynamo_backend_protocol.reference.differential.run import run_modes
+from dynamo_backend_protocol.reference.differential.surface import (
+    ReleaseMismatch,
+    ReleaseSurface,
+    installed_release,
+    surface,
+)
+from dynamo_backend_protocol.reference.differential.upstream import UpstreamUnavailable, dynamo_installed
 
 
 def register(subparsers: Subparsers) -> None:
@@ -32,6 +42,14 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument("--examples", type=int, default=20, metavar="N",
                         help="drawn schedules per mode (default: 20)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the drawn schedules (default: 0)")
+    parser.add_argument("--dynamo-version", metavar="X.Y.Z",
+                        help="the Dynamo release this run must be against; exit 2 if another is installed "
+                             "(default: whichever is installed; one venv per release)")
+    parser.add_argument("--runtime-log", type=Path, metavar="FILE",
+                        help="where the runtime's own log lines go, the client's and the workers' "
+                             "(default: a file in the temporary folder, named in the report)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="let the runtime's own log lines through to this terminal's stderr instead")
     parser.set_defaults(run=run)
 
 
@@ -68,18 +86,23 @@ async def _interruptible(work: Coroutine[Any, Any, T]) -> T:
 def run(args: argparse.Namespace) -> int:
     if args.examples < 0:
         raise UsageError("--examples must be 0 or more")
+    if args.verbose and args.runtime_log is not None:
+        raise UsageError("--verbose and --runtime-log both say where the runtime's log goes; give one")
     modes = parse_modes(args.mode)
+    release = _release(args.dynamo_version)
+    runtime_log = None if args.verbose else _runtime_log(args.runtime_log)
     progress = None if args.json else _print_verdict
     try:
-        reports = asyncio.run(_interruptible(run_modes(modes, args.examples, args.seed, progress=progress)))
+        reports = asyncio.run(_interruptible(run_modes(modes, args.examples, args.seed, progress=progress,
+                                                       release=release, runtime_log=runtime_log)))
     except UpstreamUnavailable as error:
         print(f"error: differential: {error}", file=sys.stderr)
         return 2
+    assert release is not None  # a run that got this far had Dynamo installed
     if args.json:
-        print(json.dumps({"modes": [report.as_json() for report in reports]}, indent=2))
+        print(json.dumps(json_report(reports, release, runtime_log), indent=2))
     else:
-        for report in reports:
-            print(_summary(report))
+        print("\n".join(text_report(reports, release, runtime_log)))
     if any(report.diverged for report in reports):
         return 1
     unserved = [report for report in reports if report.unavailable]
@@ -91,24 +114,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _release(expected: str | None) -> ReleaseSurface | None:
+    """The installed release's surface; None when Dynamo is absent (the run then says so)."""
+    if not dynamo_installed():
+        return None
+    try:
+        return surface(installed_release(expected))
+    except ReleaseMismatch as error:
+        raise UsageError(str(error)) from None
+
+
+def _runtime_log(path: Path | None) -> Path:
+    """The runtime log, emptied for this run; a folder that does not exist is the user's to fix."""
+    if path is None:
+        path = Path(tempfile.gettempdir()) / f"dbp-differential-{os.getpid()}.log"
+    try:
+        path.write_text("", encoding="utf-8")
+    except OSError as error:
+        raise UsageError(f"--runtime-log {path}: {error.strerror}") from None
+    return path
+
+
 def _print_verdict(verdict: Verdict) -> None:
-    word = verdict.word if verdict.agreed or verdict.explained else "DIVERGE"
-    print(f"{verdict.play.mode.value:<7} {verdict.play.name:<34} {word}")
-    if verdict.agreed:
-        return
-    print(f"        events: {', '.join(ev.name for ev in verdict.play.events)}")
-    print(f"        model:        {verdict.play.predicted.brief()}")
-    for side, seen in (("rust adapter", verdict.upstream), ("our adapter", verdict.reference)):
-        if seen is not None:
-            print(f"        {side + ':':<13} {seen.brief()}")
-    for side, found in (("rust adapter", verdict.upstream_differences), ("our adapter", verdict.reference_differences)):
-        for difference in found:
-            print(f"        {side} differs: {difference}")
+    print("\n".join(verdict_lines(verdict)))
 
-
-def _summary(report: ModeReport) -> str:
-    line = (f"{report.mode.value}: {len(report.verdicts)} scenarios, {report.agreed} agreed, "
-            f"{report.diverged} diverged, {report.explained} upstream findings, {report.seconds:.1f}s")
-    if report.unavailable:
-        line += f" (Dynamo's worker could not serve this mode: {report.unavailable}; our adapter only)"
-    return line
