@@ -26,6 +26,7 @@ from dynamo_backend_protocol.reference.cli import differential as differential_c
 from dynamo_backend_protocol.reference.cli import main
 from dynamo_backend_protocol.reference.differential import upstream
 from dynamo_backend_protocol.reference.differential.run import ModeReport, run_modes
+from dynamo_backend_protocol.reference.differential.surface import installed_release
 from optional_tools import require_dynamo
 
 BOUNDED_EXAMPLES = 3
@@ -99,32 +100,61 @@ def _workers_of(run_pid: int) -> list[int]:
     return found
 
 
-def _start_cli(tmp_path: Path, examples: int = 0) -> subprocess.Popen[bytes]:
+def _start_cli(tmp_path: Path, examples: int = 0, *options: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "dynamo_backend_protocol", "differential", "--mode", "agg", "--examples", str(examples),
-         "--json"],
+         "--json", *options],
         env={**os.environ, "TMPDIR": str(tmp_path)},
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         start_new_session=True,
     )
 
 
 def test_a_finished_run_leaves_no_process_or_folder_behind(tmp_path: Path) -> None:
     """A run that ends normally must print its figures, have ended its worker (by pid) and
-    removed its temporary model directory and discovery folder."""
+    removed its temporary model directory and discovery folder: the one file left is the
+    runtime log the report names."""
     require_dynamo()
     run = _start_cli(tmp_path)
     out, _ = run.communicate(timeout=WAIT)
     assert run.returncode == 0, out.decode()
-    [figures] = json.loads(out)["modes"]
+    report = json.loads(out)
+    [figures] = report["modes"]
     assert figures["mode"] == "agg"
     assert figures["scenarios"] == len([s for s in SCENARIOS if s.applies_to(Mode.AGGREGATED)])
-    assert figures["agreed"] + figures["upstream_findings"] == figures["scenarios"]
+    assert figures["agreed"] + figures["as_released"] + figures["upstream_findings"] == figures["scenarios"]
     assert figures["diverged"] == 0
     assert figures["seconds"] > 0
     assert _workers_of(run.pid) == []
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == [Path(report["runtime_log"])]
+
+
+def test_the_runtime_logs_go_to_the_named_file_not_the_terminal(tmp_path: Path) -> None:
+    """Dynamo's runtime logs dozens of coloured lines a run (one an ERROR for a send to a client
+    that left); none may reach the terminal or the JSON: they go, the client's and the worker's,
+    to the file the report names."""
+    require_dynamo()
+    log = tmp_path / "runtime.log"
+    run = _start_cli(tmp_path, 0, "--runtime-log", str(log))
+    out, err = run.communicate(timeout=WAIT)
+    assert run.returncode == 0, err.decode()
+    assert err.decode() == ""
+    report = json.loads(out)
+    assert report["runtime_log"] == str(log)
+    assert report["dynamo_release"] == str(installed_release())
+    text = log.read_text()
+    assert "the agg worker's output" in text
+    assert "dynamo_runtime" in text  # the client runtime's own lines, from this process
+
+
+def test_asking_for_a_release_other_than_the_installed_one_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """--dynamo-version guards a venv holding the wrong release: one line naming both, exit 2."""
+    require_dynamo()
+    assert main(["differential", "--mode", "agg", "--dynamo-version", "1.0.0"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "--dynamo-version 1.0.0" in line
+    assert f"{installed_release()} is installed" in line
 
 
 def _listening_addresses(pid: int) -> set[str]:
@@ -175,7 +205,7 @@ def test_the_worker_listens_on_127_0_0_1_only_and_ctrl_c_ends_everything(tmp_pat
     run.communicate(timeout=WAIT)
     assert run.returncode == 130
     assert [pid for pid in workers if Path(f"/proc/{pid}").exists() and _is_running(pid)] == []
-    assert list(tmp_path.iterdir()) == []
+    assert [path.name for path in tmp_path.iterdir()] == [f"dbp-differential-{run.pid}.log"]
 
 
 def _is_running(pid: int) -> bool:
@@ -195,8 +225,9 @@ def test_a_worker_that_cannot_start_is_named_with_its_error_and_exits_2(
     monkeypatch.setattr(upstream, "_MODULE", "dynamo_backend_protocol.no_such_worker")
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr("tempfile.tempdir", None)
-    assert main(["differential", "--mode", "agg", "--examples", "0"]) == 2
+    log = tmp_path / "runtime.log"
+    assert main(["differential", "--mode", "agg", "--examples", "0", "--runtime-log", str(log)]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert "the agg worker exited with status 1" in line
     assert "No module named dynamo_backend_protocol.no_such_worker" in line
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == [log]
