@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import total_ordering
 
+from dynamo_backend_protocol.model.raw_engine import RAW_RULES
 from dynamo_backend_protocol.model.rules import RULES
 
 
@@ -83,7 +84,7 @@ RAW_ENGINE_RELEASE = Release(1, 3, 1)
 FIRST_TOKEN_PUBLISH_RELEASE = Release(1, 5, 1)
 """The first-token notifier also publishes prefill completion."""
 
-ADDED_SINCE: dict[str, Release] = {}
+ADDED_SINCE: dict[str, Release] = dict.fromkeys(RAW_RULES, RAW_ENGINE_RELEASE)
 """Rules of protocol added after the seed, by rule ID, and the release each appeared in;
 every other rule holds from the seed's release."""
 
