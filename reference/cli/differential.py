@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from dynamo_backend_protocol.reference.cli.support import Subparsers, UsageError, add_mode_option, parse_modes
 from dynamo_backend_protocol.reference.differential.compare import Verdict
 from dynamo_backend_protocol.reference.differential.report import json_report, text_report, verdict_lines
-from dynamo_backend_protocol.reference.differential.run import run_modes
+from dynamo_backend_protocol.reference.differential.run import run_modes, run_raw
 from dynamo_backend_protocol.reference.differential.surface import (
     ReleaseMismatch,
     ReleaseSurface,
@@ -48,6 +48,9 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument("--runtime-log", type=Path, metavar="FILE",
                         help="where the runtime's own log lines go, the client's and the workers' "
                              "(default: a file in the temporary folder, named in the report)")
+    parser.add_argument("--raw", action="store_true",
+                        help="play the raw engine adapter's scenarios (a RawEngine worker, from Dynamo 1.3.1) "
+                             "instead of the modes' token scenarios")
     parser.add_argument("--verbose", action="store_true",
                         help="let the runtime's own log lines through to this terminal's stderr instead")
     parser.set_defaults(run=run)
@@ -93,8 +96,11 @@ def run(args: argparse.Namespace) -> int:
     runtime_log = None if args.verbose else _runtime_log(args.runtime_log)
     progress = None if args.json else _print_verdict
     try:
-        reports = asyncio.run(_interruptible(run_modes(modes, args.examples, args.seed, progress=progress,
-                                                       release=release, runtime_log=runtime_log)))
+        if args.raw:
+            reports = [asyncio.run(_interruptible(run_raw(release, runtime_log, progress)))]
+        else:
+            reports = asyncio.run(_interruptible(run_modes(modes, args.examples, args.seed, progress=progress,
+                                                           release=release, runtime_log=runtime_log)))
     except UpstreamUnavailable as error:
         print(f"error: differential: {error}", file=sys.stderr)
         return 2
@@ -108,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     unserved = [report for report in reports if report.unavailable]
     if unserved:
         # The modes that ran are reported above; one line says which could not.
-        reasons = "; ".join(f"{report.mode.value}: {report.unavailable}" for report in unserved)
+        reasons = "; ".join(f"{report.name}: {report.unavailable}" for report in unserved)
         print(f"error: differential: Dynamo's worker could not serve {reasons}", file=sys.stderr)
         return 2
     return 0

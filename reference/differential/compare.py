@@ -81,7 +81,8 @@ class Verdict:
     play: Play
     upstream: Outcome | None
     """None when Dynamo's adapter was not run (its mode could not be served)."""
-    reference: Outcome
+    reference: Outcome | None
+    """None for a play our adapter has no counterpart of (the raw engine adapter's)."""
     upstream_differences: tuple[str, ...]
     reference_differences: tuple[str, ...]
     upstream_finding: str | None = None
@@ -123,7 +124,7 @@ class Verdict:
             "model": self.play.predicted.as_json(),
             "model_also_allows": [outcome.as_json() for outcome in self.play.allowed[1:]],
             "rust_adapter": None if self.upstream is None else self.upstream.as_json(),
-            "our_adapter": self.reference.as_json(),
+            "our_adapter": None if self.reference is None else self.reference.as_json(),
             "rust_adapter_differences": list(self.upstream_differences),
             "upstream_finding": self.upstream_finding,
             "release_differences": list(self.release_differences),

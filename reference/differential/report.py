@@ -19,10 +19,14 @@ _FINDINGS = {finding.name: finding for finding in FINDINGS}
 def verdict_lines(verdict: Verdict) -> list[str]:
     """One line for the play, and for one that did not agree, what each side did."""
     word = verdict.word if verdict.agreed or verdict.explained else "DIVERGE"
-    lines = [f"{verdict.play.mode.value:<7} {verdict.play.name:<34} {word}"]
+    where = "raw" if verdict.reference is None else verdict.play.mode.value
+    lines = [f"{where:<7} {verdict.play.name:<34} {word}"]
     if verdict.agreed:
         return lines
-    lines.append(f"        events: {', '.join(ev.name for ev in verdict.play.events)}")
+    if verdict.play.events:
+        lines.append(f"        events: {', '.join(ev.name for ev in verdict.play.events)}")
+    else:
+        lines.append(f"        rules: {', '.join(verdict.play.rules)}")
     lines.append(f"        model:        {verdict.play.predicted.brief()}")
     for side, seen in (("rust adapter", verdict.upstream), ("our adapter", verdict.reference)):
         if seen is not None:
@@ -34,12 +38,14 @@ def verdict_lines(verdict: Verdict) -> list[str]:
 
 
 def mode_line(report: ModeReport) -> str:
-    line = (f"{report.mode.value}: {len(report.verdicts)} scenarios, {report.agreed} agreed, "
+    line = (f"{report.name}: {len(report.verdicts)} scenarios, {report.agreed} agreed, "
             f"{report.diverged} diverged, {report.as_released} as released, "
             f"{report.findings} upstream findings, {report.seconds:.1f}s")
     if report.unavailable:
         line += f" (Dynamo's worker could not serve this mode: {report.unavailable}; our adapter only)"
-    if report.not_in_release:
+    if report.not_in_release and report.raw:
+        line += f" (the raw adapter is {report.not_in_release})"
+    elif report.not_in_release:
         line += f" (this mode is {report.not_in_release}; our adapter only)"
     return line
 
@@ -55,7 +61,7 @@ def explanations(reports: Sequence[ModeReport]) -> dict[str, list[str]]:
             if verdict.upstream_finding is not None:
                 names.append(verdict.upstream_finding)
             for name in names:
-                used.setdefault(name, []).append(f"{verdict.play.mode.value}/{verdict.play.name}")
+                used.setdefault(name, []).append(f"{report.name}/{verdict.play.name}")
     return used
 
 

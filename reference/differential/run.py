@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dynamo_backend_protocol.model import DEFAULT_TABLE, CompiledTable, Mode
+from dynamo_backend_protocol.model.raw_engine import RAW_TABLE, RawTransition
 from dynamo_backend_protocol.model.releases import LATEST_RELEASE, Release
 from dynamo_backend_protocol.model.teach.scenarios import SCENARIOS
 from dynamo_backend_protocol.reference.differential.compare import Verdict, differences, outcome_of
 from dynamo_backend_protocol.reference.differential.findings import explaining
 from dynamo_backend_protocol.reference.differential.plays import ClientEnd, Item, Outcome, Play, make_play
+from dynamo_backend_protocol.reference.differential.raw_plays import raw_plays
 from dynamo_backend_protocol.reference.differential.reference_side import ReferenceSide
 from dynamo_backend_protocol.reference.differential.released import as_released
 from dynamo_backend_protocol.reference.differential.schedules import drawn_schedules
@@ -25,6 +27,8 @@ from dynamo_backend_protocol.reference.differential.upstream import UpstreamSess
 class ModeReport:
     mode: Mode
     verdicts: list[Verdict] = field(default_factory=list)
+    raw: bool = False
+    """The raw engine adapter's plays (served in agg mode), not the mode's token plays."""
     seconds: float = 0.0
     unavailable: str | None = None
     """Why Dynamo's Worker could not serve this mode (its exact error), if it could not."""
@@ -54,9 +58,13 @@ class ModeReport:
     def diverged(self) -> int:
         return len(self.verdicts) - self.agreed - self.explained
 
+    @property
+    def name(self) -> str:
+        return "raw" if self.raw else self.mode.value
+
     def as_json(self) -> dict[str, object]:
         return {
-            "mode": self.mode.value,
+            "mode": self.name,
             "scenarios": len(self.verdicts),
             "agreed": self.agreed,
             "diverged": self.diverged,
@@ -141,14 +149,53 @@ async def run_modes(
     return reports
 
 
+async def run_raw(
+    release: ReleaseSurface | None = None,
+    runtime_log: Path | None = None,
+    progress: Callable[[Verdict], None] | None = None,
+    table: tuple[RawTransition, ...] = RAW_TABLE,
+) -> ModeReport:
+    """The raw engine adapter's plays through Dynamo's raw adapter (a RawEngine worker), held to
+    the raw machine.  Our adapter has no raw counterpart, so only the Rust side is judged.
+    A release without the raw adapter gives a report that says so and plays nothing."""
+    report = ModeReport(Mode.AGGREGATED, raw=True)
+    began = time.monotonic()
+    async with UpstreamSession(release, runtime_log) as session:
+        report.not_in_release = session.surface.without_raw_adapter()
+        if report.not_in_release is not None:
+            return report
+        plays = raw_plays(table)
+        client = await session.start(Mode.AGGREGATED, raw=True)
+        views: dict[str, tuple[tuple[Item, ...], ClientEnd]] = {}
+        for play in plays:
+            try:
+                views[play.name] = await client.play(play)
+            except (UpstreamUnavailable, TimeoutError) as error:
+                report.unavailable = client.worker.failure() or (
+                    f"the raw worker stopped answering during {play.name}: {error or 'no reply in time'}"
+                )
+                break
+        client.worker.stop()
+        records = client.worker.records()
+        for play in plays:
+            if play.name not in views:
+                continue
+            verdict = _verdict(play, None, records, views[play.name], session.surface.measured_as)
+            report.verdicts.append(verdict)
+            if progress is not None:
+                progress(verdict)
+    report.seconds = time.monotonic() - began
+    return report
+
+
 def _verdict(
     play: Play,
-    ours: Outcome,
+    ours: Outcome | None,
     records: list[Record],
     client_view: tuple[tuple[Item, ...], ClientEnd] | None,
     release: Release = LATEST_RELEASE,
 ) -> Verdict:
-    ours_differ = tuple(differences(play.allowed, ours))
+    ours_differ = () if ours is None else tuple(differences(play.allowed, ours))
     if client_view is None:
         return Verdict(play, None, ours, (), ours_differ)
     theirs = outcome_of(play.name, records, *client_view)

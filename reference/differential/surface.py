@@ -16,6 +16,7 @@ from dynamo_backend_protocol.model import Mode
 from dynamo_backend_protocol.model.releases import (
     ENCODE_MODE_SERVED,
     LATEST_RELEASE,
+    RAW_ENGINE_RELEASE,
     REQUEST_FIELDS_REQUIRED,
     SETUP_ERROR_DROPS_WORKER,
     WORKER_CONFIG_KV_ROUTING,
@@ -90,6 +91,12 @@ class ReleaseSurface:
         """Why this release's unified Worker does not serve ``mode`` (None: it does)."""
         if mode is Mode.ENCODE and ENCODE_MODE_SERVED.applies_before(self.measured_as):
             return f"not in {self.release} ({ENCODE_MODE_SERVED.name}: {ENCODE_MODE_SERVED.before})"
+        return None
+
+    def without_raw_adapter(self) -> str | None:
+        """Why this release has no raw engine adapter (None: it has one)."""
+        if self.measured_as < RAW_ENGINE_RELEASE:
+            return f"not in {self.release} (the raw engine adapter is from {RAW_ENGINE_RELEASE})"
         return None
 
     def request_fields(self, model: str) -> dict[str, object]:

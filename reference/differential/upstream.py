@@ -127,18 +127,28 @@ class UpstreamWorker:
     """One worker process serving one mode; ended by its pid."""
 
     def __init__(
-        self, root: Path, mode: Mode, model_dir: Path, settings: dict[str, str], release: ReleaseSurface | None = None
+        self,
+        root: Path,
+        mode: Mode,
+        model_dir: Path,
+        settings: dict[str, str],
+        release: ReleaseSurface | None = None,
+        raw: bool = False,
     ) -> None:
         self.mode = mode
+        self.raw = raw
         self.surface = release if release is not None else surface(installed_release())
-        self.namespace = f"differential{mode.value}{os.getpid()}"
-        self.log = root / f"worker-{mode.value}.jsonl"
-        self.stderr_path = root / f"worker-{mode.value}.stderr"
+        self.name = "raw" if raw else mode.value
+        """What the worker serves, in messages and file names: a mode, or the raw adapter."""
+        self.namespace = f"differential{self.name}{os.getpid()}"
+        self.log = root / f"worker-{self.name}.jsonl"
+        self.stderr_path = root / f"worker-{self.name}.stderr"
         self.log.touch()
         with open(self.stderr_path, "wb") as stderr:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", _MODULE, "--mode", mode.value, "--model-dir", str(model_dir),
-                 "--namespace", self.namespace, "--log", str(self.log), "--release", str(self.surface.release)],
+                 "--namespace", self.namespace, "--log", str(self.log), "--release", str(self.surface.release),
+                 *(["--raw"] if raw else [])],
                 env={**os.environ, **settings},
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -161,7 +171,7 @@ class UpstreamWorker:
             return None
         lines = [line for line in self.stderr_path.read_text(errors="replace").splitlines() if line.strip()]
         last = lines[-1] if lines else "(no output)"
-        return f"the {self.mode.value} worker exited with status {code}: {last}"
+        return f"the {self.name} worker exited with status {code}: {last}"
 
     def stop(self) -> None:
         """SIGTERM (the worker's own graceful shutdown runs cleanup), then SIGKILL if it overruns."""
@@ -242,13 +252,13 @@ class UpstreamSession:
         if self.runtime_log is not None:
             with open(self.runtime_log, "a", encoding="utf-8") as log:
                 for worker in self.workers:
-                    log.write(f"--- the {worker.mode.value} worker's output ---\n{worker.output()}")
+                    log.write(f"--- the {worker.name} worker's output ---\n{worker.output()}")
         self.workers.clear()
         shutil.rmtree(self.root, ignore_errors=True)
 
-    async def start(self, mode: Mode) -> UpstreamClient:
-        """Start ``mode``'s worker and wait (bounded) until the client sees it."""
-        worker = UpstreamWorker(self.root, mode, self.model_dir, self.settings, self.surface)
+    async def start(self, mode: Mode, raw: bool = False) -> UpstreamClient:
+        """Start ``mode``'s worker (``raw``: serving a RawEngine) and wait (bounded) until the client sees it."""
+        worker = UpstreamWorker(self.root, mode, self.model_dir, self.settings, self.surface, raw)
         self.workers.append(worker)
         endpoint = self._runtime.endpoint(worker.endpoint)
         listed = await _client_with_instance(endpoint, worker)
@@ -270,7 +280,7 @@ async def _client_with_instance(endpoint: Any, worker: UpstreamWorker) -> Any:
                 raise UpstreamUnavailable(failed)
             if loop.time() >= deadline:
                 raise UpstreamUnavailable(
-                    f"the {worker.mode.value} worker did not register within {READY_TIMEOUT:.0f}s"
+                    f"the {worker.name} worker did not register within {READY_TIMEOUT:.0f}s"
                 )
             await asyncio.wait({waiting}, timeout=0.05)
         waiting.result()
@@ -394,7 +404,7 @@ class UpstreamClient:
             except Exception as error:
                 if loop.time() >= deadline:
                     raise UpstreamUnavailable(
-                        f"the {self.worker.mode.value} worker registered but did not answer within "
+                        f"the {self.worker.name} worker registered but did not answer within "
                         f"{READY_TIMEOUT:.0f}s: {error}"
                     ) from None
                 await asyncio.sleep(0.1)

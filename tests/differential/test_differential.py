@@ -20,12 +20,14 @@ from pathlib import Path
 
 import pytest
 from dynamo_backend_protocol.model import ActionKind, CompiledTable, ControlState, EventKind, Mode
+from dynamo_backend_protocol.model.raw_engine import RAW_TABLE, RawEvent, RawPhase, RawTransition
 from dynamo_backend_protocol.model.table import REQUEST_TABLE
 from dynamo_backend_protocol.model.teach.scenarios import SCENARIOS
 from dynamo_backend_protocol.reference.cli import differential as differential_cli
 from dynamo_backend_protocol.reference.cli import main
 from dynamo_backend_protocol.reference.differential import upstream
-from dynamo_backend_protocol.reference.differential.run import ModeReport, run_modes
+from dynamo_backend_protocol.reference.differential.raw_plays import RAW_SCENARIOS
+from dynamo_backend_protocol.reference.differential.run import ModeReport, run_modes, run_raw
 from dynamo_backend_protocol.reference.differential.surface import installed_release
 from optional_tools import require_dynamo
 
@@ -231,3 +233,26 @@ def test_a_worker_that_cannot_start_is_named_with_its_error_and_exits_2(
     assert "the agg worker exited with status 1" in line
     assert "No module named dynamo_backend_protocol.no_such_worker" in line
     assert list(tmp_path.iterdir()) == [log]
+
+
+def _raw_without_abort_at_stop() -> tuple[RawTransition, ...]:
+    """The planted bug: a raw stop is not aborted (as if the decode deferral applied)."""
+    rows = tuple(
+        replace(row, actions=()) if row.trigger is RawEvent.STOP and RawPhase.STREAMING in row.sources else row
+        for row in RAW_TABLE
+    )
+    assert rows != RAW_TABLE
+    return rows
+
+
+def test_dynamo_raw_adapter_agrees_with_the_raw_machine_and_a_wrong_one_is_caught() -> None:
+    """RAW-ABORT-IMMEDIATE, RAW-FORWARD, RAW-END-IS-TERMINAL, RAW-SETUP-FAILURE against Dynamo's compiled
+    raw adapter (a RawEngine worker): every play agrees (or is a named release difference); with the
+    abort at a stop taken out of the raw table, raw-stop must diverge."""
+    require_dynamo()
+    report = asyncio.run(run_raw())
+    assert report.not_in_release is None and report.unavailable is None
+    assert len(report.verdicts) == len(RAW_SCENARIOS)
+    assert [v.play.name for v in report.verdicts if not v.agreed and not v.explained] == []
+    broken = asyncio.run(run_raw(table=_raw_without_abort_at_stop()))
+    assert "raw-stop" in [v.play.name for v in broken.verdicts if not v.agreed and not v.explained]

@@ -19,6 +19,7 @@ from dynamo_backend_protocol.model.releases import Release
 from dynamo_backend_protocol.model.teach.scenarios import scenario
 from dynamo_backend_protocol.reference.differential.compare import differences
 from dynamo_backend_protocol.reference.differential.plays import NotPlayable, make_play
+from dynamo_backend_protocol.reference.differential.raw_plays import RAW_SCENARIOS, make_raw_play
 from dynamo_backend_protocol.reference.differential.reference_side import ReferenceSide
 from dynamo_backend_protocol.reference.differential.released import as_released
 from dynamo_backend_protocol.reference.differential.run import plays_for
@@ -147,3 +148,22 @@ def test_each_release_surface_adapts_the_client_and_worker() -> None:
     assert seed.unserved(Mode.ENCODE) is not None and latest.unserved(Mode.ENCODE) is None
     assert surface(Release.parse("1.5.1")).setup_error_drops_worker and not latest.setup_error_drops_worker
     assert surface(Release.parse("1.4.9")).measured_as == Release.parse("1.4.2")
+
+
+def test_a_raw_stop_aborts_once_at_the_stop_and_the_client_sees_nothing_after() -> None:
+    """RAW-ABORT-IMMEDIATE as a play: one abort after the first object, no deferral; the
+    client's view ends at its stop; the generator may be closed by the failed send."""
+    play = make_raw_play("raw-stop", RAW_SCENARIOS["raw-stop"])
+    assert play.predicted.aborts == (True,)
+    assert [item.text() for item in play.predicted.items] == ["[1]"]
+    assert play.predicted.ending == {"closed", "completed"}
+    assert [step.op for step in play.stream] == ["yield", "await_cancel", "await_abort", "yield", "end"]
+
+
+def test_a_raw_client_that_leaves_is_a_kill_and_a_clean_raw_run_ends_with_its_generator() -> None:
+    """RUNTIME-DISCONNECT-KILLS holds for the raw adapter too; RAW-END-IS-TERMINAL: no terminal item."""
+    left = make_raw_play("leave", RAW_SCENARIOS["raw-client-leaves"])
+    assert left.predicted.killed and left.predicted.aborts == (True,) and left.predicted.client_end == "left"
+    clean = make_raw_play("clean", RAW_SCENARIOS["raw-clean"])
+    assert [item.text() for item in clean.predicted.items] == ["[1]", "[2]"]
+    assert clean.predicted.client_end == "no_terminal" and clean.predicted.aborts == ()
