@@ -6,6 +6,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from dynamo_backend_protocol.model.explore.raw_engine import explore_raw
 from dynamo_backend_protocol.model.raw_engine import (
     RAW_ABORT_IMMEDIATE,
     RAW_DROP,
@@ -19,7 +20,6 @@ from dynamo_backend_protocol.model.raw_engine import (
     RawPhase,
     RawTransition,
     RawViolation,
-    explore_raw,
 )
 from dynamo_backend_protocol.model.releases import RELEASES, Release, holds, holds_text
 from dynamo_backend_protocol.model.rules import RULES
