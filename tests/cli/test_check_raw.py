@@ -33,4 +33,4 @@ def test_check_raw_refuses_a_mode_in_one_line(capsys: pytest.CaptureFixture[str]
     """The raw adapter has no per-mode behaviour to choose: a --mode is a usage error, exit 2."""
     assert main(["check", "--machine", "raw", "--mode", "decode"]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert "--machine raw" in line
+    assert "--machine raw is one machine for every mode" in line
