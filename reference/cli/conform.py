@@ -22,6 +22,7 @@ from dynamo_backend_protocol.reference.conformance.kit import (
     DEFAULT_STREAM_TIMEOUT,
 )
 from dynamo_backend_protocol.reference.conformance.progress import LinePrinter, live_display
+from dynamo_backend_protocol.reference.conformance.raw_kit import is_raw_engine, run_raw_conformance
 from dynamo_backend_protocol.reference.conformance.sample_engine import SampleEngine
 from dynamo_backend_protocol.reference.conformance.session import EngineFactory, EngineFactoryError
 from dynamo_backend_protocol.reference.conformance.target import load_engine_factory
@@ -94,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
         factory, label = functools.partial(SampleEngine, mode=mode or Mode.AGGREGATED), BUNDLED
     else:
         factory, label = _load(args.engine), args.engine.strip()
+    if is_raw_engine(factory):
+        return _run_raw(factory, label, args)
     with contextlib.ExitStack() as stack:
         sink = None
         if args.trace is not None:
@@ -117,6 +120,22 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report.as_dict(), indent=2))
     else:
         print(report.render() if args.quiet else report.render_ending())
+    return 0 if report.ok else 1
+
+
+def _run_raw(factory: EngineFactory, label: str, args: argparse.Namespace) -> int:
+    """A RawEngine (JSON in and out, from Dynamo 1.3.1) is judged by the raw kit (conformance/raw_kit.py)."""
+    if args.mode is not None or args.trace is not None:
+        raise UsageError(f"{label} is a raw engine: --mode and --trace apply to token engines only")
+    try:
+        report = asyncio.run(_quietly_interruptible(run_raw_conformance(
+            factory, engine_args=args.engine_args, cancel_deadline=args.cancel_deadline,
+            start_timeout=args.start_timeout, cleanup_timeout=args.cleanup_timeout,
+            stream_timeout=args.stream_timeout, label=label,
+        )))
+    except EngineFactoryError as error:
+        raise UsageError(str(error)) from None
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.render())
     return 0 if report.ok else 1
 
 
