@@ -81,6 +81,8 @@ class Holds:
 
 RAW_ENGINE_RELEASE = Release(1, 3, 1)
 """The raw engine adapter (RawEngine, JSON in and out) and the JSON health-check probe appear."""
+HEALTH_PROBE_RELEASE = Release(1, 3, 1)
+"""Engines declare ``health_check_payload()`` and the runtime's canary is served through the adapter."""
 FIRST_TOKEN_PUBLISH_RELEASE = Release(1, 5, 1)
 """The first-token notifier also publishes prefill completion."""
 

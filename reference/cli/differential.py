@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from dynamo_backend_protocol.reference.cli.support import Subparsers, UsageError, add_mode_option, parse_modes
 from dynamo_backend_protocol.reference.differential.compare import Verdict
+from dynamo_backend_protocol.reference.differential.probe import run_probe
 from dynamo_backend_protocol.reference.differential.report import json_report, text_report, verdict_lines
 from dynamo_backend_protocol.reference.differential.run import run_modes, run_raw
 from dynamo_backend_protocol.reference.differential.surface import (
@@ -51,6 +52,9 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument("--raw", action="store_true",
                         help="play the raw engine adapter's scenarios (a RawEngine worker, from Dynamo 1.3.1) "
                              "instead of the modes' token scenarios")
+    parser.add_argument("--probe", action="store_true",
+                        help="play the health-check canary's answers (from Dynamo 1.3.1) and compare the "
+                             "endpoint's health with the model's")
     parser.add_argument("--verbose", action="store_true",
                         help="let the runtime's own log lines through to this terminal's stderr instead")
     parser.set_defaults(run=run)
@@ -89,12 +93,16 @@ async def _interruptible(work: Coroutine[Any, Any, T]) -> T:
 def run(args: argparse.Namespace) -> int:
     if args.examples < 0:
         raise UsageError("--examples must be 0 or more")
+    if args.raw and args.probe:
+        raise UsageError("--raw and --probe are separate runs; give one")
     if args.verbose and args.runtime_log is not None:
         raise UsageError("--verbose and --runtime-log both say where the runtime's log goes; give one")
     modes = parse_modes(args.mode)
     release = _release(args.dynamo_version)
     runtime_log = None if args.verbose else _runtime_log(args.runtime_log)
     progress = None if args.json else _print_verdict
+    if args.probe:
+        return _run_probe(release, runtime_log, args.json)
     try:
         if args.raw:
             reports = [asyncio.run(_interruptible(run_raw(release, runtime_log, progress)))]
@@ -139,6 +147,24 @@ def _runtime_log(path: Path | None) -> Path:
     except OSError as error:
         raise UsageError(f"--runtime-log {path}: {error.strerror}") from None
     return path
+
+
+def _run_probe(release: ReleaseSurface | None, runtime_log: Path | None, as_json: bool) -> int:
+    try:
+        report = asyncio.run(_interruptible(run_probe(release, runtime_log)))
+    except UpstreamUnavailable as error:
+        print(f"error: differential: {error}", file=sys.stderr)
+        return 2
+    if as_json:
+        print(json.dumps({**report.as_json(), "runtime_log": None if runtime_log is None else str(runtime_log)},
+                         indent=2))
+    else:
+        for verdict in report.verdicts:
+            print(verdict.line())
+        print(report.line())
+        if runtime_log is not None:
+            print(f"runtime log (workers): {runtime_log}")
+    return 1 if report.diverged else 0
 
 
 def _print_verdict(verdict: Verdict) -> None:

@@ -113,11 +113,15 @@ def _environment(settings: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _end_with_parent() -> None:
+def end_with_parent() -> None:
     """In the child, before exec: ask Linux to SIGTERM it if this process dies without
     ending it (a SIGKILL leaves no chance to run ``stop``)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_end_with_parent = end_with_parent
+"""The name other modules may already import."""
 
 
 _PR_SET_PDEATHSIG = 1
@@ -153,7 +157,7 @@ class UpstreamWorker:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
-                preexec_fn=_end_with_parent if sys.platform == "linux" else None,
+                preexec_fn=end_with_parent if sys.platform == "linux" else None,
                 # Its own session: a terminal's Ctrl-C reaches only this command,
                 # which then ends the worker by pid; a worker that died of the same
                 # Ctrl-C first would be reported as a failed worker, not an interrupt.

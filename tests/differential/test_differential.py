@@ -20,12 +20,14 @@ from pathlib import Path
 
 import pytest
 from dynamo_backend_protocol.model import ActionKind, CompiledTable, ControlState, EventKind, Mode
+from dynamo_backend_protocol.model.health_probe import CanaryAnswer, EndpointHealth
 from dynamo_backend_protocol.model.raw_engine import RAW_TABLE, RawEvent, RawPhase, RawTransition
 from dynamo_backend_protocol.model.table import REQUEST_TABLE
 from dynamo_backend_protocol.model.teach.scenarios import SCENARIOS
 from dynamo_backend_protocol.reference.cli import differential as differential_cli
 from dynamo_backend_protocol.reference.cli import main
 from dynamo_backend_protocol.reference.differential import upstream
+from dynamo_backend_protocol.reference.differential.probe import run_probe
 from dynamo_backend_protocol.reference.differential.raw_plays import RAW_SCENARIOS
 from dynamo_backend_protocol.reference.differential.run import ModeReport, run_modes, run_raw
 from dynamo_backend_protocol.reference.differential.surface import installed_release
@@ -256,3 +258,17 @@ def test_dynamo_raw_adapter_agrees_with_the_raw_machine_and_a_wrong_one_is_caugh
     assert [v.play.name for v in report.verdicts if not v.agreed and not v.explained] == []
     broken = asyncio.run(run_raw(table=_raw_without_abort_at_stop()))
     assert "raw-stop" in [v.play.name for v in broken.verdicts if not v.agreed and not v.explained]
+
+
+def test_the_health_check_canary_gets_what_the_model_says() -> None:
+    """The probe path (from 1.3.1): Dynamo's runtime sends the engine's own health_check_payload, marked,
+    through the adapter; tokens then a terminal keep the endpoint ready, so does an error terminal
+    chunk (still a response), and a stream that raises makes it notready, as model/health_probe.py says."""
+    require_dynamo()
+    report = asyncio.run(run_probe())
+    assert report.not_in_release is None
+    assert {verdict.answer for verdict in report.verdicts} == set(CanaryAnswer)
+    assert [verdict.line() for verdict in report.verdicts if not verdict.agreed] == []
+    by_answer = {verdict.answer: verdict.seen for verdict in report.verdicts}
+    assert by_answer[CanaryAnswer.ERROR_TERMINAL_CHUNK] is EndpointHealth.READY
+    assert by_answer[CanaryAnswer.RAISES] is EndpointHealth.NOT_READY
