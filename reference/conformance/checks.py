@@ -191,9 +191,10 @@ CHECKS: tuple[CheckSpec, ...] = (
             F.MID_STREAM_CANCELLATION_IGNORED,
         ),
     ),
+    # An abort that always raises is AbortFailed's to report, once.
     CheckSpec(
         F.ABORT_AFTER_TERMINAL_RAISED, "abort() for a request already ended (an error terminal too) returns quietly",
-        (F.NO_TERMINAL_CHUNK,),
+        (F.NO_TERMINAL_CHUNK, F.ABORT_FAILED), needs_hook="abort",
     ),
 )
 

@@ -26,8 +26,11 @@ class ErrorTerminalEngine(LLMEngine):
     async def start(self, worker_id: int) -> EngineConfig:
         return EngineConfig(model="error-terminal-model")
 
-    async def generate(self, request: dict[str, Any], context: Any) -> AsyncIterator[dict[str, Any]]:
-        self.live[context.id()] = 0
+    def generate(self, request: dict[str, Any], context: Any) -> AsyncIterator[dict[str, Any]]:
+        self.live[context.id()] = 0  # known from the call on, as a real engine's request table is
+        return self._stream(request, context)
+
+    async def _stream(self, request: dict[str, Any], context: Any) -> AsyncIterator[dict[str, Any]]:
         try:
             limit = (request.get("stop_conditions") or {}).get("max_tokens") or 4
             for produced in range(limit):
@@ -40,7 +43,7 @@ class ErrorTerminalEngine(LLMEngine):
                     return
                 yield token(produced)
         finally:
-            del self.live[context.id()]
+            self.live.pop(context.id(), None)
 
     async def abort(self, context: Any) -> None:
         if self.forgiving:
