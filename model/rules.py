@@ -65,6 +65,14 @@ RULES: dict[str, str] = {
     "LIFECYCLE-NO-CLEANUP-WITHOUT-START": (
         "cleanup is not required when start was never invoked, and must succeed if called"
     ),
+    # The raw engine adapter (section 15.2; from Dynamo 1.3.1).
+    "RAW-FORWARD": "every JSON object a raw engine yields is forwarded once, in order, until its generator ends",
+    "RAW-END-IS-TERMINAL": "a raw request ends when the engine's generator ends or raises; no item is a terminal",
+    "RAW-ABORT-IMMEDIATE": (
+        "a stop or kill on a raw request aborts once, in the step that observes it, in every mode: no deferral"
+    ),
+    "RAW-DROP": "a raw stream that goes away without a stop or kill ends the request and is never aborted",
+    "RAW-SETUP-FAILURE": "a raw engine's setup failure is returned as that error: no stream, no abort",
     # N requests sharing one engine (section 12.1).
     "ENGINE-CLEANUP-WAITS": (
         "the Worker begins cleanup only once no request on the engine is in flight (generate called, not Done)"

@@ -23,7 +23,9 @@ from dynamo_backend_protocol.model.engine import Composition
 from dynamo_backend_protocol.model.explore.promela import claims, promela_body
 from dynamo_backend_protocol.model.explore.promela_engine import engine_claims, engine_promela_body
 from dynamo_backend_protocol.model.explore.promela_parts import ALL_SAFETY
+from dynamo_backend_protocol.model.explore.promela_raw import raw_claims, raw_promela
 from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable
+from dynamo_backend_protocol.model.raw_engine import RAW_TABLE, RawTransition
 from dynamo_backend_protocol.model.vocabulary import Mode
 
 STEP_TIMEOUT = 120.0
@@ -72,6 +74,11 @@ def spin_check_engine(composition: Composition, table: CompiledTable = DEFAULT_T
     """SPIN's verdict on every invariant of N requests sharing one engine (the requests', the
     lifecycle's, the ENGINE-* rules) and, for at most two requests, every liveness property."""
     return list(_verdicts(engine_promela_body(composition, table), tuple(engine_claims(composition))))
+
+
+def spin_check_raw(table: tuple[RawTransition, ...] = RAW_TABLE) -> list[SpinVerdict]:
+    """SPIN's verdict on every invariant of the raw engine adapter's machine (model/explore/promela_raw.py)."""
+    return list(_verdicts(raw_promela(table), tuple(raw_claims())))
 
 
 _SAFETY_CLAIM = re.compile(r"^ltl (\w+) \{ \[\] [^<>\n]*\}$", re.MULTILINE)

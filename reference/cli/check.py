@@ -18,7 +18,10 @@ from dynamo_backend_protocol.model.explore.disagg import DisaggReport, explore_d
 from dynamo_backend_protocol.model.explore.engine import LIVENESS_MAX_REQUESTS, explore_engine
 from dynamo_backend_protocol.model.explore.lifecycle import LifecycleReport, explore_lifecycle
 from dynamo_backend_protocol.model.explore.liveness import LivenessResult
+from dynamo_backend_protocol.model.explore.raw_engine import explore_raw
 from dynamo_backend_protocol.model.liveness import FAIRNESS
+from dynamo_backend_protocol.model.raw_engine import RAW_STATE_INVARIANTS, RAW_STEP_INVARIANTS
+from dynamo_backend_protocol.model.releases import holds_text
 from dynamo_backend_protocol.reference.cli.support import (
     Subparsers,
     UsageError,
@@ -27,7 +30,13 @@ from dynamo_backend_protocol.reference.cli.support import (
     parse_modes,
     request_count,
 )
-from dynamo_backend_protocol.reference.spin import SpinUnavailable, SpinVerdict, spin_check, spin_check_engine
+from dynamo_backend_protocol.reference.spin import (
+    SpinUnavailable,
+    SpinVerdict,
+    spin_check,
+    spin_check_engine,
+    spin_check_raw,
+)
 
 
 def register(subparsers: Subparsers) -> None:
@@ -36,9 +45,10 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
         "--machine",
-        choices=("request", "disagg"),
+        choices=("request", "disagg", "raw"),
         default="request",
-        help="request: one request per mode and the engine lifecycle; disagg: a decode request with its KV transfer",
+        help="request: one request per mode and the engine lifecycle; disagg: a decode request with its KV transfer; "
+             "raw: the raw engine adapter (from Dynamo 1.3.1)",
     )
     parser.add_argument(
         "--checker",
@@ -77,6 +87,12 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError("check: --baseline times this package's explorers, not SPIN")
             return _run_spin_requests(modes, args.requests, args.json)
         return _run_requests(modes, args.requests, args.json, args.baseline)
+    if args.machine == "raw":
+        if args.mode is not None:
+            raise UsageError("check: --machine raw is one machine for every mode; drop --mode")
+        if args.engine == "spin":
+            return _run_spin_raw(args.json)
+        return _run_raw(args.json)
     if args.machine == "disagg":
         if args.mode is not None and modes != [Mode.DECODE]:
             raise UsageError("check: --machine disagg is a decode request with its KV transfer; use --mode decode")
@@ -158,6 +174,59 @@ SPIN_CANNOT_CHECK = (
 SPIN_CANNOT_CHECK_ENGINE = (
     "TABLE-WELL-FORMED and cleanup_reachable_from_every_state (branching time, which LTL cannot state)"
 )
+
+
+def _run_raw(as_json: bool) -> int:
+    """The raw adapter's machine: every invariant, and the release its rule holds from."""
+    found = explore_raw()
+    failed = {(rule, name) for rule, name, _ in found.failures}
+    invariants = [(inv.rule, inv.name) for inv in RAW_STATE_INVARIANTS]
+    invariants += [(inv.rule, inv.name) for inv in RAW_STEP_INVARIANTS]
+    ok = not failed and found.done_reachable
+    if as_json:
+        print(json.dumps({
+            "ok": ok, "machine": "raw", "states": found.states, "steps": found.steps,
+            "invariants": [{"id": rule, "name": name, "holds": (rule, name) not in failed, "since": holds_text(rule)}
+                           for rule, name in invariants],
+            "done_reachable": found.done_reachable,
+            "failures": [{"id": rule, "name": name, "path": [ev.value for ev in path]}
+                         for rule, name, path in found.failures],
+        }, indent=2))
+        return 0 if ok else 1
+    lines = [f"raw engine adapter: {found.states} states, {found.steps} steps"]
+    for rule, name in invariants:
+        word = "VIOLATED" if (rule, name) in failed else "holds   "
+        lines.append(f"  {word} {rule:<22} {name:<40} ({holds_text(rule)})")
+    for _, name, path in found.failures:
+        lines.append(f"    {name} fails after: {', '.join(ev.value for ev in path)}")
+    lines.append(f"  {'holds   ' if found.done_reachable else 'VIOLATED'} Done is reachable from every state")
+    lines.append("all invariants hold" if ok else "INVARIANTS VIOLATED")
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
+def _run_spin_raw(as_json: bool) -> int:
+    try:
+        verdicts = spin_check_raw()
+    except SpinUnavailable as error:
+        raise UsageError(f"check: {error}") from None
+    ok = all(verdict.holds for verdict in verdicts)
+    if as_json:
+        print(json.dumps({"ok": ok, "engine": "spin", "machine": "raw",
+                          "invariants": [{"id": v.rule, "name": v.name, "holds": v.holds,
+                                          "since": holds_text(v.rule)} for v in verdicts],
+                          "not_checked": SPIN_CANNOT_CHECK_RAW}, indent=2))
+        return 0 if ok else 1
+    lines = ["the raw engine adapter (SPIN on the Promela export):"]
+    lines += [f"  {'holds   ' if v.holds else 'VIOLATED'} {v.rule:<22} {v.name:<40} ({holds_text(v.rule)})"
+              for v in verdicts]
+    lines.append(f"not checked by SPIN: {SPIN_CANNOT_CHECK_RAW}")
+    lines.append("all properties hold, according to SPIN" if ok else "PROPERTIES VIOLATED, according to SPIN")
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
+SPIN_CANNOT_CHECK_RAW = "that Done is reachable from every state (branching time, which LTL cannot state)"
 
 
 def _run_disagg(as_json: bool) -> int:

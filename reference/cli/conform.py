@@ -30,6 +30,7 @@ from dynamo_backend_protocol.reference.conformance.kit import (
     DEFAULT_STREAM_TIMEOUT,
 )
 from dynamo_backend_protocol.reference.conformance.progress import LinePrinter, live_display
+from dynamo_backend_protocol.reference.conformance.raw_kit import RawReport, is_raw_engine, run_raw_conformance
 from dynamo_backend_protocol.reference.conformance.report import ConformanceReport
 from dynamo_backend_protocol.reference.conformance.sample_engine import SampleEngine
 from dynamo_backend_protocol.reference.conformance.session import EngineFactory, EngineFactoryError
@@ -104,18 +105,22 @@ def run(args: argparse.Namespace) -> int:
         report = _judge(args)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
+    elif isinstance(report, RawReport):
+        print(report.render())
     else:
         print(report.render() if args.quiet else report.render_ending())
     return 0 if report.ok else 1
 
 
-def _judge(args: argparse.Namespace) -> ConformanceReport:
+def _judge(args: argparse.Namespace) -> ConformanceReport | RawReport:
     mode = parse_mode(args.mode) if args.mode is not None else None
     factory: EngineFactory
     if args.engine is None:
         factory, label = functools.partial(SampleEngine, mode=mode or Mode.AGGREGATED), BUNDLED
     else:
         factory, label = _load(args.engine), args.engine.strip()
+    if is_raw_engine(factory):
+        return _run_raw(factory, label, args)
     with contextlib.ExitStack() as stack:
         sink = None
         if args.trace is not None:
@@ -135,6 +140,21 @@ def _judge(args: argparse.Namespace) -> ConformanceReport:
                 )))
             except EngineFactoryError as error:
                 raise UsageError(str(error)) from None
+    return report
+
+
+def _run_raw(factory: EngineFactory, label: str, args: argparse.Namespace) -> RawReport:
+    """A RawEngine (JSON in and out, from Dynamo 1.3.1) is judged by the raw kit (conformance/raw_kit.py)."""
+    if args.mode is not None or args.trace is not None:
+        raise UsageError(f"{label} is a raw engine: --mode and --trace apply to token engines only")
+    try:
+        report = asyncio.run(_quietly_interruptible(run_raw_conformance(
+            factory, engine_args=args.engine_args, cancel_deadline=args.cancel_deadline,
+            start_timeout=args.start_timeout, cleanup_timeout=args.cleanup_timeout,
+            stream_timeout=args.stream_timeout, label=label,
+        )))
+    except EngineFactoryError as error:
+        raise UsageError(str(error)) from None
     return report
 
 

@@ -19,7 +19,7 @@ from dynamo_backend_protocol.reference.cli.support import (
 )
 from dynamo_backend_protocol.reference.diagrams import FORMATS, Format, RenderError, dot_source, render
 
-MACHINES = ("request", "lifecycle")
+MACHINES = ("request", "lifecycle", "raw")
 StateT = TypeVar("StateT", bound=enum.Enum)
 _SUFFIX_FORMATS: dict[str, Format] = {".dot": "dot", ".gv": "dot", ".svg": "svg", ".png": "png"}
 
@@ -80,6 +80,8 @@ def choose_format(explicit: Format | None, output: str | None) -> Format:
 def build_plan(machine: str, mode: Mode | None, highlight: str | None) -> DiagramPlan:
     if machine == "lifecycle":
         return build_lifecycle_plan(mode, highlight)
+    if machine == "raw":
+        return build_raw_plan(mode, highlight)
     state = None if highlight is None else parse_state(highlight, ControlState)
     plan = plan_request_diagram(mode, Highlight(state=state))
     if state is not None and all(node.state is not state for node in plan.nodes):
@@ -98,6 +100,16 @@ def build_lifecycle_plan(mode: Mode | None, highlight: str | None) -> DiagramPla
 
     phase = None if highlight is None else parse_state(highlight, Phase)
     return plan_lifecycle_diagram(Highlight(state=phase))
+
+
+def build_raw_plan(mode: Mode | None, highlight: str | None) -> DiagramPlan:
+    if mode is not None:
+        raise UsageError("--mode does not apply to the raw engine adapter: it is the same in every mode")
+    from dynamo_backend_protocol.model.raw_engine import RawPhase
+    from dynamo_backend_protocol.model.teach.raw_diagram import plan_raw_diagram
+
+    phase = None if highlight is None else parse_state(highlight, RawPhase)
+    return plan_raw_diagram(Highlight(state=phase))
 
 
 def parse_state(text: str, states: type[StateT]) -> StateT:

@@ -29,6 +29,7 @@ from dynamo_backend_protocol.model.teach.diagram_plan import Highlight, plan_req
 from dynamo_backend_protocol.model.teach.narrate import Narration, narrate
 from dynamo_backend_protocol.model.teach.narrate_disagg import narrate_disagg
 from dynamo_backend_protocol.model.teach.narrate_engine import narrate_engine
+from dynamo_backend_protocol.model.teach.narrate_raw import UnknownRawEvent, narrate_raw, parse_raw_events
 from dynamo_backend_protocol.model.teach.scenarios import SCENARIOS, Scenario, UnknownScenario, scenario
 from dynamo_backend_protocol.reference.cli.support import (
     Subparsers,
@@ -71,9 +72,10 @@ def register(subparsers: Subparsers) -> None:
     add_mode_option(parser, allow_all=True, default=None)
     parser.add_argument(
         "--machine",
-        choices=("request", "disagg"),
+        choices=("request", "disagg", "raw"),
         default=None,
-        help="request: one request (default); disagg: a decode request with its prefill peer's KV transfer",
+        help="request: one request (default); disagg: a decode request with its prefill peer's KV transfer; "
+             "raw: the raw engine adapter, with --events (setup, setup_failed, object, error, end, stop, kill, drop)",
     )
     parser.add_argument(
         "--requests",
@@ -93,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
                                        ("--events", args.events is not None)) if given]
     if len(chosen) != 1:
         raise UsageError("give exactly one of SCENARIO, --list or --events (see explain --help)")
+    if args.machine == "raw":
+        return run_raw(args)
     if args.machine == "disagg" and args.requests is not None:
         raise UsageError("--requests composes requests on one engine; it does not take --machine disagg")
     mode_filter = None if args.mode is None else parse_modes(args.mode)
@@ -132,6 +136,20 @@ def run(args: argparse.Namespace) -> int:
         print(told.text())
         if frames is not None:
             write_frames(told, frames, f"{label}-{mode.value}", fmt)
+    return 0
+
+
+def run_raw(args: argparse.Namespace) -> int:
+    """--machine raw: narrate an event sequence through the raw engine adapter's machine."""
+    if args.events is None or args.scenario is not None or args.list:
+        raise UsageError("--machine raw narrates --events (e.g. setup,object,stop,end); it has no scenarios")
+    if args.mode is not None or args.requests is not None or args.frames is not None or args.format is not None:
+        raise UsageError("--machine raw takes only --events: the raw adapter is the same in every mode")
+    try:
+        events = parse_raw_events(args.events)
+    except UnknownRawEvent as error:
+        raise UsageError(str(error)) from None
+    print(narrate_raw(events))
     return 0
 
 

@@ -360,6 +360,30 @@ class AbortRaisesEngine(_Engine):
         del slots[context.id()]  # BUG: abort must tolerate a request it holds nothing for, and never raise
 
 
+class ForgetsFinishedRequestsEngine(_Engine):
+    """Forgets a request when its stream ends, and raises when abort then names it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._live: set[str] = set()
+
+    def generate(self, request: dict[str, Any], context: Context) -> AsyncIterator[dict[str, Any]]:
+        self._live.add(context.id())
+        return super().generate(request, context)
+
+    async def _stream(self, request: dict[str, Any], context: Context) -> AsyncIterator[dict[str, Any]]:
+        try:
+            async for chunk in super()._stream(request, context):
+                yield chunk
+        finally:
+            self._live.discard(context.id())
+
+    async def abort(self, context: Context) -> None:
+        if context.id() not in self._live:
+            # BUG: the runtime may abort a request after its terminal; a finished request is not an error
+            raise KeyError(context.id())
+
+
 class SharedStopFlagEngine(_Engine):
     """Keeps one stop flag for the whole engine: stopping one request ends every request running beside it."""
 
@@ -508,6 +532,7 @@ BROKEN_ENGINES: dict[Failure, type[SampleEngine]] = {
     Failure.CANCELLATION_LEAKED: SharedStopFlagEngine,
     Failure.MID_STREAM_CANCELLATION_IGNORED: EarlyStopsOnlyEngine,
     Failure.SCHEDULE_FAILED: LateStopEngine,
+    Failure.ABORT_AFTER_TERMINAL_RAISED: ForgetsFinishedRequestsEngine,
 }
 """The engine that fails each check (EagerDecodeAbortEngine is a decode engine, the *EncodeEngine ones are
 encode engines; the rest are checked in agg)."""

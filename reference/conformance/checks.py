@@ -50,6 +50,7 @@ class Failure(enum.StrEnum):
     CANCELLATION_LEAKED = "CancellationLeaked"
     MID_STREAM_CANCELLATION_IGNORED = "MidStreamCancellationIgnored"
     SCHEDULE_FAILED = "ScheduleFailed"
+    ABORT_AFTER_TERMINAL_RAISED = "AbortAfterTerminalRaised"
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,11 @@ CHECKS: tuple[CheckSpec, ...] = (
             F.CANCELLATION_LEAKED,
             F.MID_STREAM_CANCELLATION_IGNORED,
         ),
+    ),
+    # An abort that always raises is AbortFailed's to report, once.
+    CheckSpec(
+        F.ABORT_AFTER_TERMINAL_RAISED, "abort() for a request already ended (an error terminal too) returns quietly",
+        (F.NO_TERMINAL_CHUNK, F.ABORT_FAILED), needs_hook="abort",
     ),
 )
 

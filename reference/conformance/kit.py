@@ -40,6 +40,7 @@ from dynamo_backend_protocol.reference.conformance.fuzz import probe_late_stops,
 from dynamo_backend_protocol.reference.conformance.handoff import prepare_requests, served_model
 from dynamo_backend_protocol.reference.conformance.health import engine_still_serves
 from dynamo_backend_protocol.reference.conformance.kv_events import OPTIONAL_HOOKS, probe_kv_event_sources
+from dynamo_backend_protocol.reference.conformance.late_abort import probe_abort_after_terminal
 from dynamo_backend_protocol.reference.conformance.recording import RecordingEngine
 from dynamo_backend_protocol.reference.conformance.report import CheckResult, CheckStatus, ConformanceReport, one_line
 from dynamo_backend_protocol.reference.conformance.session import (
@@ -94,6 +95,7 @@ SERVING_PROBES: tuple[Probe, ...] = (
     Probe((F.CONCURRENT_GENERATE_FAILED,), probe_concurrent),
     Probe((F.CANCELLATION_NOT_OBSERVED, F.CANCELLATION_IGNORED), probe_cancellation),
     Probe((F.ABORT_FAILED,), probe_abort),
+    Probe((F.ABORT_AFTER_TERMINAL_RAISED,), probe_abort_after_terminal),
     Probe((F.MALFORMED_CHUNK,), probe_well_formed),
     Probe((F.ABORTED_STREAM_NOT_ENDED,), probe_aborted_stream),
     Probe((F.KILL_NOT_HANDLED_LIKE_STOP,), probe_kill),

@@ -81,12 +81,16 @@ class Verdict:
     play: Play
     upstream: Outcome | None
     """None when Dynamo's adapter was not run (its mode could not be served)."""
-    reference: Outcome
+    reference: Outcome | None
+    """None for a play our adapter has no counterpart of (the raw engine adapter's)."""
     upstream_differences: tuple[str, ...]
     reference_differences: tuple[str, ...]
     upstream_finding: str | None = None
     """The documented upstream finding (findings.py, spec "Upstream findings") that explains
     the Rust side's differences, if one does."""
+    release_differences: tuple[str, ...] = ()
+    """The release differences (model/releases.py, spec section 15) that explain the Rust side's
+    differences on the installed release, if they do (with or without a finding)."""
 
     @property
     def agreed(self) -> bool:
@@ -94,14 +98,21 @@ class Verdict:
 
     @property
     def explained(self) -> bool:
-        """Our adapter agrees and the Rust side differs only as a documented upstream finding."""
-        return not self.reference_differences and self.upstream_finding is not None
+        """Our adapter agrees and the Rust side differs only as a documented upstream finding
+        or a release difference."""
+        return (not self.reference_differences and not self.agreed
+                and (self.upstream_finding is not None or bool(self.release_differences)))
 
     @property
     def word(self) -> str:
         if self.agreed:
             return "agree"
-        return f"upstream finding {self.upstream_finding}" if self.explained else "diverge"
+        if not self.explained:
+            return "diverge"
+        reasons = [f"as released: {name}" for name in self.release_differences]
+        if self.upstream_finding is not None:
+            reasons.append(f"upstream finding {self.upstream_finding}")
+        return "; ".join(reasons)
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -113,7 +124,9 @@ class Verdict:
             "model": self.play.predicted.as_json(),
             "model_also_allows": [outcome.as_json() for outcome in self.play.allowed[1:]],
             "rust_adapter": None if self.upstream is None else self.upstream.as_json(),
-            "our_adapter": self.reference.as_json(),
+            "our_adapter": None if self.reference is None else self.reference.as_json(),
             "rust_adapter_differences": list(self.upstream_differences),
+            "upstream_finding": self.upstream_finding,
+            "release_differences": list(self.release_differences),
             "our_adapter_differences": list(self.reference_differences),
         }

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 from dynamo_backend_protocol.model import EventKind
 from dynamo_backend_protocol.reference.differential.plays import Outcome, Play
+from dynamo_backend_protocol.reference.differential.released import stops_before_sending
 
 
 @dataclass(frozen=True)
@@ -20,17 +21,13 @@ class UpstreamFinding:
     name: str
     summary: str
     applies: Callable[[Play], bool]
-    outcomes: Callable[[Play], tuple[Outcome, ...]]
-    """The Rust-side outcomes this finding explains, for a play it applies to."""
+    outcomes: Callable[[Play, Outcome], tuple[Outcome, ...]]
+    """The Rust-side outcomes this finding explains, for a play it applies to, given the
+    outcome expected without it (the model's, or the installed release's)."""
 
 
-def _stops_before_sending(play: Play) -> bool:
-    return any(step.after_items < 0 and step.op == "stop" for step in play.client)
-
-
-def _stop_lost(play: Play) -> tuple[Outcome, ...]:
+def _stop_lost(play: Play, predicted: Outcome) -> tuple[Outcome, ...]:
     """The stop reaches the engine's context late or never, and the abort comes late or never."""
-    predicted = play.predicted
     return tuple(
         replace(predicted, aborts=aborts, stopped=seen_stop)
         for aborts in ((), predicted.aborts)
@@ -42,10 +39,10 @@ def _ends_with_typed_error(play: Play) -> bool:
     return bool(play.events) and play.events[-1].kind is EventKind.ERROR and not play.predicted.aborts
 
 
-def _aborted_after_error(play: Play) -> tuple[Outcome, ...]:
+def _aborted_after_error(play: Play, predicted: Outcome) -> tuple[Outcome, ...]:
     """One abort after the request already ended with its error item."""
     first_token = any(ev.signals_first_token for ev in play.events)
-    return (replace(play.predicted, aborts=(first_token,)),)
+    return (replace(predicted, aborts=(first_token,)),)
 
 
 FINDINGS: tuple[UpstreamFinding, ...] = (
@@ -55,7 +52,7 @@ FINDINGS: tuple[UpstreamFinding, ...] = (
             "a stop the client gives before its request is sent sometimes reaches the worker late or "
             "never: the engine never sees is_stopped(), or engine.abort is never called"
         ),
-        applies=_stops_before_sending,
+        applies=stops_before_sending,
         outcomes=_stop_lost,
     ),
     UpstreamFinding(
@@ -70,9 +67,16 @@ FINDINGS: tuple[UpstreamFinding, ...] = (
 )
 
 
-def explaining(play: Play, seen: Outcome, matches: Callable[[tuple[Outcome, ...], Outcome], bool]) -> str | None:
-    """The name of the finding that explains ``seen`` for ``play``, if one does."""
+def explaining(
+    play: Play,
+    seen: Outcome,
+    matches: Callable[[tuple[Outcome, ...], Outcome], bool],
+    expected: Outcome | None = None,
+) -> str | None:
+    """The name of the finding that explains ``seen`` for ``play``, if one does; ``expected`` is
+    the outcome without the finding (default: the model's prediction)."""
+    base = play.predicted if expected is None else expected
     for finding in FINDINGS:
-        if finding.applies(play) and matches(finding.outcomes(play), seen):
+        if finding.applies(play) and matches(finding.outcomes(play, base), seen):
             return finding.name
     return None

@@ -135,6 +135,9 @@ class Play:
     """The outcomes the model allows, the race-free one first."""
     rules: tuple[str, ...] = field(default=())
     """The rules the model applied, in order."""
+    forwarded: tuple[Item, ...] = field(default=())
+    """Every item the model forwards, including those after the client's stop or leave
+    that the client no longer sees."""
 
     @property
     def predicted(self) -> Outcome:
@@ -298,7 +301,7 @@ def make_play(name: str, events: Sequence[Event], mode: Mode, table: CompiledTab
     rules = tuple(step.rule for step in machine.history)
     model_events = tuple(ev for ev in played if ev is not None)
     allowed = (predicted, *_dropped_after_stop(predicted, model_events, mode, table))
-    return Play(name, mode, model_events, tuple(setup), tuple(stream), tuple(client), allowed, rules)
+    return Play(name, mode, model_events, tuple(setup), tuple(stream), tuple(client), allowed, rules, tuple(items))
 
 
 def _dropped_after_stop(

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -30,6 +31,7 @@ from typing import Any
 from dynamo_backend_protocol.model import Mode
 from dynamo_backend_protocol.reference.differential.plays import PLANNED_SETUP_ERROR, ClientEnd, Item, Play
 from dynamo_backend_protocol.reference.differential.scripted_engine import Record
+from dynamo_backend_protocol.reference.differential.surface import ReleaseSurface, installed_release, surface
 
 READY_TIMEOUT = 30.0
 """Seconds a worker may take to start and register."""
@@ -37,6 +39,10 @@ ITEM_TIMEOUT = 10.0
 """Seconds the client waits for the next item or for a request to be accepted."""
 EXIT_TIMEOUT = 10.0
 """Seconds a worker may take to shut down after SIGTERM before it is killed."""
+SETTLE_TIMEOUT = 2.0
+"""Seconds the client runtime's log lines may keep coming after its shutdown before its log is let go."""
+QUIET = 0.2
+"""Seconds without a new log line after which the client runtime counts as quiet."""
 HOST = "127.0.0.1"
 
 _MODULE = "dynamo_backend_protocol.reference.differential.worker_main"
@@ -107,11 +113,15 @@ def _environment(settings: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _end_with_parent() -> None:
+def end_with_parent() -> None:
     """In the child, before exec: ask Linux to SIGTERM it if this process dies without
     ending it (a SIGKILL leaves no chance to run ``stop``)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_end_with_parent = end_with_parent
+"""The name other modules may already import."""
 
 
 _PR_SET_PDEATHSIG = 1
@@ -120,21 +130,34 @@ _PR_SET_PDEATHSIG = 1
 class UpstreamWorker:
     """One worker process serving one mode; ended by its pid."""
 
-    def __init__(self, root: Path, mode: Mode, model_dir: Path, settings: dict[str, str]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        mode: Mode,
+        model_dir: Path,
+        settings: dict[str, str],
+        release: ReleaseSurface | None = None,
+        raw: bool = False,
+    ) -> None:
         self.mode = mode
-        self.namespace = f"differential{mode.value}{os.getpid()}"
-        self.log = root / f"worker-{mode.value}.jsonl"
-        self.stderr_path = root / f"worker-{mode.value}.stderr"
+        self.raw = raw
+        self.surface = release if release is not None else surface(installed_release())
+        self.name = "raw" if raw else mode.value
+        """What the worker serves, in messages and file names: a mode, or the raw adapter."""
+        self.namespace = f"differential{self.name}{os.getpid()}"
+        self.log = root / f"worker-{self.name}.jsonl"
+        self.stderr_path = root / f"worker-{self.name}.stderr"
         self.log.touch()
         with open(self.stderr_path, "wb") as stderr:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", _MODULE, "--mode", mode.value, "--model-dir", str(model_dir),
-                 "--namespace", self.namespace, "--log", str(self.log)],
+                 "--namespace", self.namespace, "--log", str(self.log), "--release", str(self.surface.release),
+                 *(["--raw"] if raw else [])],
                 env={**os.environ, **settings},
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
-                preexec_fn=_end_with_parent if sys.platform == "linux" else None,
+                preexec_fn=end_with_parent if sys.platform == "linux" else None,
                 # Its own session: a terminal's Ctrl-C reaches only this command,
                 # which then ends the worker by pid; a worker that died of the same
                 # Ctrl-C first would be reported as a failed worker, not an interrupt.
@@ -152,7 +175,7 @@ class UpstreamWorker:
             return None
         lines = [line for line in self.stderr_path.read_text(errors="replace").splitlines() if line.strip()]
         last = lines[-1] if lines else "(no output)"
-        return f"the {self.mode.value} worker exited with status {code}: {last}"
+        return f"the {self.name} worker exited with status {code}: {last}"
 
     def stop(self) -> None:
         """SIGTERM (the worker's own graceful shutdown runs cleanup), then SIGKILL if it overruns."""
@@ -167,6 +190,10 @@ class UpstreamWorker:
                 os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait(EXIT_TIMEOUT)
 
+    def output(self) -> str:
+        """Everything the worker process wrote to its stderr (the runtime's log lines)."""
+        return self.stderr_path.read_text(errors="replace")
+
     def records(self) -> list[Record]:
         records = []
         for line in self.log.read_text(encoding="utf-8").splitlines():
@@ -176,14 +203,20 @@ class UpstreamWorker:
 
 
 class UpstreamSession:
-    """The temporary folder, the client runtime and the workers of one ``differential`` run."""
+    """The temporary folder, the client runtime and the workers of one ``differential`` run.
 
-    def __init__(self) -> None:
+    ``runtime_log``: where the runtime's own log lines go, the client runtime's (in this
+    process) and each worker's; None leaves them on this process's stderr.
+    """
+
+    def __init__(self, release: ReleaseSurface | None = None, runtime_log: Path | None = None) -> None:
         if not dynamo_installed():
             raise UpstreamUnavailable(
                 "Dynamo's packages are not installed (pip install --no-deps ai-dynamo==1.6.1 "
                 "ai-dynamo-runtime==1.6.1 && pip install typing-extensions pydantic uvloop msgspec)"
             )
+        self.surface = release if release is not None else surface(installed_release())
+        self.runtime_log = runtime_log
         self.root = Path(tempfile.mkdtemp(prefix="dbp-differential-"))
         self.model_dir = write_model_directory(self.root / "model")
         self.settings = worker_environment(self.root / "discovery")
@@ -194,8 +227,11 @@ class UpstreamSession:
         self.workers: list[UpstreamWorker] = []
         self._core: Any = None
         self._runtime: Any = None
+        self._stderr: _StderrRedirect | None = None
 
     async def __aenter__(self) -> UpstreamSession:
+        if self.runtime_log is not None:
+            self._stderr = _StderrRedirect(self.runtime_log)
         with _environment(self.settings):
             self._core = importlib.import_module("dynamo._core")
             self._runtime = self._core.DistributedRuntime(asyncio.get_running_loop(), "file", "tcp")
@@ -207,45 +243,95 @@ class UpstreamSession:
         self.close()
 
     def close(self) -> None:
-        """End every worker by pid, shut the client runtime down, remove the folder.  Idempotent."""
+        """End every worker by pid, shut the client runtime down, keep the runtime's log lines
+        (when a log was asked for), remove the folder.  Idempotent."""
         for worker in self.workers:
             worker.stop()
-        self.workers.clear()
         if self._runtime is not None:
             self._runtime.shutdown()
             self._runtime = None
+        if self._stderr is not None:
+            self._stderr.restore_when_quiet()
+            self._stderr = None
+        if self.runtime_log is not None:
+            with open(self.runtime_log, "a", encoding="utf-8") as log:
+                for worker in self.workers:
+                    log.write(f"--- the {worker.name} worker's output ---\n{worker.output()}")
+        self.workers.clear()
         shutil.rmtree(self.root, ignore_errors=True)
 
-    async def start(self, mode: Mode) -> UpstreamClient:
-        """Start ``mode``'s worker and wait (bounded) until the client sees it."""
-        worker = UpstreamWorker(self.root, mode, self.model_dir, self.settings)
+    async def start(self, mode: Mode, raw: bool = False) -> UpstreamClient:
+        """Start ``mode``'s worker (``raw``: serving a RawEngine) and wait (bounded) until the client sees it."""
+        worker = UpstreamWorker(self.root, mode, self.model_dir, self.settings, self.surface, raw)
         self.workers.append(worker)
         endpoint = self._runtime.endpoint(worker.endpoint)
-        client = await endpoint.client()
-        waiting = asyncio.ensure_future(client.wait_for_instances())
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + READY_TIMEOUT
+        listed = await _client_with_instance(endpoint, worker)
+        client = UpstreamClient(self._core, endpoint, listed, worker, self.surface)
+        await client.warm_up()
+        return client
+
+
+async def _client_with_instance(endpoint: Any, worker: UpstreamWorker) -> Any:
+    """A client of ``endpoint`` once it sees ``worker``'s instance (bounded; the worker's death is reported)."""
+    client = await endpoint.client()
+    waiting = asyncio.ensure_future(client.wait_for_instances())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + READY_TIMEOUT
+    try:
+        while not waiting.done():
+            failed = worker.failure()
+            if failed is not None:
+                raise UpstreamUnavailable(failed)
+            if loop.time() >= deadline:
+                raise UpstreamUnavailable(
+                    f"the {worker.name} worker did not register within {READY_TIMEOUT:.0f}s"
+                )
+            await asyncio.wait({waiting}, timeout=0.05)
+        waiting.result()
+    finally:
+        waiting.cancel()
+    return client
+
+
+class _StderrRedirect:
+    """This process's file descriptor 2 appended to a file until :meth:`restore`: the client
+    runtime's Rust code logs there directly, past Python's ``sys.stderr``."""
+
+    def __init__(self, path: Path) -> None:
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            while not waiting.done():
-                failed = worker.failure()
-                if failed is not None:
-                    raise UpstreamUnavailable(failed)
-                if loop.time() >= deadline:
-                    raise UpstreamUnavailable(f"the {mode.value} worker did not register within {READY_TIMEOUT:.0f}s")
-                await asyncio.wait({waiting}, timeout=0.05)
-            waiting.result()
+            os.dup2(target, 2)
         finally:
-            waiting.cancel()
-        return UpstreamClient(self._core, client, worker)
+            os.close(target)
+
+    def restore_when_quiet(self) -> None:
+        """Restore fd 2 once the file has had no new line for :data:`QUIET` seconds (at most
+        :data:`SETTLE_TIMEOUT`): the runtime's shutdown logs from its own threads after
+        ``shutdown()`` has returned."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        size = -1
+        while time.monotonic() < deadline:
+            now = os.fstat(2).st_size
+            if now == size:
+                break
+            size = now
+            time.sleep(QUIET)
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
 
 
 class UpstreamClient:
     """Plays the client's script against one worker."""
 
-    def __init__(self, core: Any, client: Any, worker: UpstreamWorker) -> None:
+    def __init__(self, core: Any, endpoint: Any, client: Any, worker: UpstreamWorker, release: ReleaseSurface) -> None:
         self._core = core
+        self._endpoint = endpoint
         self._client = client
         self.worker = worker
+        self.surface = release
         self._finished_streams: list[Any] = []
         """Streams that ended are kept until the worker is stopped: dropping one is a kill
         (RUNTIME-DISCONNECT-KILLS), which must not reach a request whose adapter is still
@@ -258,14 +344,18 @@ class UpstreamClient:
             raise UpstreamUnavailable(failed)
         context = self._core.Context()
         pending = list(play.client)
-        request = _request(play.script())
+        request = self._request(play.script())
         if pending and pending[0].after_items < 0:
             pending.pop(0)
             context.stop_generating()
         try:
             stream = await asyncio.wait_for(self._client.round_robin(request, context=context), ITEM_TIMEOUT)
         except Exception as error:
-            return (), _setup_or_error(error)
+            refused = _setup_or_error(error)
+            if refused == "setup_error":
+                await self._after_setup_error(refused)
+                await self._barrier(play.name)
+            return (), refused
         items: list[Item] = []
         end: ClientEnd = "no_terminal"
         while True:
@@ -287,6 +377,8 @@ class UpstreamClient:
                 break
             except Exception as error:
                 if not items and PLANNED_SETUP_ERROR in str(error):
+                    await self._after_setup_error("setup_error")
+                    await self._barrier(play.name)
                     return (), "setup_error"
                 items.append(Item(error=type(error).__name__))
                 end = "error"
@@ -301,9 +393,38 @@ class UpstreamClient:
         await self._barrier(play.name)
         return tuple(items), end
 
+    async def warm_up(self) -> None:
+        """Until one request has gone through (bounded): an instance can be listed before its
+        request plane accepts, and the first play must not be the one that finds out."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READY_TIMEOUT
+        while True:
+            failed = self.worker.failure()
+            if failed is not None:
+                raise UpstreamUnavailable(failed)
+            try:
+                await self._barrier("warm-up")
+                return
+            except Exception as error:
+                if loop.time() >= deadline:
+                    raise UpstreamUnavailable(
+                        f"the {self.worker.name} worker registered but did not answer within "
+                        f"{READY_TIMEOUT:.0f}s: {error}"
+                    ) from None
+                await asyncio.sleep(0.1)
+
+    async def _after_setup_error(self, end: ClientEnd) -> None:
+        """Up to 1.5.1 the client drops its only instance after a setup error
+        (SETUP_ERROR_DROPS_WORKER): a new client that waits for the worker again."""
+        if end == "setup_error" and self.surface.setup_error_drops_worker:
+            self._client = await _client_with_instance(self._endpoint, self.worker)
+
+    def _request(self, script: dict[str, Any]) -> dict[str, Any]:
+        return {**_request(script), **self.surface.request_fields(self.worker.namespace)}
+
     async def _barrier(self, name: str) -> None:
         stream = await asyncio.wait_for(
-            self._client.round_robin(_request({"barrier": name}), context=self._core.Context()), ITEM_TIMEOUT
+            self._client.round_robin(self._request({"barrier": name}), context=self._core.Context()), ITEM_TIMEOUT
         )
         with contextlib.suppress(StopAsyncIteration):
             while True:

@@ -15,7 +15,9 @@ import json
 import sys
 from typing import Any, TextIO
 
+from dynamo_backend_protocol.model.releases import Release
 from dynamo_backend_protocol.reference.differential.scripted_engine import Record, ScriptedEngine
+from dynamo_backend_protocol.reference.differential.surface import surface
 
 _MODES = {"agg": "AGGREGATED", "prefill": "PREFILL", "decode": "DECODE", "encode": "ENCODE"}
 
@@ -28,14 +30,17 @@ def _line_sink(log: TextIO) -> Any:
     return sink
 
 
-def build_worker(mode: str, model_dir: str, namespace: str, log: TextIO) -> Any:
+def build_worker(mode: str, model_dir: str, namespace: str, log: TextIO, release: Release, raw: bool = False) -> Any:
     core = importlib.import_module("dynamo._core")
     engine_api = importlib.import_module("dynamo.common.backend.engine")
     worker_api = importlib.import_module("dynamo.common.backend.worker")
     constants = importlib.import_module("dynamo.common.constants")
     scripted = ScriptedEngine(model_dir, _line_sink(log), core.InvalidArgument, mode)
 
-    class UpstreamScriptedEngine(engine_api.LLMEngine):  # type: ignore[misc,name-defined]
+    # A RawEngine is served by the raw adapter (JSON objects in and out, from 1.3.1).
+    base = engine_api.RawEngine if raw else engine_api.LLMEngine
+
+    class UpstreamScriptedEngine(base):  # type: ignore[misc,valid-type]
         """Dynamo's engine base class over the scripted engine."""
 
         @classmethod
@@ -59,6 +64,13 @@ def build_worker(mode: str, model_dir: str, namespace: str, log: TextIO) -> Any:
             # No KV transfers ever: a prefill worker need not wait out its drain budget.
             return True
 
+    release_options: dict[str, Any] = {}
+    if surface(release).worker_config_has_kv_routing:
+        release_options["enable_kv_routing"] = False
+    if raw:
+        # The raw pipeline has no tokenizer stage: the request is forwarded as text-shaped JSON.
+        release_options["model_input"] = importlib.import_module("dynamo.llm").ModelInput.Text
+        release_options["endpoint_types"] = "images"
     config = worker_api.WorkerConfig(
         namespace=namespace,
         component="differential",
@@ -69,8 +81,8 @@ def build_worker(mode: str, model_dir: str, namespace: str, log: TextIO) -> Any:
         request_plane="tcp",
         event_plane="zmq",
         enable_local_indexer=False,
-        enable_kv_routing=False,
         disaggregation_mode=getattr(constants.DisaggregationMode, _MODES[mode]),
+        **release_options,
     )
     return worker_api.Worker(UpstreamScriptedEngine(), config)
 
@@ -81,10 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--namespace", required=True)
     parser.add_argument("--log", required=True)
+    parser.add_argument("--release", type=Release.parse, required=True)
+    parser.add_argument("--raw", action="store_true", help="serve the scripted engine as a RawEngine")
     args = parser.parse_args(argv)
     uvloop = importlib.import_module("uvloop")
     with open(args.log, "a", encoding="utf-8") as log:
-        worker = build_worker(args.mode, args.model_dir, args.namespace, log)
+        worker = build_worker(args.mode, args.model_dir, args.namespace, log, args.release, args.raw)
         uvloop.run(worker.run())
     return 0
 

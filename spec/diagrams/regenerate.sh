@@ -10,3 +10,5 @@ for mode in all agg prefill decode encode; do
 done
 dynamo-backend-protocol diagram --machine lifecycle --format dot -o lifecycle.dot
 dynamo-backend-protocol diagram --machine lifecycle --format svg -o lifecycle.svg
+dynamo-backend-protocol diagram --machine raw --format dot -o raw.dot
+dynamo-backend-protocol diagram --machine raw --format svg -o raw.svg

@@ -20,6 +20,7 @@ from dynamo_backend_protocol.model.explore.reachability import explore_graph
 from dynamo_backend_protocol.model.lifecycle import LIFECYCLE_TABLE, Phase
 from dynamo_backend_protocol.model.teach.diagram_plan import DiagramPlan, StateId, plan_request_diagram
 from dynamo_backend_protocol.model.teach.lifecycle_diagram import plan_lifecycle_diagram
+from dynamo_backend_protocol.model.teach.raw_diagram import plan_raw_diagram
 from dynamo_backend_protocol.model.vocabulary import ALL_EVENTS
 from dynamo_backend_protocol.reference.cli import main
 from dynamo_backend_protocol.reference.diagrams import dot_source, element_id, render
@@ -27,13 +28,15 @@ from optional_tools import require_commands
 
 DIAGRAMS = Path(__file__).resolve().parents[2] / "spec" / "diagrams"
 DRAWN = {"all": None, **{mode.value: mode for mode in Mode}}
-COMMITTED = {f"request-{name}": name for name in DRAWN} | {"lifecycle": "lifecycle"}
+COMMITTED = {f"request-{name}": name for name in DRAWN} | {"lifecycle": "lifecycle", "raw": "raw"}
 """Committed file stem -> what draws it."""
 
 
 def plan(name: str) -> DiagramPlan:
     if name == "lifecycle":
         return plan_lifecycle_diagram()
+    if name == "raw":
+        return plan_raw_diagram()
     return plan_request_diagram(DRAWN[name])
 
 

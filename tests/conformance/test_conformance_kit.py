@@ -50,12 +50,13 @@ AFTER_ONE_STREAM = {
     C.MALFORMED_CHUNK,
     C.ABORTED_STREAM_NOT_ENDED, C.KILL_NOT_HANDLED_LIKE_STOP, C.ABORT_CALLED_TWICE, C.ABORT_ON_CLEAN_COMPLETION,
     C.DROPPED_STREAM_NOT_CLOSED, C.SCHEDULE_FAILED, C.ABORT_FAILED, C.CANCELLATION_LEAKED,
-    C.MID_STREAM_CANCELLATION_IGNORED,
+    C.MID_STREAM_CANCELLATION_IGNORED, C.ABORT_AFTER_TERMINAL_RAISED,
 }
 """Everything that needs one plain stream to work first."""
 STREAM_SHAPE = {C.CHUNK_AFTER_TERMINAL, C.NO_TERMINAL_CHUNK}
 AFTER_ABORT = {C.ABORTED_STREAM_NOT_ENDED, C.KILL_NOT_HANDLED_LIKE_STOP, C.ABORT_CALLED_TWICE,
-               C.CANCELLATION_LEAKED, C.MID_STREAM_CANCELLATION_IGNORED, C.SCHEDULE_FAILED}
+               C.CANCELLATION_LEAKED, C.MID_STREAM_CANCELLATION_IGNORED, C.SCHEDULE_FAILED,
+               C.ABORT_AFTER_TERMINAL_RAISED}
 """Everything that stops requests through the adapter, which calls abort."""
 AFTER_CANCELLATION = {C.ABORT_FAILED, *AFTER_ABORT}
 AFTER_WELL_FORMED = {C.ABORTED_STREAM_NOT_ENDED, C.KILL_NOT_HANDLED_LIKE_STOP, C.ABORT_CALLED_TWICE,
@@ -127,6 +128,8 @@ CASES: dict[ConformanceCheck, tuple[Any, Mode, set[ConformanceCheck], str]] = {
     C.MID_STREAM_CANCELLATION_IGNORED: (broken.EarlyStopsOnlyEngine, Mode.AGGREGATED, {C.SCHEDULE_FAILED},
                                         "not only the first few"),
     C.SCHEDULE_FAILED: (broken.LateStopEngine, Mode.AGGREGATED, set(), "after 2 chunks"),
+    C.ABORT_AFTER_TERMINAL_RAISED: (broken.ForgetsFinishedRequestsEngine, Mode.AGGREGATED, set(),
+                                    "already ended with its terminal ('length') raised KeyError"),
 }
 
 

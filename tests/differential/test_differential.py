@@ -20,12 +20,17 @@ from pathlib import Path
 
 import pytest
 from dynamo_backend_protocol.model import ActionKind, CompiledTable, ControlState, EventKind, Mode
+from dynamo_backend_protocol.model.health_probe import CanaryAnswer, EndpointHealth
+from dynamo_backend_protocol.model.raw_engine import RAW_TABLE, RawEvent, RawPhase, RawTransition
 from dynamo_backend_protocol.model.table import REQUEST_TABLE
 from dynamo_backend_protocol.model.teach.scenarios import SCENARIOS
 from dynamo_backend_protocol.reference.cli import differential as differential_cli
 from dynamo_backend_protocol.reference.cli import main
 from dynamo_backend_protocol.reference.differential import upstream
-from dynamo_backend_protocol.reference.differential.run import ModeReport, run_modes
+from dynamo_backend_protocol.reference.differential.probe import run_probe
+from dynamo_backend_protocol.reference.differential.raw_plays import RAW_SCENARIOS
+from dynamo_backend_protocol.reference.differential.run import ModeReport, run_modes, run_raw
+from dynamo_backend_protocol.reference.differential.surface import installed_release
 from optional_tools import require_dynamo
 
 BOUNDED_EXAMPLES = 3
@@ -99,32 +104,61 @@ def _workers_of(run_pid: int) -> list[int]:
     return found
 
 
-def _start_cli(tmp_path: Path, examples: int = 0) -> subprocess.Popen[bytes]:
+def _start_cli(tmp_path: Path, examples: int = 0, *options: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "dynamo_backend_protocol", "differential", "--mode", "agg", "--examples", str(examples),
-         "--json"],
+         "--json", *options],
         env={**os.environ, "TMPDIR": str(tmp_path)},
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         start_new_session=True,
     )
 
 
 def test_a_finished_run_leaves_no_process_or_folder_behind(tmp_path: Path) -> None:
     """A run that ends normally must print its figures, have ended its worker (by pid) and
-    removed its temporary model directory and discovery folder."""
+    removed its temporary model directory and discovery folder: the one file left is the
+    runtime log the report names."""
     require_dynamo()
     run = _start_cli(tmp_path)
     out, _ = run.communicate(timeout=WAIT)
     assert run.returncode == 0, out.decode()
-    [figures] = json.loads(out)["modes"]
+    report = json.loads(out)
+    [figures] = report["modes"]
     assert figures["mode"] == "agg"
     assert figures["scenarios"] == len([s for s in SCENARIOS if s.applies_to(Mode.AGGREGATED)])
-    assert figures["agreed"] + figures["upstream_findings"] == figures["scenarios"]
+    assert figures["agreed"] + figures["as_released"] + figures["upstream_findings"] == figures["scenarios"]
     assert figures["diverged"] == 0
     assert figures["seconds"] > 0
     assert _workers_of(run.pid) == []
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == [Path(report["runtime_log"])]
+
+
+def test_the_runtime_logs_go_to_the_named_file_not_the_terminal(tmp_path: Path) -> None:
+    """Dynamo's runtime logs dozens of coloured lines a run (one an ERROR for a send to a client
+    that left); none may reach the terminal or the JSON: they go, the client's and the worker's,
+    to the file the report names."""
+    require_dynamo()
+    log = tmp_path / "runtime.log"
+    run = _start_cli(tmp_path, 0, "--runtime-log", str(log))
+    out, err = run.communicate(timeout=WAIT)
+    assert run.returncode == 0, err.decode()
+    assert err.decode() == ""
+    report = json.loads(out)
+    assert report["runtime_log"] == str(log)
+    assert report["dynamo_release"] == str(installed_release())
+    text = log.read_text()
+    assert "the agg worker's output" in text
+    assert "dynamo_runtime" in text  # the client runtime's own lines, from this process
+
+
+def test_asking_for_a_release_other_than_the_installed_one_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """--dynamo-version guards a venv holding the wrong release: one line naming both, exit 2."""
+    require_dynamo()
+    assert main(["differential", "--mode", "agg", "--dynamo-version", "1.0.0"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "--dynamo-version 1.0.0" in line
+    assert f"{installed_release()} is installed" in line
 
 
 def _listening_addresses(pid: int) -> set[str]:
@@ -175,7 +209,7 @@ def test_the_worker_listens_on_127_0_0_1_only_and_ctrl_c_ends_everything(tmp_pat
     run.communicate(timeout=WAIT)
     assert run.returncode == 130
     assert [pid for pid in workers if Path(f"/proc/{pid}").exists() and _is_running(pid)] == []
-    assert list(tmp_path.iterdir()) == []
+    assert [path.name for path in tmp_path.iterdir()] == [f"dbp-differential-{run.pid}.log"]
 
 
 def _is_running(pid: int) -> bool:
@@ -195,8 +229,46 @@ def test_a_worker_that_cannot_start_is_named_with_its_error_and_exits_2(
     monkeypatch.setattr(upstream, "_MODULE", "dynamo_backend_protocol.no_such_worker")
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr("tempfile.tempdir", None)
-    assert main(["differential", "--mode", "agg", "--examples", "0"]) == 2
+    log = tmp_path / "runtime.log"
+    assert main(["differential", "--mode", "agg", "--examples", "0", "--runtime-log", str(log)]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert "the agg worker exited with status 1" in line
     assert "No module named dynamo_backend_protocol.no_such_worker" in line
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == [log]
+
+
+def _raw_without_abort_at_stop() -> tuple[RawTransition, ...]:
+    """The planted bug: a raw stop is not aborted (as if the decode deferral applied)."""
+    rows = tuple(
+        replace(row, actions=()) if row.trigger is RawEvent.STOP and RawPhase.STREAMING in row.sources else row
+        for row in RAW_TABLE
+    )
+    assert rows != RAW_TABLE
+    return rows
+
+
+def test_dynamo_raw_adapter_agrees_with_the_raw_machine_and_a_wrong_one_is_caught() -> None:
+    """RAW-ABORT-IMMEDIATE, RAW-FORWARD, RAW-END-IS-TERMINAL, RAW-SETUP-FAILURE against Dynamo's compiled
+    raw adapter (a RawEngine worker): every play agrees (or is a named release difference); with the
+    abort at a stop taken out of the raw table, raw-stop must diverge."""
+    require_dynamo()
+    report = asyncio.run(run_raw())
+    assert report.not_in_release is None and report.unavailable is None
+    assert len(report.verdicts) == len(RAW_SCENARIOS)
+    assert [v.play.name for v in report.verdicts if not v.agreed and not v.explained] == []
+    broken = asyncio.run(run_raw(table=_raw_without_abort_at_stop()))
+    assert "raw-stop" in [v.play.name for v in broken.verdicts if not v.agreed and not v.explained]
+
+
+def test_the_health_check_canary_gets_what_the_model_says() -> None:
+    """The probe path (from 1.3.1): Dynamo's runtime sends the engine's own health_check_payload, marked,
+    through the adapter; tokens then a terminal keep the endpoint ready, so does an error terminal
+    chunk (still a response), and a stream that raises makes it notready, as model/health_probe.py says."""
+    require_dynamo()
+    report = asyncio.run(run_probe())
+    assert report.not_in_release is None
+    assert {verdict.answer for verdict in report.verdicts} == set(CanaryAnswer)
+    assert [verdict.line() for verdict in report.verdicts if not verdict.agreed] == []
+    by_answer = {verdict.answer: verdict.seen for verdict in report.verdicts}
+    assert by_answer[CanaryAnswer.ERROR_TERMINAL_CHUNK] is EndpointHealth.READY
+    assert by_answer[CanaryAnswer.RAISES] is EndpointHealth.NOT_READY

@@ -10,16 +10,21 @@ import asyncio
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from dynamo_backend_protocol.model import Mode, parse_event
+from dynamo_backend_protocol.model.releases import Release
 from dynamo_backend_protocol.model.teach.scenarios import scenario
 from dynamo_backend_protocol.reference.differential.compare import differences
 from dynamo_backend_protocol.reference.differential.plays import NotPlayable, make_play
+from dynamo_backend_protocol.reference.differential.raw_plays import RAW_SCENARIOS, make_raw_play
 from dynamo_backend_protocol.reference.differential.reference_side import ReferenceSide
+from dynamo_backend_protocol.reference.differential.released import as_released
 from dynamo_backend_protocol.reference.differential.run import plays_for
 from dynamo_backend_protocol.reference.differential.schedules import drawn_schedules
+from dynamo_backend_protocol.reference.differential.surface import ReleaseMismatch, surface
 
 
 def test_a_client_leaving_is_played_as_a_disconnect_that_aborts() -> None:
@@ -98,3 +103,67 @@ def test_a_sequence_no_client_can_act_out_is_refused_with_its_name() -> None:
     events = [parse_event(name) for name in ("drop", "setup", "terminal:stop")]
     with pytest.raises(NotPlayable, match="early-leave"):
         make_play("early-leave", events, Mode.AGGREGATED)
+
+
+def test_an_older_release_expects_the_untyped_mid_stream_error() -> None:
+    """Up to 1.5.1 a typed InvalidArgument raised mid-stream reaches the client as ValueError
+    (mid-stream-error-kind); from 1.6.1 as the model says.  Only the client's view changes."""
+    play = make_play("typed", scenario("typed-mid-stream-error").parsed_events(), Mode.AGGREGATED)
+    older, applied = as_released(play, Release.parse("1.5.1"))
+    assert [difference.name for difference in applied] == ["mid-stream-error-kind"]
+    assert [item.text() for item in older[0].items] == ["[1]", "error:ValueError"]
+    assert replace(older[0], items=play.predicted.items) == play.predicted
+    assert as_released(play, Release.parse("1.6.1")) == (play.allowed, ())
+
+
+def test_an_older_release_gives_a_decode_client_its_cancelled_terminal_after_a_stop_before_send() -> None:
+    """decode-stop-before-send-terminal: up to 1.5.1 the client that stopped before sending still
+    receives the engine's cancelled terminal; agg is not touched."""
+    events = scenario("cancel-before-setup").parsed_events()
+    decode = make_play("early-stop", events, Mode.DECODE)
+    older, applied = as_released(decode, Release.parse("1.2.1"))
+    assert [difference.name for difference in applied] == ["decode-stop-before-send-terminal"]
+    assert [item.text() for item in older[0].items] == ["[]/cancelled"]
+    assert older[0].client_end == "terminal"
+    assert as_released(decode, Release.parse("1.6.1"))[1] == ()
+    agg = make_play("early-stop", events, Mode.AGGREGATED)
+    assert as_released(agg, Release.parse("1.2.1"))[1] == ()
+
+
+def test_a_release_older_than_the_seed_or_unparsable_is_refused() -> None:
+    """Nothing was measured before 1.2.1, and a version that is not X.Y.Z is named."""
+    with pytest.raises(ReleaseMismatch, match="older than the seed"):
+        surface(Release.parse("1.1.0"))
+    with pytest.raises(ValueError, match=r"'1\.x' is not a release number"):
+        Release.parse("1.x")
+
+
+def test_each_release_surface_adapts_the_client_and_worker() -> None:
+    """1.2.1: no enable_kv_routing, requests need model/eos_token_ids/annotations, no encode
+    worker; up to 1.5.1 a setup error drops the worker; 1.6.1 needs none of it."""
+    seed, latest = surface(Release.parse("1.2.1")), surface(Release.parse("1.6.1"))
+    assert not seed.worker_config_has_kv_routing and latest.worker_config_has_kv_routing
+    assert set(seed.request_fields("m")) == {"model", "eos_token_ids", "annotations"}
+    assert latest.request_fields("m") == {}
+    assert seed.unserved(Mode.ENCODE) is not None and latest.unserved(Mode.ENCODE) is None
+    assert surface(Release.parse("1.5.1")).setup_error_drops_worker and not latest.setup_error_drops_worker
+    assert surface(Release.parse("1.4.9")).measured_as == Release.parse("1.4.2")
+
+
+def test_a_raw_stop_aborts_once_at_the_stop_and_the_client_sees_nothing_after() -> None:
+    """RAW-ABORT-IMMEDIATE as a play: one abort after the first object, no deferral; the
+    client's view ends at its stop; the generator may be closed by the failed send."""
+    play = make_raw_play("raw-stop", RAW_SCENARIOS["raw-stop"])
+    assert play.predicted.aborts == (True,)
+    assert [item.text() for item in play.predicted.items] == ["[1]"]
+    assert play.predicted.ending == {"closed", "completed"}
+    assert [step.op for step in play.stream] == ["yield", "await_cancel", "await_abort", "yield", "end"]
+
+
+def test_a_raw_client_that_leaves_is_a_kill_and_a_clean_raw_run_ends_with_its_generator() -> None:
+    """RUNTIME-DISCONNECT-KILLS holds for the raw adapter too; RAW-END-IS-TERMINAL: no terminal item."""
+    left = make_raw_play("leave", RAW_SCENARIOS["raw-client-leaves"])
+    assert left.predicted.killed and left.predicted.aborts == (True,) and left.predicted.client_end == "left"
+    clean = make_raw_play("clean", RAW_SCENARIOS["raw-clean"])
+    assert [item.text() for item in clean.predicted.items] == ["[1]", "[2]"]
+    assert clean.predicted.client_end == "no_terminal" and clean.predicted.aborts == ()
