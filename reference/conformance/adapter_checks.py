@@ -29,7 +29,10 @@ from dynamo_backend_protocol.reference.conformance.drive import (
 )
 from dynamo_backend_protocol.reference.conformance.recording import RecordingEngine
 from dynamo_backend_protocol.reference.conformance.rules import (
+    AfterStop,
     Judge,
+    after_stop,
+    describe_after_stop,
     abort_at_most_once,
     chunks_well_formed,
     dropped_stream_closed,
@@ -120,38 +123,83 @@ async def probe_well_formed(settings: KitSettings) -> Verdicts:
 
 
 async def probe_aborted_stream(settings: KitSettings) -> Verdicts:
+    """Stop a request while the client waits for its second chunk; the adapter calls abort() at once.  Judged
+    here only: whether the stream was left waiting for ever after abort() (an engine that kept streaming, or
+    finished as if not stopped, is MidStreamCancellationIgnored's to report, which names that bug)."""
     async with adapter_session(settings) as session:
         run = await drive_cancelled(session, Action.STOP, "conformance-stop-and-abort", while_waiting=True)
         await session.settle()
-    if run.cancelled():
+    if after_stop(run, settings.mode) is not AfterStop.STRANDED:
         return {F.ABORTED_STREAM_NOT_ENDED: None}
-    aborts = len(run.log.aborts) if run.log is not None else 0
-    timed_out = run.ending is Ending.TIMED_OUT
-    how = f"did not end within {settings.cancel_deadline:g} s" if timed_out else run.describe_end()
     return {
-        F.ABORTED_STREAM_NOT_ENDED: f"after context.stop_generating() the runtime called engine.abort "
-        f"({aborts} call(s)) and the stream {how}; abort must not strand the stream: it should still end "
-        "with a 'cancelled' terminal (wake whatever the stream waits on)"
+        F.ABORTED_STREAM_NOT_ENDED: f"{describe_after_stop(run, settings.cancel_deadline)}: after abort() the "
+        "stream was left waiting for ever (Dynamo's runtime reads on with no timeout); wake whatever the stream "
+        "waits on and end it with a 'cancelled' terminal"
+    }
+
+
+async def probe_stop_after_first_chunk(settings: KitSettings) -> Verdicts:
+    """The deterministic part of MidStreamCancellationIgnored: a stop after the first chunk, while the client
+    waits for the next, must end the stream 'cancelled' (unless the stream's own finish was already due)."""
+    async with adapter_session(settings) as session:
+        run = await drive_cancelled(session, Action.STOP, "conformance-stop-after-first-chunk", while_waiting=True)
+        await session.settle()
+    return {F.MID_STREAM_CANCELLATION_IGNORED: stop_ignored(run, settings)}
+
+
+def stop_ignored(run: RequestRun, settings: KitSettings) -> str | None:
+    """Why a stopped stream counts as having ignored its stop (kept streaming, or finished as if not
+    stopped), or None; a stream left waiting is AbortedStreamNotEnded's, other endings the schedules'."""
+    outcome = after_stop(run, settings.mode)
+    if not run.cancelled_by_client or run.ended_before_cancel() or outcome not in IGNORED:
+        return None
+    return (
+        f"{describe_after_stop(run, settings.cancel_deadline)}: the stop was ignored (it {outcome.value}); "
+        "check context.is_stopped() before every token, or make abort() end the request, and end with a "
+        "'cancelled' terminal"
+    )
+
+
+IGNORED = (AfterStop.KEPT_STREAMING, AfterStop.FINISHED_AS_IF_NOT_STOPPED)
+
+
+async def probe_abort_before_first_read(settings: KitSettings) -> Verdicts:
+    """Stop a request right after generate() returned and let the adapter's abort() run before the first read,
+    as Dynamo's monitor does when a stop lands at setup: an engine that only registers the request once its
+    generator body runs, with a library ignoring ids it has not admitted, loses that abort and runs on."""
+    plan = RequestPlan(Action.STOP, 0, STOPPABLE, read_after_abort=True)
+    async with adapter_session(settings) as session:
+        run = await session.drive(plan, "conformance-abort-before-first-read")
+        await session.settle()
+    outcome = after_stop(run, settings.mode)
+    if outcome.honoured or outcome is AfterStop.OTHER:
+        return {F.ABORT_BEFORE_FIRST_READ_LOST: None}
+    lost = "the abort was lost and the request ran on" if outcome is not AfterStop.STRANDED else (
+        "the stream was left waiting for ever")
+    return {
+        F.ABORT_BEFORE_FIRST_READ_LOST: f"{describe_after_stop(run, settings.cancel_deadline)}: {lost} (it "
+        f"{outcome.value}); an abort() may come before the generator body runs: remember it (note the request "
+        "in generate() itself, or check context.is_stopped() before submitting the request)"
     }
 
 
 async def probe_kill(settings: KitSettings) -> Verdicts:
+    """Kill a request before its first read; if that does not end it 'cancelled', stop one the same way:
+    only a kill handled worse than a stop is this check's bug (a stop ignored too is another check's)."""
     async with adapter_session(settings) as session:
-        run = await session.drive(RequestPlan(Action.KILL, 0, STOPPABLE), "conformance-kill")
+        killed = await session.drive(RequestPlan(Action.KILL, 0, STOPPABLE), "conformance-kill")
         await session.settle()
-    if run.ending is Ending.TIMED_OUT:
-        problem = (
-            f"after context.kill() the stream did not end within {settings.cancel_deadline:g} s; a kill is also a "
-            "stop (context.is_stopped() is true): end the stream with a 'cancelled' terminal"
-        )
-    elif run.cancelled():
+        if after_stop(killed, settings.mode).honoured:
+            return {F.KILL_NOT_HANDLED_LIKE_STOP: None}
+        stopped = await session.drive(RequestPlan(Action.STOP, 0, STOPPABLE), "conformance-stop-like-kill")
+        await session.settle()
+    if not after_stop(stopped, settings.mode).honoured:
         return {F.KILL_NOT_HANDLED_LIKE_STOP: None}
-    else:
-        problem = (
-            f"after context.kill() the stream {run.describe_end()}, whereas after a stop it ends with 'cancelled': "
-            "handle a kill like a stop"
-        )
-    return {F.KILL_NOT_HANDLED_LIKE_STOP: problem}
+    return {
+        F.KILL_NOT_HANDLED_LIKE_STOP: f"{describe_after_stop(killed, settings.cancel_deadline)}, whereas after a "
+        "stop at the same point it ended 'cancelled'; a kill is also a stop (context.is_stopped() is true): "
+        "handle it like one"
+    }
 
 
 async def probe_abort_once(settings: KitSettings) -> Verdicts:
