@@ -83,7 +83,8 @@ async def run_schedule(settings: KitSettings, schedule: Schedule) -> list[Findin
         await session.warm_up()
         baseline = set(asyncio.all_tasks())
         runs = await asyncio.gather(
-            *(session.drive(plan, f"request-{number}") for number, plan in enumerate(schedule.plans, start=1))
+            *(session.drive(plan, f"request-{number}", must_start=False)
+              for number, plan in enumerate(schedule.plans, start=1))
         )
         await session.settle()
         findings = [finding for run in runs for finding in judge_all(run, settings.mode)]

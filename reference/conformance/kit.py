@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from dynamo_backend_protocol.model import Mode
 from dynamo_backend_protocol.reference.adapter import TraceSink
 from dynamo_backend_protocol.reference.conformance.adapter_checks import (
+    RequestNotSetUp,
     judge_lifecycle,
     probe_abort_before_first_read,
     probe_abort_once,
@@ -286,6 +287,8 @@ class _Run:
                 trouble = "the check did not finish in time (the engine stopped responding)"
             except EngineFactoryError as error:
                 trouble = f"could not make an engine: {error}"
+            except RequestNotSetUp as error:
+                trouble = str(error)
             except Exception as error:
                 trouble = f"the kit could not complete this check: {describe_error(error)}"
         seconds = time.perf_counter() - started

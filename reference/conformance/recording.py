@@ -140,6 +140,10 @@ class RequestLog:
         times = "once" if len(self.aborts) == 1 else f"{len(self.aborts)} times"
         return f"abort() was called {times} and {self.aborts[0].describe()}"
 
+    def signals_of(self, *kinds: Signal) -> list[int]:
+        """When the request's context heard each signal of these kinds (observation numbers)."""
+        return [seq for seq, signal in self.signals if signal in kinds]
+
     def items_after(self, seq: int) -> int:
         """How many items the engine yielded after the observation numbered ``seq``."""
         return sum(1 for seen in self.items if seen.seq > seq)

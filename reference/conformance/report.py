@@ -18,7 +18,7 @@ class CheckStatus(enum.StrEnum):
 _MARKS = {CheckStatus.PASSED: "[pass]", CheckStatus.FAILED: "[FAIL]", CheckStatus.SKIPPED: "[skip]"}
 
 
-def one_line(text: str, limit: int = 400) -> str:
+def one_line(text: str, limit: int = 900) -> str:
     """Reasons are single lines: whitespace runs (newlines included) collapse to one space."""
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
