@@ -1,4 +1,4 @@
-"""``conform``: run the conformance kit against an engine and print a table of checks."""
+"""``conform``: run the conformance kit against an engine and print a report, one line per check."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import contextlib
 import functools
 import json
 import logging
+import shutil
 import sys
 from collections.abc import Coroutine
 from typing import TypeVar
@@ -15,6 +16,7 @@ from typing import TypeVar
 from dynamo_backend_protocol.model import Mode
 from dynamo_backend_protocol.reference.cli.support import Subparsers, UsageError, add_mode_option, parse_mode
 from dynamo_backend_protocol.reference.conformance import DEFAULT_EXAMPLES, run_conformance
+from dynamo_backend_protocol.reference.conformance.catalogue import catalogue_text
 from dynamo_backend_protocol.reference.conformance.kit import (
     DEFAULT_CANCEL_DEADLINE,
     DEFAULT_CLEANUP_TIMEOUT,
@@ -22,6 +24,7 @@ from dynamo_backend_protocol.reference.conformance.kit import (
     DEFAULT_STREAM_TIMEOUT,
 )
 from dynamo_backend_protocol.reference.conformance.progress import LinePrinter, live_display
+from dynamo_backend_protocol.reference.conformance.report import REPORT_COLUMNS
 from dynamo_backend_protocol.reference.conformance.sample_engine import SampleEngine
 from dynamo_backend_protocol.reference.conformance.session import EngineFactory, EngineFactoryError
 from dynamo_backend_protocol.reference.conformance.target import load_engine_factory
@@ -31,9 +34,32 @@ T = TypeVar("T")
 BUNDLED = "dynamo_backend_protocol.reference.conformance.sample_engine:SampleEngine"
 
 
+DESCRIPTION = """\
+Check an engine against the protocol, with two kits in one run:
+  upstream's kit     its checks, under its failure names, on the raw engine (no adapter, never abort());
+  the runtime kit    checks upstream lacks, through the reference adapter, which calls abort() on a stop
+                     or kill as Dynamo's runtime does.
+A failure in one kit never skips a check of the other; a skip says why.  The report ends with a recap of
+the failed checks and one line per kit.  Every check, its kit, meaning and fix: --list-checks."""
+
+EPILOG = """\
+exit status:
+  0  every check passed or was skipped (skipped: not applicable to the mode, or nothing to judge)
+  1  at least one check failed, in either kit
+  2  bad input (engine not found or not an engine, bad option), before any check ran
+  130  interrupted (Ctrl-C)
+
+examples:
+  dynamo-backend-protocol conform
+  dynamo-backend-protocol conform my_pkg.engine:MyEngine --mode decode
+  dynamo-backend-protocol conform dynamo.common.backend.sample_engine:SampleLLMEngine \\
+      --engine-args="--disaggregation-mode prefill" --json"""
+
+
 def register(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
-        "conform", help="check an engine against the protocol (default: the bundled SampleEngine)"
+        "conform", help="check an engine against the protocol (default: the bundled SampleEngine)",
+        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "engine",
@@ -64,6 +90,8 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument("--examples", type=_count, default=DEFAULT_EXAMPLES, metavar="N",
                         help=f"schedules the property-based phase draws, 0 to skip it (default {DEFAULT_EXAMPLES})")
     parser.add_argument("--trace", metavar="FILE", help="write every adapter-driven request's trace as JSON Lines")
+    parser.add_argument("--list-checks", action="store_true",
+                        help="print every check (name, kit, what passing means, how to fix a failure) and exit")
     parser.set_defaults(run=run)
 
 
@@ -88,6 +116,9 @@ def _count(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.list_checks:
+        print(catalogue_text())
+        return 0
     mode = parse_mode(args.mode) if args.mode is not None else None
     factory: EngineFactory
     if args.engine is None:
@@ -116,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
-        print(report.render() if args.quiet else report.render_ending())
+        columns = shutil.get_terminal_size((REPORT_COLUMNS, 24)).columns if sys.stdout.isatty() else REPORT_COLUMNS
+        print(report.render(columns) if args.quiet else report.render_ending(columns))
     return 0 if report.ok else 1
 
 

@@ -95,13 +95,14 @@ class Probe:
 
     def describe(self) -> str:
         """The live line's text while it runs: its phase, then the checks it judges."""
-        phase = self.phase or SPECS[self.checks[0]].kit.describe()
-        names = ", ".join(str(check) for check in self.checks[:3]) + (", ..." if len(self.checks) > 3 else "")
+        phase = self.phase or ("upstream's kit" if SPECS[self.checks[0]].kit is Kit.UPSTREAM else "runtime kit")
+        names = ", ".join(str(check) for check in self.checks[:2]) + (", ..." if len(self.checks) > 2 else "")
         return f"{phase}: {names}"
 
 
-LATE_STOPS_PHASE = "stops at drawn points (property-based)"
-SCHEDULES_PHASE = "random schedules (property-based)"
+LATE_STOPS_PHASE = "late stops"
+SCHEDULES_PHASE = "random schedules"
+"""The two property-based phases, each with its own count of examples."""
 
 
 SERVING_PROBES: tuple[Probe, ...] = (
@@ -241,7 +242,7 @@ class _Run:
 
     async def serve_and_shut_down(self) -> None:
         session = self.settings.session()
-        _phase(self.settings.events, "starting the engine")
+        _phase(self.settings.events, "upstream's kit: StartFailed, EmptyModelInConfig")
         await self.judge((F.START_FAILED, F.EMPTY_MODEL_IN_CONFIG), lambda s: judge_start(session, s))
         start_hung = session.start_timed_out
         if self.results[F.START_FAILED].passed:
