@@ -56,12 +56,14 @@ class RequestShape:
     prefill_source: str = "synthetic"
     """Where the decode requests' prefill result came from, for the report."""
     bootstrap_info: dict[str, Any] | None = None
-    """Decode only: Dynamo's ``BootstrapInfo``, when the prefill engine advertised a bootstrap endpoint."""
+    """Prefill and decode: Dynamo's ``BootstrapInfo``, when the prefill engine advertised a bootstrap endpoint."""
 
     def describe(self) -> str:
         said = f"model {self.model!r}"
         if self.mode is Mode.DECODE:
             said += f"; prefill_result {self.prefill_source}"
+        elif self.bootstrap_info is not None:
+            said += "; bootstrap_info for the bootstrap endpoint start() advertised"
         elif self.mode is Mode.ENCODE:
             said += "; multi_modal_data with one image"
         return said
@@ -77,8 +79,8 @@ class RequestShape:
         }
         if self.mode is Mode.DECODE:
             request["prefill_result"] = copy.deepcopy(self.prefill_result or SYNTHETIC_PREFILL_RESULT)
-            if self.bootstrap_info is not None:
-                request["bootstrap_info"] = dict(self.bootstrap_info)
+        if self.bootstrap_info is not None:
+            request["bootstrap_info"] = dict(self.bootstrap_info)
         elif self.mode is Mode.ENCODE:
             request["multi_modal_data"] = copy.deepcopy(MULTI_MODAL_DATA)
             request["mm_processor_kwargs"] = dict(MM_PROCESSOR_KWARGS)

@@ -16,7 +16,8 @@ starts that prefill engine and runs one request on it:
   prefill chunk carries them (the terminal, or an earlier hand-off chunk).
 
 Otherwise decode requests carry a synthetic result in Dynamo's
-``PrefillResult`` shape.  Encode requests carry ``multi_modal_data`` and
+``PrefillResult`` shape.  An engine checked in prefill mode that advertises a
+bootstrap endpoint gets ``bootstrap_info`` on its requests, as from the router.  Encode requests carry ``multi_modal_data`` and
 ``mm_processor_kwargs`` in Dynamo's shape.
 """
 
@@ -59,6 +60,11 @@ BOOTSTRAP_ROOM_BITS = 63
 
 async def prepare_requests(settings: KitSettings, model: str) -> RequestShape:
     """The shape of the kit's requests; in decode mode this builds and starts the prefill engine once."""
+    if settings.mode is Mode.PREFILL:
+        # The router's bootstrap path sends the prefill worker the bootstrap_info too.
+        endpoint = bootstrap_endpoint(settings.session().config)
+        if endpoint is not None:
+            return RequestShape(Mode.PREFILL, model, bootstrap_info=bootstrap_info(endpoint))
     if settings.mode is not Mode.DECODE:
         return RequestShape(settings.mode, model)
     prefill = prefill_factory(settings.factory)

@@ -378,7 +378,7 @@ def _skip_reason(blockers: tuple[Failure, ...]) -> str:
     if F.START_FAILED in blockers:
         return "skipped: the engine did not start (StartFailed); nothing can be asked of it"
     names = ", ".join(str(b) for b in blockers)
-    return f"skipped: it builds on {names}, which failed; fix {'it' if len(blockers) == 1 else 'those'} first"
+    return f"skipped: {names} failed; fix {'it' if len(blockers) == 1 else 'those'} first"
 
 
 def _result(

@@ -168,10 +168,17 @@ def _took(result: CheckResult) -> str:
     return f"{result.seconds * 1000:8.1f} ms" if not result.skipped else f"{'-':>8}   "
 
 
+NARROW_INDENT = " " * 8
+"""The text's indent on a line too narrow to align it under its column (more than half the line)."""
+
+
 def _wrapped(text: str, columns: int, first: str, rest: str) -> str:
-    # The indent never takes more than half the line: a narrow terminal still shows the words.
-    width = max(columns, 2 * len(rest) + 20)
-    return textwrap.fill(text, width, initial_indent=first, subsequent_indent=rest, break_long_words=False,
+    if len(first) > columns // 2:
+        # Too narrow to align: the head on its own line, the text below it, indented a little.
+        body = textwrap.fill(text, columns, initial_indent=NARROW_INDENT, subsequent_indent=NARROW_INDENT,
+                             break_long_words=False, break_on_hyphens=False)
+        return f"{first.rstrip()}\n{body}"
+    return textwrap.fill(text, columns, initial_indent=first, subsequent_indent=rest, break_long_words=False,
                          break_on_hyphens=False)
 
 

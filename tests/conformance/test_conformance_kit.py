@@ -425,3 +425,46 @@ def test_a_check_that_leaves_the_engine_unable_to_serve_skips_the_rest_with_that
     later = report.result(C.SCHEDULE_FAILED)
     assert later.skipped and "the engine stopped serving" in later.reason and "no KV cache" in later.reason
     assert report.result(C.CLEANUP_FAILED).passed
+
+
+class StopsOnlyBeforeFirstTokenEngine(broken.EarlyStopsOnlyEngine):
+    """Looks at context.is_stopped() before its first token only (the commonest real bug); abort() is a no-op."""
+
+    def _stream(self, request: dict[str, Any], context: Any) -> Any:
+        return self.stream_until(request, lambda produced: produced == 0 and context.is_stopped())
+
+
+def test_an_engine_ignoring_stops_after_its_first_token_fails_the_check_naming_that() -> None:
+    """MidStreamCancellationIgnored fails, saying abort() was called and returned and the engine streamed on;
+    the checks about abort() (a stream left waiting, a kill handled worse than a stop) do not blame abort()."""
+    report = conform(StopsOnlyBeforeFirstTokenEngine, examples=0)
+    result = report.result(C.MID_STREAM_CANCELLATION_IGNORED)
+    assert result.failed, report.render()
+    assert "abort() was called once and returned" in result.reason and "it kept streaming" in result.reason
+    assert with_status(report, CheckStatus.FAILED) == {C.MID_STREAM_CANCELLATION_IGNORED}
+    assert report.result(C.ABORTED_STREAM_NOT_ENDED).passed and report.result(C.ABORT_FAILED).passed
+
+
+def test_every_text_report_ends_with_a_recap_of_the_failed_checks_and_a_line_per_kit() -> None:
+    """After the check lines: each failed check with its kit and how to fix it, then what fails each kit."""
+    report = conform(broken.NeverStopsEngine, examples=0)
+    lines = report.render().splitlines()
+    recap = lines.index("failed (2):")
+    assert lines[recap + 1].startswith("  - CancellationNotObserved (upstream's kit): check context.is_stopped()")
+    assert any(line.startswith("  - MidStreamCancellationIgnored (as Dynamo's runtime drives the engine)")
+               for line in lines[recap:])
+    assert lines[-3] == "upstream's kit: fails CancellationNotObserved"
+    assert lines[-2] == "as Dynamo's runtime drives the engine: fails MidStreamCancellationIgnored"
+    assert "DOES NOT CONFORM" in lines[-1]
+
+
+def test_a_long_reason_wraps_under_its_own_column() -> None:
+    """One line per check: a reason longer than the line continues on indented lines, never mid-word; on a
+    narrow terminal the reason goes under the check's name, indented a little, so the words still fit."""
+    report = conform(broken.NeverStopsEngine, examples=0)
+    for columns in (100, 60):
+        lines = report.render(columns=columns).splitlines()
+        first = next(i for i, line in enumerate(lines) if line.startswith("[FAIL] CancellationNotObserved"))
+        indent = lines[first].index("the stream did not end") if columns == 100 else 8
+        assert lines[first + 1].startswith(" " * indent) and not lines[first + 1][indent].isspace()
+        assert all(len(line) <= columns for line in lines[first + 1 : first + 3])
