@@ -31,10 +31,10 @@ from dynamo_backend_protocol.reference.conformance.recording import RecordingEng
 from dynamo_backend_protocol.reference.conformance.rules import (
     AfterStop,
     Judge,
-    after_stop,
-    describe_after_stop,
     abort_at_most_once,
+    after_stop,
     chunks_well_formed,
+    describe_after_stop,
     dropped_stream_closed,
     no_abort_before_first_token,
     no_abort_without_cancel,

@@ -17,8 +17,9 @@ starts that prefill engine and runs one request on it:
 
 Otherwise decode requests carry a synthetic result in Dynamo's
 ``PrefillResult`` shape.  An engine checked in prefill mode that advertises a
-bootstrap endpoint gets ``bootstrap_info`` on its requests, as from the router.  Encode requests carry ``multi_modal_data`` and
-``mm_processor_kwargs`` in Dynamo's shape.
+bootstrap endpoint gets ``bootstrap_info`` on its requests, as from the router.
+Encode requests carry ``multi_modal_data`` and ``mm_processor_kwargs`` in
+Dynamo's shape.
 """
 
 from __future__ import annotations

@@ -187,11 +187,11 @@ class BootstrapHandoffEngine:
     async def generate(self, request: dict[str, Any], context: Any) -> AsyncIterator[dict[str, Any]]:
         prompt = len(request["token_ids"])
         info = request.get("bootstrap_info")
-        if self.disaggregation_mode in ("prefill", "decode"):
-            if not isinstance(info, dict) or info.get("bootstrap_host") != self.BOOTSTRAP_HOST or not isinstance(
-                info.get("bootstrap_room"), int
-            ):
-                raise ValueError(f"requires bootstrap_info from Dynamo's prefill router, got {info!r}")
+        well_formed = isinstance(info, dict) and info.get("bootstrap_host") == self.BOOTSTRAP_HOST and isinstance(
+            info.get("bootstrap_room"), int
+        )
+        if self.disaggregation_mode in ("prefill", "decode") and not well_formed:
+            raise ValueError(f"requires bootstrap_info from Dynamo's prefill router, got {info!r}")
         if self.disaggregation_mode == "decode" and request["prefill_result"]["disaggregated_params"] != info:
             raise ValueError("the prefill hand-off names another bootstrap room")
         if self.disaggregation_mode == "prefill":
@@ -199,7 +199,8 @@ class BootstrapHandoffEngine:
         limit = 1 if self.disaggregation_mode == "prefill" else request["stop_conditions"].get("max_tokens") or 6
         for step in range(limit):
             if context.is_stopped():
-                yield {"token_ids": [], "index": 0, "finish_reason": "cancelled", "completion_usage": usage(prompt, step)}
+                yield {"token_ids": [], "index": 0, "finish_reason": "cancelled",
+                       "completion_usage": usage(prompt, step)}
                 return
             await asyncio.sleep(0.0005)
             chunk: dict[str, Any] = {"token_ids": [step + 1], "index": 0}

@@ -49,6 +49,7 @@ class ServerArgs:
 
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> ServerArgs:
-        given: dict[str, Any] = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+        names = [f.name for f in dataclasses.fields(cls)]
+        given: dict[str, Any] = {name: getattr(args, name) for name in names if hasattr(args, name)}
         given["model"] = args.model_path
         return cls(**given)
