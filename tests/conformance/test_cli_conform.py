@@ -64,8 +64,11 @@ def test_an_engine_from_the_current_directory_is_checked(
     """module:attribute names a factory next to the user; a failing check exits 1 and is marked."""
     code, out, _ = run([f"{engine_module}:make_engine", "--deadline", "0.2", "--examples", "0"], capsys)
     assert code == 1
-    failing = [line for line in out.splitlines() if line.startswith("[FAIL]")]
-    assert len(failing) == 1 and "NoTerminalChunk" in failing[0] and "finish_reason" in failing[0]
+    lines = out.splitlines()
+    failing = [number for number, line in enumerate(lines) if line.startswith("[FAIL]")]
+    assert len(failing) == 1 and "NoTerminalChunk" in lines[failing[0]]
+    # A long reason continues on indented lines under its own.
+    assert "finish_reason" in " ".join(lines[failing[0] : failing[0] + 3]) and lines[failing[0] + 1].startswith(" ")
     assert "DOES NOT CONFORM" in out.splitlines()[-1]
 
 
