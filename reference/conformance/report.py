@@ -187,6 +187,6 @@ class ConformanceFailure(AssertionError):
 
     def __init__(self, report: ConformanceReport) -> None:
         self.report = report
-        lines = [report.summary()]
+        lines = [report.summary(), *(report.kit_line(kit) for kit in Kit)]
         lines += [f"  {result.failure}: {result.reason}" for result in report.failures()]
         super().__init__("\n".join(lines))

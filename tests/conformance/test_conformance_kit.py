@@ -254,7 +254,8 @@ def test_raise_for_failures_lists_every_failed_check() -> None:
     with pytest.raises(ConformanceFailure) as caught:
         report.raise_for_failures()
     assert caught.value.report is report
-    assert "NoTerminalChunk" in str(caught.value)
+    assert "NoTerminalChunk: the stream" in str(caught.value)
+    assert "upstream's kit: fails NoTerminalChunk" in str(caught.value)
     assert isinstance(caught.value, AssertionError)
 
 
