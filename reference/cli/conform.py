@@ -1,4 +1,4 @@
-"""``conform``: run the conformance kit against an engine and print a table of checks."""
+"""``conform``: run the conformance kit against an engine and print a report, one line per check."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import contextlib
 import functools
 import json
 import logging
+import shutil
 import sys
 from collections.abc import Coroutine
 from typing import TypeVar
@@ -23,6 +24,7 @@ from dynamo_backend_protocol.reference.cli.support import (
     stdout_to_stderr,
 )
 from dynamo_backend_protocol.reference.conformance import DEFAULT_EXAMPLES, run_conformance
+from dynamo_backend_protocol.reference.conformance.catalogue import catalogue_text
 from dynamo_backend_protocol.reference.conformance.kit import (
     DEFAULT_CANCEL_DEADLINE,
     DEFAULT_CLEANUP_TIMEOUT,
@@ -31,7 +33,7 @@ from dynamo_backend_protocol.reference.conformance.kit import (
 )
 from dynamo_backend_protocol.reference.conformance.progress import LinePrinter, live_display
 from dynamo_backend_protocol.reference.conformance.raw_kit import RawReport, is_raw_engine, run_raw_conformance
-from dynamo_backend_protocol.reference.conformance.report import ConformanceReport
+from dynamo_backend_protocol.reference.conformance.report import REPORT_COLUMNS, ConformanceReport
 from dynamo_backend_protocol.reference.conformance.sample_engine import SampleEngine
 from dynamo_backend_protocol.reference.conformance.session import EngineFactory, EngineFactoryError
 from dynamo_backend_protocol.reference.conformance.target import load_engine_factory
@@ -41,9 +43,32 @@ T = TypeVar("T")
 BUNDLED = "dynamo_backend_protocol.reference.conformance.sample_engine:SampleEngine"
 
 
+DESCRIPTION = """\
+Check an engine against the protocol, with two kits in one run:
+  upstream's kit     its checks, under its failure names, on the raw engine (no adapter, never abort());
+  the runtime kit    checks upstream lacks, through the reference adapter, which calls abort() on a stop
+                     or kill as Dynamo's runtime does.
+A failure in one kit never skips a check of the other; a skip says why.  The report ends with a recap of
+the failed checks and one line per kit.  Every check, its kit, meaning and fix: --list-checks."""
+
+EPILOG = """\
+exit status:
+  0  every check passed or was skipped (skipped: not applicable to the mode, or nothing to judge)
+  1  at least one check failed, in either kit
+  2  bad input (engine not found or not an engine, bad option), before any check ran
+  130  interrupted (Ctrl-C)
+
+examples:
+  dynamo-backend-protocol conform
+  dynamo-backend-protocol conform my_pkg.engine:MyEngine --mode decode
+  dynamo-backend-protocol conform dynamo.common.backend.sample_engine:SampleLLMEngine \\
+      --engine-args="--disaggregation-mode prefill" --json"""
+
+
 def register(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
-        "conform", help="check an engine against the protocol (default: the bundled SampleEngine)"
+        "conform", help="check an engine against the protocol (default: the bundled SampleEngine)",
+        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "engine",
@@ -76,6 +101,8 @@ def register(subparsers: Subparsers) -> None:
                         help=f"schedules the property-based phase draws, 0 to skip it (default {DEFAULT_EXAMPLES})")
     parser.add_argument("--trace", metavar="FILE", type=absolute_path,
                         help="write every adapter-driven request's trace as JSON Lines")
+    parser.add_argument("--list-checks", action="store_true",
+                        help="print every check (name, kit, what passing means, how to fix a failure) and exit")
     parser.set_defaults(run=run)
 
 
@@ -100,6 +127,9 @@ def _count(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.list_checks:
+        print(catalogue_text())
+        return 0
     # With --json the one JSON object is alone on stdout: what the engine prints goes to stderr.
     with stdout_to_stderr() if args.json else contextlib.nullcontext():
         report = _judge(args)
@@ -108,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
     elif isinstance(report, RawReport):
         print(report.render())
     else:
-        print(report.render() if args.quiet else report.render_ending())
+        columns = shutil.get_terminal_size((REPORT_COLUMNS, 24)).columns if sys.stdout.isatty() else REPORT_COLUMNS
+        print(report.render(columns) if args.quiet else report.render_ending(columns))
     return 0 if report.ok else 1
 
 

@@ -29,9 +29,12 @@ from dynamo_backend_protocol.reference.conformance.drive import (
 )
 from dynamo_backend_protocol.reference.conformance.recording import RecordingEngine
 from dynamo_backend_protocol.reference.conformance.rules import (
+    AfterStop,
     Judge,
     abort_at_most_once,
+    after_stop,
     chunks_well_formed,
+    describe_after_stop,
     dropped_stream_closed,
     no_abort_before_first_token,
     no_abort_without_cancel,
@@ -50,6 +53,10 @@ SETTLE_GRACE = 1.0
 """Seconds past the cancel deadline the kit waits for the adapter's aborts and closes to finish."""
 
 
+class RequestNotSetUp(Exception):
+    """A check's request failed at setup (generate raised): the check cannot judge its rule."""
+
+
 @dataclass
 class AdapterSession:
     session: EngineSession
@@ -61,10 +68,16 @@ class AdapterSession:
     def recorder(self) -> RecordingEngine:
         return self.session.recording()
 
-    async def drive(self, plan: RequestPlan, request_id: str) -> RequestRun:
+    async def drive(self, plan: RequestPlan, request_id: str, *, must_start: bool = True) -> RequestRun:
+        """Carry ``plan`` out on a fresh request.  A request the engine refused at setup tells a check nothing
+        about its rule, so unless ``must_start`` is off that raises :class:`RequestNotSetUp`."""
         limits = DriveLimits(self.settings.stream_timeout, self.settings.cancel_deadline)
-        return await drive(self.adapter, self.recorder, self.collector, plan, request_id, limits,
-                           self.settings.requests)
+        run = await drive(self.adapter, self.recorder, self.collector, plan, request_id, limits,
+                          self.settings.requests)
+        if must_start and run.ending is Ending.SETUP_FAILED:
+            raise RequestNotSetUp(f"request {request_id!r} ({plan.describe()}): generate raised {run.setup_error}, "
+                                  "so this check could not be judged")
+        return run
 
     async def warm_up(self) -> None:
         """One short request first, so tasks an engine starts lazily on its first request (an output
@@ -120,38 +133,89 @@ async def probe_well_formed(settings: KitSettings) -> Verdicts:
 
 
 async def probe_aborted_stream(settings: KitSettings) -> Verdicts:
+    """Stop a request while the client waits for its second chunk; the adapter calls abort() at once.  Judged
+    here only: whether the stream was left waiting for ever after abort() (an engine that kept streaming, or
+    finished as if not stopped, is MidStreamCancellationIgnored's to report, which names that bug)."""
     async with adapter_session(settings) as session:
         run = await drive_cancelled(session, Action.STOP, "conformance-stop-and-abort", while_waiting=True)
         await session.settle()
-    if run.cancelled():
+    if after_stop(run, settings.mode) is not AfterStop.STRANDED:
         return {F.ABORTED_STREAM_NOT_ENDED: None}
-    aborts = len(run.log.aborts) if run.log is not None else 0
-    timed_out = run.ending is Ending.TIMED_OUT
-    how = f"did not end within {settings.cancel_deadline:g} s" if timed_out else run.describe_end()
     return {
-        F.ABORTED_STREAM_NOT_ENDED: f"after context.stop_generating() the runtime called engine.abort "
-        f"({aborts} call(s)) and the stream {how}; abort must not strand the stream: it should still end "
-        "with a 'cancelled' terminal (wake whatever the stream waits on)"
+        F.ABORTED_STREAM_NOT_ENDED: f"{describe_after_stop(run, settings.cancel_deadline)}: after abort() the "
+        "stream was left waiting for ever (Dynamo's runtime reads on with no timeout); wake whatever the stream "
+        "waits on and end it with a 'cancelled' terminal"
+    }
+
+
+async def probe_stop_after_first_chunk(settings: KitSettings) -> Verdicts:
+    """The deterministic part of MidStreamCancellationIgnored: a stop after the first chunk, while the client
+    waits for the next, must end the stream 'cancelled' (unless the stream's own finish was already due)."""
+    async with adapter_session(settings) as session:
+        run = await drive_cancelled(session, Action.STOP, "conformance-stop-after-first-chunk", while_waiting=True)
+        await session.settle()
+    return {F.MID_STREAM_CANCELLATION_IGNORED: stop_ignored(run, settings)}
+
+
+def stop_ignored(run: RequestRun, settings: KitSettings) -> str | None:
+    """Why a stopped stream counts as having ignored its stop (kept streaming, or finished as if not
+    stopped), or None; a stream left waiting is AbortedStreamNotEnded's, other endings the schedules'."""
+    outcome = after_stop(run, settings.mode)
+    if not run.cancelled_by_client or run.ended_before_cancel() or outcome not in IGNORED:
+        return None
+    return (
+        f"{describe_after_stop(run, settings.cancel_deadline)}: the stop was ignored (it {outcome.value}); "
+        "check context.is_stopped() before every token, or make abort() end the request, and end with a "
+        "'cancelled' terminal"
+    )
+
+
+IGNORED = (AfterStop.KEPT_STREAMING, AfterStop.FINISHED_AS_IF_NOT_STOPPED)
+
+
+async def probe_abort_before_first_read(settings: KitSettings) -> Verdicts:
+    """Stop a request right after generate() returned and let the adapter's abort() run before the first read,
+    as Dynamo's monitor does when a stop lands at setup.  If that stop is not honoured, a stop at the same point
+    read at once is tried: only an abort lost in that window is this check's bug (an engine that honours no
+    stop at all is named by the other checks)."""
+    async with adapter_session(settings) as session:
+        plan = RequestPlan(Action.STOP, 0, STOPPABLE, read_after_abort=True)
+        run = await session.drive(plan, "conformance-abort-before-first-read")
+        await session.settle()
+        outcome = after_stop(run, settings.mode)
+        if outcome.honoured or outcome is AfterStop.OTHER:
+            return {F.ABORT_BEFORE_FIRST_READ_LOST: None}
+        read_at_once = await session.drive(RequestPlan(Action.STOP, 0, STOPPABLE), "conformance-stop-read-at-once")
+        await session.settle()
+    if not after_stop(read_at_once, settings.mode).honoured:
+        return {F.ABORT_BEFORE_FIRST_READ_LOST: None}
+    lost = "the stream was left waiting for ever" if outcome is AfterStop.STRANDED else (
+        "the abort was lost and the request ran on")
+    return {
+        F.ABORT_BEFORE_FIRST_READ_LOST: f"{describe_after_stop(run, settings.cancel_deadline)}: {lost} (it "
+        f"{outcome.value}), whereas the same stop read at once ended it; an abort() may come before the generator "
+        "body runs: remember it (note the request in generate() itself, or check context.is_stopped() before "
+        "submitting the request)"
     }
 
 
 async def probe_kill(settings: KitSettings) -> Verdicts:
+    """Kill a request before its first read; if that does not end it 'cancelled', stop one the same way:
+    only a kill handled worse than a stop is this check's bug (a stop ignored too is another check's)."""
     async with adapter_session(settings) as session:
-        run = await session.drive(RequestPlan(Action.KILL, 0, STOPPABLE), "conformance-kill")
+        killed = await session.drive(RequestPlan(Action.KILL, 0, STOPPABLE), "conformance-kill")
         await session.settle()
-    if run.ending is Ending.TIMED_OUT:
-        problem = (
-            f"after context.kill() the stream did not end within {settings.cancel_deadline:g} s; a kill is also a "
-            "stop (context.is_stopped() is true): end the stream with a 'cancelled' terminal"
-        )
-    elif run.cancelled():
+        if after_stop(killed, settings.mode).honoured:
+            return {F.KILL_NOT_HANDLED_LIKE_STOP: None}
+        stopped = await session.drive(RequestPlan(Action.STOP, 0, STOPPABLE), "conformance-stop-like-kill")
+        await session.settle()
+    if not after_stop(stopped, settings.mode).honoured:
         return {F.KILL_NOT_HANDLED_LIKE_STOP: None}
-    else:
-        problem = (
-            f"after context.kill() the stream {run.describe_end()}, whereas after a stop it ends with 'cancelled': "
-            "handle a kill like a stop"
-        )
-    return {F.KILL_NOT_HANDLED_LIKE_STOP: problem}
+    return {
+        F.KILL_NOT_HANDLED_LIKE_STOP: f"{describe_after_stop(killed, settings.cancel_deadline)}, whereas after a "
+        "stop at the same point it ended 'cancelled'; a kill is also a stop (context.is_stopped() is true): "
+        "handle it like one"
+    }
 
 
 async def probe_abort_once(settings: KitSettings) -> Verdicts:

@@ -409,6 +409,29 @@ class EarlyStopsOnlyEngine(_Engine):
         return self.stream_until(request, lambda produced: produced < 3 and context.is_stopped())
 
 
+class AbortOnlyOnceAdmittedEngine(_Engine):
+    """Cancels through abort() only, and only requests its generator body has admitted (as a GPU library keyed
+    by request id does): an abort that comes between generate() returning and the first read finds nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("delay", 0.01)
+        super().__init__(*args, **kwargs)
+        self._admitted: dict[str, asyncio.Event] = {}
+
+    async def _stream(self, request: dict[str, Any], context: Context) -> AsyncIterator[dict[str, Any]]:
+        aborted = self._admitted[context.id()] = asyncio.Event()
+        try:
+            async for chunk in self.stream_until(request, lambda produced: aborted.is_set()):
+                yield chunk
+        finally:
+            self._admitted.pop(context.id(), None)
+
+    async def abort(self, context: Context) -> None:
+        admitted = self._admitted.get(context.id())
+        if admitted is not None:  # BUG: an abort for a request not admitted yet is dropped, not remembered
+            admitted.set()
+
+
 class OvercountingEngine(_Engine):
     """Reports the prompt's last token among the completion tokens it streamed."""
 
@@ -531,6 +554,7 @@ BROKEN_ENGINES: dict[Failure, type[SampleEngine]] = {
     Failure.ABORT_FAILED: AbortRaisesEngine,
     Failure.CANCELLATION_LEAKED: SharedStopFlagEngine,
     Failure.MID_STREAM_CANCELLATION_IGNORED: EarlyStopsOnlyEngine,
+    Failure.ABORT_BEFORE_FIRST_READ_LOST: AbortOnlyOnceAdmittedEngine,
     Failure.SCHEDULE_FAILED: LateStopEngine,
     Failure.ABORT_AFTER_TERMINAL_RAISED: ForgetsFinishedRequestsEngine,
 }

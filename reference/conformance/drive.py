@@ -26,6 +26,8 @@ from dynamo_backend_protocol.reference.context import Context
 from dynamo_backend_protocol.reference.traces.boundary import ObservationWriter, ObservingSink
 
 PLAIN_MAX_TOKENS = 8
+ABORT_FIRST_TURNS = 5
+"""Event-loop turns the client lets pass between a stop and its first read, for the abort to run first."""
 CANCEL_MAX_TOKENS = 1000
 """Asked of requests that get cancelled: the engine still has plenty to say when the cancellation
 comes, yet the number stays within any real model's context, so no engine rejects it."""
@@ -54,11 +56,15 @@ class RequestShape:
     """Decode only; None means the synthetic one."""
     prefill_source: str = "synthetic"
     """Where the decode requests' prefill result came from, for the report."""
+    bootstrap_info: dict[str, Any] | None = None
+    """Prefill and decode: Dynamo's ``BootstrapInfo``, when the prefill engine advertised a bootstrap endpoint."""
 
     def describe(self) -> str:
         said = f"model {self.model!r}"
         if self.mode is Mode.DECODE:
             said += f"; prefill_result {self.prefill_source}"
+        elif self.bootstrap_info is not None:
+            said += "; bootstrap_info for the bootstrap endpoint start() advertised"
         elif self.mode is Mode.ENCODE:
             said += "; multi_modal_data with one image"
         return said
@@ -74,6 +80,8 @@ class RequestShape:
         }
         if self.mode is Mode.DECODE:
             request["prefill_result"] = copy.deepcopy(self.prefill_result or SYNTHETIC_PREFILL_RESULT)
+        if self.bootstrap_info is not None:
+            request["bootstrap_info"] = dict(self.bootstrap_info)
         elif self.mode is Mode.ENCODE:
             request["multi_modal_data"] = copy.deepcopy(MULTI_MODAL_DATA)
             request["mm_processor_kwargs"] = dict(MM_PROCESSOR_KWARGS)
@@ -95,10 +103,15 @@ class RequestPlan:
     max_tokens: int = PLAIN_MAX_TOKENS
     while_waiting: bool = False
     """Act while the client waits for the next chunk (the engine is mid-await), not between reads."""
+    read_after_abort: bool = False
+    """With ``after_chunks`` 0: the first read starts only once the abort the stop caused has run, as when
+    Dynamo's monitor aborts a request stopped at setup before its reader pulls the first item."""
 
     def describe(self) -> str:
         if self.action is Action.FINISH:
             what = "read to the end"
+        elif self.read_after_abort:
+            what = f"{self.action.value} right after generate() returned, first read only after the abort"
         elif self.while_waiting:
             what = f"{self.action.value} while waiting for chunk {self.after_chunks + 1}"
         else:
@@ -153,6 +166,15 @@ class RequestRun:
             and self.acted_after is not None
             and self.acted_after >= len(self.received)
         )
+
+    def stop_seq(self) -> int | None:
+        """When the engine's context heard the stop or kill (the recorder's observation number)."""
+        if self.log is None:
+            return None
+        return next((seq for seq, signal in self.log.signals if signal in ("stop", "kill")), None)
+
+    def tokens_received(self) -> int:
+        return sum(len(item.data.get("token_ids") or []) for item in self.received if item.data is not None)
 
     def cancelled(self) -> bool:
         """Whether the stream ended with a terminal Dynamo reads as cancelled (``cancelled`` or ``abort``)."""
@@ -279,6 +301,10 @@ class _Client:
                             await pending
                 if await self.act():
                     return
+                if self.plan.read_after_abort:
+                    # The adapter started the abort when the stop came; a few loop turns let it run first.
+                    for _ in range(ABORT_FIRST_TURNS):
+                        await asyncio.sleep(0)
             try:
                 async with asyncio.timeout(self.budget()):
                     item: Annotated = await (pending if pending is not None else self.stream.__anext__())

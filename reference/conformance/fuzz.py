@@ -26,9 +26,13 @@ from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from dynamo_backend_protocol.reference.conformance.adapter_checks import adapter_session
+from dynamo_backend_protocol.reference.conformance.adapter_checks import (
+    adapter_session,
+    probe_stop_after_first_chunk,
+    stop_ignored,
+)
 from dynamo_backend_protocol.reference.conformance.checks import Failure, Verdicts
-from dynamo_backend_protocol.reference.conformance.drive import CANCEL_MAX_TOKENS, Action, Ending, RequestPlan
+from dynamo_backend_protocol.reference.conformance.drive import CANCEL_MAX_TOKENS, Action, RequestPlan
 from dynamo_backend_protocol.reference.conformance.rules import Finding, judge_all
 from dynamo_backend_protocol.reference.conformance.session import KitSettings, describe_tasks, tasks_left_behind
 
@@ -79,7 +83,8 @@ async def run_schedule(settings: KitSettings, schedule: Schedule) -> list[Findin
         await session.warm_up()
         baseline = set(asyncio.all_tasks())
         runs = await asyncio.gather(
-            *(session.drive(plan, f"request-{number}") for number, plan in enumerate(schedule.plans, start=1))
+            *(session.drive(plan, f"request-{number}", must_start=False)
+              for number, plan in enumerate(schedule.plans, start=1))
         )
         await session.settle()
         findings = [finding for run in runs for finding in judge_all(run, settings.mode)]
@@ -107,25 +112,13 @@ def late_stops() -> st.SearchStrategy[RequestPlan]:
 
 
 async def run_late_stop(settings: KitSettings, plan: RequestPlan) -> list[Finding]:
-    """Run one late stop on the shared engine; a finding unless the stream ended with a cancelled terminal."""
+    """Run one late stop on the shared engine; a finding if the stream ignored it (kept streaming, or ended as
+    if nobody had asked); a stream left waiting is AbortedStreamNotEnded's, other endings the schedules'."""
     async with adapter_session(settings) as session:
         run = await session.drive(plan, "conformance-late-stop")
         await session.settle()
-    # Honoured means ended in time, and not as if nobody had asked; how it ends (a missing terminal, say)
-    # is the schedules' business.
-    ignored = run.ending is Ending.TIMED_OUT or (run.ending is Ending.TERMINAL and not run.cancelled())
-    if not run.cancelled_by_client or not ignored or run.ended_before_cancel():
-        return []
-    how = f"did not end within {settings.cancel_deadline:g} s" if run.ending is Ending.TIMED_OUT else run.describe_end()
-    return [Finding(
-        Failure.MID_STREAM_CANCELLATION_IGNORED,
-        f"{plan.describe()}: after {_chunks(run.acted_after or 0)} the stream {how}; check context.is_stopped() "
-        "before every token, not only the first few",
-    )]
-
-
-def _chunks(count: int) -> str:
-    return f"{count} chunk" if count == 1 else f"{count} chunks"
+    problem = stop_ignored(run, settings)
+    return [] if problem is None else [Finding(Failure.MID_STREAM_CANCELLATION_IGNORED, problem)]
 
 
 class _Broke(Exception):
@@ -236,6 +229,10 @@ def _scratch_storage() -> Iterator[None]:
 
 
 async def probe_late_stops(settings: KitSettings) -> Verdicts:
+    """A stop after the first chunk first (always), then, property-based, stops at drawn later points."""
+    first = await probe_stop_after_first_chunk(settings)
+    if first[Failure.MID_STREAM_CANCELLATION_IGNORED] is not None or not settings.examples:
+        return first
     found = await search(settings, late_stops(), run_late_stop, late_stop_examples(settings.examples),
                          lambda plan: (plan.after_chunks, plan.while_waiting, plan.action is Action.KILL))
     if found is None:

@@ -1,13 +1,25 @@
 """What the kit's requests carry for this engine: its model's name, and the mode's hand-off.
 
 Requests name the model ``start()`` returned, as the frontend's do.  A decode
-request needs the prefill worker's ``prefill_result``: when the kit can build
-the same engine for prefill mode (``--disaggregation-mode`` in its engine
+request carries what Dynamo's PrefillRouter would give it.  When the kit can
+build the same engine for prefill mode (``--disaggregation-mode`` in its engine
 arguments, or a ``mode``/``disaggregation_mode`` keyword of a partial), it
-runs one prefill request and hands its terminal's ``disaggregated_params`` on,
-as Dynamo's PrefillRouter does; otherwise decode requests carry a synthetic
-result in Dynamo's ``PrefillResult`` shape.  Encode requests carry
-``multi_modal_data`` and ``mm_processor_kwargs`` in Dynamo's shape.
+starts that prefill engine and runs one request on it:
+
+- if the prefill engine's ``start()`` advertised a bootstrap endpoint
+  (``EngineConfig.llm.bootstrap_host``/``bootstrap_port``, as SGLang- and
+  TokenSpeed-style engines do), the router's bootstrap path: the prefill
+  request and every decode request carry ``bootstrap_info`` in Dynamo's
+  ``BootstrapInfo`` shape (``bootstrap_host``, ``bootstrap_port``, and a
+  ``bootstrap_room`` drawn in the router's signed 64-bit range);
+- ``prefill_result`` is ``{"disaggregated_params": ...}`` taken from whichever
+  prefill chunk carries them (the terminal, or an earlier hand-off chunk).
+
+Otherwise decode requests carry a synthetic result in Dynamo's
+``PrefillResult`` shape.  An engine checked in prefill mode that advertises a
+bootstrap endpoint gets ``bootstrap_info`` on its requests, as from the router.
+Encode requests carry ``multi_modal_data`` and ``mm_processor_kwargs`` in
+Dynamo's shape.
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ import contextlib
 import dataclasses
 import enum
 import functools
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,35 +55,75 @@ def served_model(config: object) -> str:
     return model if isinstance(model, str) and model.strip() else FALLBACK_MODEL
 
 
+BOOTSTRAP_ROOM_BITS = 63
+"""Dynamo's router draws bootstrap rooms in the signed 64-bit range SGLang's field takes."""
+
+
 async def prepare_requests(settings: KitSettings, model: str) -> RequestShape:
     """The shape of the kit's requests; in decode mode this builds and starts the prefill engine once."""
+    if settings.mode is Mode.PREFILL:
+        # The router's bootstrap path sends the prefill worker the bootstrap_info too.
+        endpoint = bootstrap_endpoint(settings.session().config)
+        if endpoint is not None:
+            return RequestShape(Mode.PREFILL, model, bootstrap_info=bootstrap_info(endpoint))
     if settings.mode is not Mode.DECODE:
         return RequestShape(settings.mode, model)
     prefill = prefill_factory(settings.factory)
     if prefill is None:
         return RequestShape(Mode.DECODE, model, prefill_source="synthetic (cannot build it for prefill)")
-    params = await _prefill_params(dataclasses.replace(settings, factory=prefill, mode=Mode.PREFILL), model)
-    if params is None:
+    handoff = await _prefill_handoff(dataclasses.replace(settings, factory=prefill, mode=Mode.PREFILL), model)
+    if handoff.params is None and handoff.bootstrap_info is None:
         return RequestShape(Mode.DECODE, model, prefill_source="synthetic (the prefill run gave no hand-off)")
-    return RequestShape(Mode.DECODE, model, {"disaggregated_params": params}, "from a prefill run of the same engine")
+    prefill_result = {"disaggregated_params": handoff.params} if handoff.params is not None else None
+    source = "from a prefill run of the same engine" if handoff.params is not None else (
+        "synthetic (the prefill run gave no disaggregated_params)")
+    if handoff.bootstrap_info is not None:
+        source += "; bootstrap_info from its advertised bootstrap endpoint"
+    return RequestShape(Mode.DECODE, model, prefill_result, source, handoff.bootstrap_info)
 
 
-async def _prefill_params(settings: KitSettings, model: str) -> dict[str, Any] | None:
-    """The ``disaggregated_params`` of one prefill request's terminal, or None if none came."""
+@dataclasses.dataclass(frozen=True)
+class _Handoff:
+    params: dict[str, Any] | None = None
+    bootstrap_info: dict[str, Any] | None = None
+
+
+def bootstrap_endpoint(config: object) -> tuple[str, int] | None:
+    """The bootstrap host and port a prefill engine's ``start()`` advertised (``EngineConfig.llm``), or None."""
+    llm = config.get("llm") if isinstance(config, Mapping) else getattr(config, "llm", None)
+    fields = [llm.get(name) if isinstance(llm, Mapping) else getattr(llm, name, None)
+              for name in ("bootstrap_host", "bootstrap_port")]
+    host, port = fields
+    if isinstance(host, str) and host and isinstance(port, int) and not isinstance(port, bool):
+        return host, port
+    return None
+
+
+def bootstrap_info(endpoint: tuple[str, int]) -> dict[str, Any]:
+    """Dynamo's ``BootstrapInfo`` for one request, as the PrefillRouter builds it from the advertised endpoint."""
+    host, port = endpoint
+    return {"bootstrap_host": host, "bootstrap_port": port, "bootstrap_room": secrets.randbits(BOOTSTRAP_ROOM_BITS)}
+
+
+async def _prefill_handoff(settings: KitSettings, model: str) -> _Handoff:
+    """One prefill request's hand-off: the ``disaggregated_params`` of the first chunk that carries them, and
+    the ``bootstrap_info`` the router gave it if the engine advertised a bootstrap endpoint."""
+    info: dict[str, Any] | None = None
     with contextlib.suppress(Exception):
         async with fresh_engine_session(settings) as session:
+            endpoint = bootstrap_endpoint(session.config)
             request = RequestShape(Mode.PREFILL, model).request(PLAIN_MAX_TOKENS)
+            if endpoint is not None:
+                info = request["bootstrap_info"] = bootstrap_info(endpoint)
             stream = await bounded(open_raw_stream(session.engine, request, Context("conformance-prefill-handoff")),
                                    settings.stream_timeout, "generate")
             run = await read_raw(stream, settings.stream_timeout, after_terminal=0)
             await close_raw(stream)
-            terminal = run.terminal_index()
-            if terminal is not None:
-                item = run.items[terminal]
+            for item in run.items:
                 params = item.get("disaggregated_params") if isinstance(item, Mapping) else None
                 if isinstance(params, dict):
-                    return params
-    return None
+                    return _Handoff(params, info)
+    return _Handoff(None, info)
 
 
 def prefill_factory(factory: EngineFactory) -> EngineFactory | None:

@@ -5,12 +5,15 @@ engine loads its weights in ``start()``: one never started (for the check of
 cleanup on a never-started engine), one started engine that every other
 check shares with its own requests and contexts (cleaned up twice at the
 end, its whole life judged by the lifecycle machine), and in decode mode the
-prefill engine whose hand-off the decode requests carry.  A check whose
-prerequisite failed is skipped with the name of what to fix first; a check
-that does not apply to the mode is skipped as such; a check that leaves the
-engine unable to serve is reported, and the checks after it that need a
-serving engine are skipped with that reason; every other check ends passed
-or failed with a one-line reason.
+prefill engine whose hand-off the decode requests carry.
+
+Two kits run in the one pass (see :class:`.checks.Kit`): upstream's checks on
+the raw engine, and the runtime kit's through the reference adapter.  Nothing
+is masked: a check is skipped only when what it needs is truly gone (the
+engine did not start, or it stopped serving, or a check of its own kit that
+it builds on failed), when it does not apply to the mode, or when the engine
+lacks the hook it exercises; each skip says which.  Every other check ends
+passed or failed with a one-line reason.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from dataclasses import dataclass
 from dynamo_backend_protocol.model import Mode
 from dynamo_backend_protocol.reference.adapter import TraceSink
 from dynamo_backend_protocol.reference.conformance.adapter_checks import (
+    RequestNotSetUp,
     judge_lifecycle,
+    probe_abort_before_first_read,
     probe_abort_once,
     probe_aborted_stream,
     probe_clean_completion,
@@ -34,7 +39,14 @@ from dynamo_backend_protocol.reference.conformance.adapter_checks import (
     probe_well_formed,
 )
 from dynamo_backend_protocol.reference.conformance.cancel_checks import probe_abort, probe_isolation
-from dynamo_backend_protocol.reference.conformance.checks import ENCODE_SUITE, SPECS, CheckSpec, Failure, Verdicts
+from dynamo_backend_protocol.reference.conformance.checks import (
+    ENCODE_SUITE,
+    SPECS,
+    CheckSpec,
+    Failure,
+    Kit,
+    Verdicts,
+)
 from dynamo_backend_protocol.reference.conformance.construction import declared_mode, engine_factory, resolve_mode
 from dynamo_backend_protocol.reference.conformance.fuzz import probe_late_stops, probe_schedules
 from dynamo_backend_protocol.reference.conformance.handoff import prepare_requests, served_model
@@ -79,7 +91,19 @@ F = Failure
 class Probe:
     checks: tuple[Failure, ...]
     run: Callable[[KitSettings], Awaitable[Verdicts]]
-    phase: str = "checking"
+    phase: str = ""
+    """The phase's name on the live line; by default the kit of its checks."""
+
+    def describe(self) -> str:
+        """The live line's text while it runs: its phase, then the checks it judges."""
+        phase = self.phase or ("upstream's kit" if SPECS[self.checks[0]].kit is Kit.UPSTREAM else "runtime kit")
+        names = ", ".join(str(check) for check in self.checks[:2]) + (", ..." if len(self.checks) > 2 else "")
+        return f"{phase}: {names}"
+
+
+LATE_STOPS_PHASE = "late stops"
+SCHEDULES_PHASE = "random schedules"
+"""The two property-based phases, each with its own count of examples."""
 
 
 SERVING_PROBES: tuple[Probe, ...] = (
@@ -102,13 +126,15 @@ SERVING_PROBES: tuple[Probe, ...] = (
     Probe((F.ABORT_CALLED_TWICE,), probe_abort_once),
     Probe((F.ABORT_ON_CLEAN_COMPLETION,), probe_clean_completion),
     Probe((F.ABORT_BEFORE_FIRST_TOKEN,), probe_decode_abort),
+    Probe((F.ABORT_BEFORE_FIRST_READ_LOST,), probe_abort_before_first_read),
     Probe((F.DROPPED_STREAM_NOT_CLOSED,), probe_drop),
     Probe((F.CANCELLATION_LEAKED,), probe_isolation),
-    Probe((F.MID_STREAM_CANCELLATION_IGNORED,), probe_late_stops, "the property-based phase"),
-    Probe((F.SCHEDULE_FAILED,), probe_schedules, "the property-based phase"),
+    Probe((F.MID_STREAM_CANCELLATION_IGNORED,), probe_late_stops, LATE_STOPS_PHASE),
+    Probe((F.SCHEDULE_FAILED,), probe_schedules, SCHEDULES_PHASE),
 )
 """The checks that need the started engine, in the order they run on it."""
-PROPERTY_PHASE = (F.MID_STREAM_CANCELLATION_IGNORED, F.SCHEDULE_FAILED)
+PROPERTY_PHASE = (F.SCHEDULE_FAILED,)
+"""Checks that are all property-based: off with 0 examples (MidStreamCancellationIgnored keeps its fixed stop)."""
 SERVES_AGAIN = (F.NO_TERMINAL_CHUNK, F.STREAM_YIELDED_ERROR)
 """Once one plain stream works, a failing check is followed by one more plain request: an engine that no
 longer serves is not judged further (its later checks would all fail for that one reason)."""
@@ -212,10 +238,13 @@ class _Run:
         self.results: dict[Failure, CheckResult] = {}
         self.out_of_service: str | None = None
         """Why the shared engine can no longer be judged (set once a check leaves it unable to serve)."""
+        self.serves_nothing: str | None = None
+        """Why the runtime kit's request checks cannot run: the engine serves no plain request at all."""
+        self._serving_asked = False
 
     async def serve_and_shut_down(self) -> None:
         session = self.settings.session()
-        _phase(self.settings.events, "starting the engine")
+        _phase(self.settings.events, "upstream's kit: StartFailed, EmptyModelInConfig")
         await self.judge((F.START_FAILED, F.EMPTY_MODEL_IN_CONFIG), lambda s: judge_start(session, s))
         start_hung = session.start_timed_out
         if self.results[F.START_FAILED].passed:
@@ -226,7 +255,7 @@ class _Run:
             self.settings = dataclasses.replace(self.settings, requests=shape)
         # After a failed start these are all skipped, naming StartFailed.
         for probe in SERVING_PROBES:
-            _phase(self.settings.events, probe.phase)
+            _phase(self.settings.events, probe.describe())
             await self.judge(probe.checks, probe.run)
             await self._check_still_serving(probe)
         # Shutting down needs no serving engine: cleanup and the life's order are judged whatever broke.
@@ -248,6 +277,9 @@ class _Run:
                     and not _blockers(spec, self.results)]
         verdicts: Verdicts = {}
         trouble = ""
+        if any(_needs_serving(spec) for spec in runnable):
+            await self._ask_whether_it_serves()
+            runnable = [spec for spec in runnable if self._unavailable(spec) is None]
         started = time.perf_counter()
         if runnable and self.out_of_service is None:
             try:
@@ -258,15 +290,35 @@ class _Run:
                 trouble = "the check did not finish in time (the engine stopped responding)"
             except EngineFactoryError as error:
                 trouble = f"could not make an engine: {error}"
+            except RequestNotSetUp as error:
+                trouble = str(error)
             except Exception as error:
                 trouble = f"the kit could not complete this check: {describe_error(error)}"
         seconds = time.perf_counter() - started
         for spec in specs:
-            result = _result(spec, settings, self.results, verdicts, trouble, seconds, self.out_of_service)
+            result = _result(spec, settings, self.results, verdicts, trouble, seconds, self._unavailable(spec))
             self.results[spec.failure] = result
             if settings.events is not None:
                 settings.events.check_finished(result)
         return verdicts
+
+    def _unavailable(self, spec: CheckSpec) -> str | None:
+        if self.out_of_service is not None:
+            return self.out_of_service
+        return self.serves_nothing if _needs_serving(spec) else None
+
+    async def _ask_whether_it_serves(self) -> None:
+        """Once, before the runtime kit's first request check: if upstream's plain stream did not work, whether
+        the engine serves a plain request at all (if not, nothing can be asked of it through the adapter)."""
+        if self._serving_asked:
+            return
+        self._serving_asked = True
+        if all(failure in self.results and self.results[failure].passed for failure in SERVES_AGAIN):
+            return
+        problem = await engine_still_serves(self.settings)
+        if problem is not None:
+            self.serves_nothing = (f"skipped: the engine serves no request ({problem}), so nothing can be asked of "
+                                   "it through the adapter; see the upstream checks that failed")
 
     async def _check_still_serving(self, probe: Probe) -> None:
         judged = [self.results[failure] for failure in probe.checks]
@@ -292,6 +344,11 @@ class _Run:
 
 async def _lifecycle(settings: KitSettings) -> Verdicts:
     return judge_lifecycle(settings.session().recording())
+
+
+def _needs_serving(spec: CheckSpec) -> bool:
+    """The runtime kit's checks that send requests (all but the lifecycle's order, judged on every call)."""
+    return spec.kit is Kit.RUNTIME and bool(spec.requires)
 
 
 def _not_applicable(spec: CheckSpec, settings: KitSettings) -> str | None:
@@ -320,6 +377,8 @@ def _blockers(spec: CheckSpec, results: dict[Failure, CheckResult]) -> tuple[Fai
 
 
 def _skip_reason(blockers: tuple[Failure, ...]) -> str:
+    if F.START_FAILED in blockers:
+        return "skipped: the engine did not start (StartFailed); nothing can be asked of it"
     names = ", ".join(str(b) for b in blockers)
     return f"skipped: {names} failed; fix {'it' if len(blockers) == 1 else 'those'} first"
 

@@ -25,6 +25,7 @@ import contextvars
 import functools
 import inspect
 import itertools
+import time
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -92,10 +93,24 @@ class LifecycleBreach:
     """The lifecycle phase the engine was in when the call arrived."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class AbortCall:
     seq: int
     caller: Caller
+    started: float = field(default_factory=time.perf_counter)
+    returned_seq: int | None = None
+    """When it returned (None while it runs, or if it raised)."""
+    seconds: float | None = None
+    """How long it took, once it returned or raised."""
+    error: BaseException | None = None
+
+    def describe(self) -> str:
+        """'returned after 0.3 ms', 'raised KeyError', 'had not returned after 2.01 s'."""
+        if self.seconds is None:
+            return f"had not returned after {time.perf_counter() - self.started:.2f} s"
+        if self.error is not None:
+            return f"raised {type(self.error).__name__} after {self.seconds * 1000:.1f} ms"
+        return f"returned after {self.seconds * 1000:.1f} ms"
 
 
 @dataclass(frozen=True)
@@ -116,6 +131,22 @@ class RequestLog:
     setup_error: BaseException | None = None
     close_requested: bool = False
     stream: RecordedStream | None = None
+
+    def describe_aborts(self) -> str:
+        """What abort() did for this request, for a reason: 'abort() was not called', 'abort() was called
+        once and returned after 0.2 ms'."""
+        if not self.aborts:
+            return "abort() was not called"
+        times = "once" if len(self.aborts) == 1 else f"{len(self.aborts)} times"
+        return f"abort() was called {times} and {self.aborts[0].describe()}"
+
+    def signals_of(self, *kinds: Signal) -> list[int]:
+        """When the request's context heard each signal of these kinds (observation numbers)."""
+        return [seq for seq, signal in self.signals if signal in kinds]
+
+    def items_after(self, seq: int) -> int:
+        """How many items the engine yielded after the observation numbered ``seq``."""
+        return sum(1 for seen in self.items if seen.seq > seq)
 
     def first_token_seq(self) -> int | None:
         """When first-token happened: the first item with tokens, or a side-channel notice."""
@@ -260,14 +291,20 @@ class RecordingEngine:
         self._outcome(name, caller, error)
 
     async def _record(self, name: str, caller: Caller, call: Callable[[], Any], *args: Any) -> Any:
+        log = self._log_for(args[0]) if name == "abort" and args else None
         token = self._begin(name, caller, args)
+        abort = log.aborts[-1] if log is not None and log.aborts else None
         try:
             result = call()
             if inspect.isawaitable(result):
                 result = await result
         except BaseException as exc:
+            if abort is not None:
+                abort.seconds, abort.error = time.perf_counter() - abort.started, exc
             self._end(name, caller, token, exc)
             raise
+        if abort is not None:
+            abort.seconds, abort.returned_seq = time.perf_counter() - abort.started, self.next_seq()
         self._end(name, caller, token, None)
         return result
 

@@ -10,11 +10,12 @@ invariants, to every request of every drawn schedule.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from dynamo_backend_protocol.model import Mode, Step
-from dynamo_backend_protocol.model.chunks import ChunkProblem, classify_item
+from dynamo_backend_protocol.model import FinishReason, Mode, Step
+from dynamo_backend_protocol.model.chunks import ChunkProblem, classify_item, finish_reason_meaning
 from dynamo_backend_protocol.model.invariants import STATE_INVARIANTS, STEP_INVARIANTS
 from dynamo_backend_protocol.reference.conformance.checks import Failure
 from dynamo_backend_protocol.reference.conformance.drive import Action, Ending, RequestRun
@@ -28,6 +29,66 @@ class Finding:
 
 
 Judge = Callable[[RequestRun, Mode], Finding | None]
+
+SHORT_STREAM_MODES = (Mode.PREFILL, Mode.ENCODE)
+"""Modes whose whole work is one step (a prefill clamped to its one token, an encode hand-off): a stop
+arriving while that step runs may find it already done."""
+
+
+class AfterStop(enum.Enum):
+    """What became of a stream after the client stopped or killed it (and the adapter called abort())."""
+
+    CANCELLED = "ended with a 'cancelled' terminal"
+    FINISHED_FIRST = "finished on its own before the stop could act (allowed)"
+    FINISHED_AS_IF_NOT_STOPPED = "ended as if nobody had stopped it"
+    KEPT_STREAMING = "kept streaming"
+    STRANDED = "went silent and never ended"
+    OTHER = "ended otherwise"
+
+    @property
+    def honoured(self) -> bool:
+        return self in (AfterStop.CANCELLED, AfterStop.FINISHED_FIRST)
+
+
+def after_stop(run: RequestRun, mode: Mode) -> AfterStop:
+    """Classify how a stopped stream ended.  A normal terminal that was the very next item after the stop
+    is the stream's own finish racing it, allowed when that finish was due anyway: in a short-stream mode,
+    or at the request's token limit."""
+    if run.cancelled():
+        return AfterStop.CANCELLED
+    log = run.log
+    stopped_at = run.stop_seq()
+    if run.ending is Ending.TERMINAL:
+        reason = finish_reason_meaning(run.finish_reason())
+        if reason is FinishReason.ERROR:
+            return AfterStop.OTHER
+        after = log.items_after(stopped_at) if log is not None and stopped_at is not None else len(run.received)
+        due = mode in SHORT_STREAM_MODES or run.tokens_received() >= run.plan.max_tokens
+        return AfterStop.FINISHED_FIRST if after <= 1 and due else AfterStop.FINISHED_AS_IF_NOT_STOPPED
+    if run.ending is not Ending.TIMED_OUT:
+        return AfterStop.OTHER
+    if log is None or stopped_at is None:
+        return AfterStop.STRANDED
+    # Silent since the abort returned (or since the stop, when the runtime made no abort): stranded.
+    quiet_since = max((call.returned_seq or call.seq for call in log.aborts), default=stopped_at)
+    hung_abort = any(call.returned_seq is None for call in log.aborts)
+    return AfterStop.STRANDED if hung_abort or not log.items_after(quiet_since) else AfterStop.KEPT_STREAMING
+
+
+def describe_after_stop(run: RequestRun, deadline: float | None = None) -> str:
+    """What the engine did once stopped: items after the stop, what abort() did, how the stream ended."""
+    log = run.log
+    signal = "context.kill()" if run.plan.action is Action.KILL else "context.stop_generating()"
+    stopped_at = run.stop_seq()
+    after = log.items_after(stopped_at) if log is not None and stopped_at is not None else None
+    yielded = f"the engine yielded {after} more item(s)" if after is not None else "nothing reached the engine"
+    aborts = log.describe_aborts() if log is not None else "abort() was not called"
+    if run.ending is Ending.TIMED_OUT:
+        within = f"{deadline:g} s after the stop" if deadline is not None else "by the deadline"
+        how = f"the stream had not ended {within}"
+    else:
+        how = f"the stream {run.describe_end()}"
+    return f"{_who(run)}: after {signal} {aborts}; {yielded}, and {how}"
 
 
 def _who(run: RequestRun) -> str:
@@ -69,14 +130,14 @@ def ends_with_terminal(run: RequestRun, mode: Mode) -> Finding | None:
 
 
 def ends_in_time_after_cancel(run: RequestRun, mode: Mode) -> Finding | None:
+    """Through the adapter, so after abort(): a stream left waiting is AbortedStreamNotEnded, one that kept
+    going MidStreamCancellationIgnored (upstream's CancellationNotObserved judges the raw stream, unaborted)."""
     if not run.cancelled_by_client or run.ending is not Ending.TIMED_OUT:
         return None
-    signal = "context.kill()" if run.plan.action is Action.KILL else "context.stop_generating()"
-    return Finding(
-        Failure.CANCELLATION_NOT_OBSERVED,
-        f"{_who(run)}: the stream was still going after {signal} (deadline passed, "
-        f"{len(run.received)} chunks read); check context.is_stopped() in the generation loop",
-    )
+    outcome = after_stop(run, mode)
+    failure = Failure.ABORTED_STREAM_NOT_ENDED if outcome is AfterStop.STRANDED else (
+        Failure.MID_STREAM_CANCELLATION_IGNORED)
+    return Finding(failure, f"{describe_after_stop(run)} (it {outcome.value})")
 
 
 def abort_at_most_once(run: RequestRun, mode: Mode) -> Finding | None:

@@ -22,6 +22,7 @@ from dynamo_backend_protocol.reference.conformance.checks import Failure, Verdic
 from dynamo_backend_protocol.reference.conformance.drive import CANCEL_MAX_TOKENS, PLAIN_MAX_TOKENS
 from dynamo_backend_protocol.reference.conformance.encode_checks import encode_verdicts
 from dynamo_backend_protocol.reference.conformance.recording import RecordingEngine
+from dynamo_backend_protocol.reference.conformance.rules import SHORT_STREAM_MODES
 from dynamo_backend_protocol.reference.conformance.session import (
     EngineSession,
     KitSettings,
@@ -266,15 +267,20 @@ async def probe_cancellation(settings: KitSettings) -> Verdicts:
             f"context.stop_generating() ({len(run.items)} items meanwhile); check context.is_stopped() in the "
             "generation loop and end with a 'cancelled' terminal"
         }
-    return {F.CANCELLATION_NOT_OBSERVED: None, F.CANCELLATION_IGNORED: _cancelled_terminal_problem(run)}
+    return {F.CANCELLATION_NOT_OBSERVED: None, F.CANCELLATION_IGNORED: _cancelled_terminal_problem(run, settings.mode)}
 
 
-def _cancelled_terminal_problem(run: RawRun) -> str | None:
+def _cancelled_terminal_problem(run: RawRun, mode: Mode) -> str | None:
     prefix = "after context.stop_generating() the stream"
     terminal = run.terminal_index()
     if terminal is not None:
         reason = _reason_of(run.items[terminal])
-        if finish_reason_meaning(reason) is FinishReason.CANCELLED:
+        meaning = finish_reason_meaning(reason)
+        if meaning is FinishReason.CANCELLED:
+            return None
+        if mode in SHORT_STREAM_MODES and meaning is not FinishReason.ERROR:
+            # A prefill clamped to its one token, or an encode hand-off, is one step of work: it may well be
+            # done before the stop could act, and a finished request owes no 'cancelled'.
             return None
         return f"{prefix} ended with finish_reason {reason!r} instead of 'cancelled'"
     error = run.first_error()

@@ -165,3 +165,48 @@ class OneEncoderAtATimeEngine(OneChunkEncodeEngine):
                 yield chunk
         finally:
             self.encoding = False
+
+
+class BootstrapHandoffEngine:
+    """An SGLang/TokenSpeed-style engine: its prefill role advertises a bootstrap endpoint from start() and
+    hands off on its first, token-less chunk (``disaggregated_params`` being the bootstrap_info it was given);
+    its decode role refuses a request without Dynamo's ``bootstrap_info`` or whose prefill_result names
+    another room."""
+
+    BOOTSTRAP_HOST = "10.1.2.3"
+    BOOTSTRAP_PORT = 8998
+
+    def __init__(self, mode: str = "agg") -> None:
+        self.disaggregation_mode = mode
+
+    async def start(self, worker_id: int) -> dict[str, Any]:
+        if self.disaggregation_mode != "prefill":
+            return {"model": MODEL}
+        return {"model": MODEL, "llm": {"bootstrap_host": self.BOOTSTRAP_HOST, "bootstrap_port": self.BOOTSTRAP_PORT}}
+
+    async def generate(self, request: dict[str, Any], context: Any) -> AsyncIterator[dict[str, Any]]:
+        prompt = len(request["token_ids"])
+        info = request.get("bootstrap_info")
+        well_formed = isinstance(info, dict) and info.get("bootstrap_host") == self.BOOTSTRAP_HOST and isinstance(
+            info.get("bootstrap_room"), int
+        )
+        if self.disaggregation_mode in ("prefill", "decode") and not well_formed:
+            raise ValueError(f"requires bootstrap_info from Dynamo's prefill router, got {info!r}")
+        if self.disaggregation_mode == "decode" and request["prefill_result"]["disaggregated_params"] != info:
+            raise ValueError("the prefill hand-off names another bootstrap room")
+        if self.disaggregation_mode == "prefill":
+            yield {"token_ids": [], "index": 0, "disaggregated_params": info}
+        limit = 1 if self.disaggregation_mode == "prefill" else request["stop_conditions"].get("max_tokens") or 6
+        for step in range(limit):
+            if context.is_stopped():
+                yield {"token_ids": [], "index": 0, "finish_reason": "cancelled",
+                       "completion_usage": usage(prompt, step)}
+                return
+            await asyncio.sleep(0.0005)
+            chunk: dict[str, Any] = {"token_ids": [step + 1], "index": 0}
+            if step == limit - 1:
+                chunk.update(finish_reason="length", completion_usage=usage(prompt, limit))
+            yield chunk
+
+    async def cleanup(self) -> None:
+        pass

@@ -64,8 +64,11 @@ def test_an_engine_from_the_current_directory_is_checked(
     """module:attribute names a factory next to the user; a failing check exits 1 and is marked."""
     code, out, _ = run([f"{engine_module}:make_engine", "--deadline", "0.2", "--examples", "0"], capsys)
     assert code == 1
-    failing = [line for line in out.splitlines() if line.startswith("[FAIL]")]
-    assert len(failing) == 1 and "NoTerminalChunk" in failing[0] and "finish_reason" in failing[0]
+    lines = out.splitlines()
+    failing = [number for number, line in enumerate(lines) if line.startswith("[FAIL]")]
+    assert len(failing) == 1 and "NoTerminalChunk" in lines[failing[0]]
+    # A long reason continues on indented lines under its own.
+    assert "finish_reason" in " ".join(lines[failing[0] : failing[0] + 3]) and lines[failing[0] + 1].startswith(" ")
     assert "DOES NOT CONFORM" in out.splitlines()[-1]
 
 
@@ -165,7 +168,10 @@ def test_each_check_line_is_printed_before_the_summary(capsys: pytest.CaptureFix
     lines = out.splitlines()
     assert code == 0
     assert sum(line.startswith("[pass] StartFailed") for line in lines) == 1
-    assert lines[-2].startswith("requests:") and "conforms" in lines[-1]
+    # Then what the requests carried, one line per kit, and the summary.
+    assert lines[-4].startswith("requests:") and "conforms" in lines[-1]
+    assert lines[-3] == "upstream's kit: nothing fails (16 checks passed)"
+    assert lines[-2] == "as Dynamo's runtime drives the engine: nothing fails (11 checks passed)"
 
 
 def test_quiet_prints_the_whole_table_only_at_the_end(capsys: pytest.CaptureFixture[str]) -> None:
