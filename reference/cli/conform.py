@@ -25,6 +25,7 @@ from dynamo_backend_protocol.reference.conformance.progress import LinePrinter, 
 from dynamo_backend_protocol.reference.conformance.sample_engine import SampleEngine
 from dynamo_backend_protocol.reference.conformance.session import EngineFactory, EngineFactoryError
 from dynamo_backend_protocol.reference.conformance.target import load_engine_factory
+from dynamo_backend_protocol.reference.runtime import command as runtime_command
 from dynamo_backend_protocol.reference.traces.writer import JsonlTraceWriter
 
 T = TypeVar("T")
@@ -64,6 +65,7 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument("--examples", type=_count, default=DEFAULT_EXAMPLES, metavar="N",
                         help=f"schedules the property-based phase draws, 0 to skip it (default {DEFAULT_EXAMPLES})")
     parser.add_argument("--trace", metavar="FILE", help="write every adapter-driven request's trace as JSON Lines")
+    runtime_command.add_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -88,6 +90,8 @@ def _count(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.runtime == "dynamo":
+        return runtime_command.run(args)
     mode = parse_mode(args.mode) if args.mode is not None else None
     factory: EngineFactory
     if args.engine is None:

@@ -17,9 +17,12 @@ request and the same context object, its items and errors pass through
 untouched.  The context is looked at (``is_stopped()``, ``is_killed()``) only
 around the engine's own reads and calls, so a signal is noted at the first
 boundary where it is visible.  A side-channel ``notify_first_token()`` cannot
-be seen without handing the engine a stand-in context, so it is not recorded
-(the first line says ``notices: false``) and ``trace`` says what it could
-not judge because of that.
+be seen without handing the engine a stand-in context (Dynamo's ``Context``
+can neither be subclassed nor patched), so by default it is not recorded (the
+first line says ``notices: false``) and ``trace`` says what it could not judge
+because of that; ``observe_notices=True`` hands the engine a stand-in that
+forwards every member to the real context and records the notice
+(``context.first_token``), for engines that do not need the context's exact type.
 
 Off costs nothing: ``record(engine, None)`` returns the engine itself.  A sink
 that raises is isolated as the adapter's trace sink is (FAULT-SINK-ISOLATED):
@@ -53,18 +56,22 @@ DEFAULT_MAX_BYTES = 64 << 20
 DEFAULT_BACKUPS = 3
 
 
-def record(engine: E, sink: Sink | str | os.PathLike[str] | None, mode: Mode | str | None = None) -> E:
+def record(
+    engine: E, sink: Sink | str | os.PathLike[str] | None, mode: Mode | str | None = None,
+    observe_notices: bool = False,
+) -> E:
     """``engine`` recorded into ``sink`` (a callable taking one line as a dict, or a file path, which
     gets a size-capped rotating :class:`RotatingJsonlSink`); ``engine`` itself when ``sink`` is None.
 
     ``mode`` is the disaggregation mode the worker serves; by default the engine's own
     ``disaggregation_mode`` attribute (Dynamo's SampleLLMEngine has one), else ``agg``.
+    ``observe_notices`` records side-channel first-token notices through a stand-in context.
     """
     if sink is None:
         return engine
     if isinstance(sink, (str, os.PathLike)):
         sink = RotatingJsonlSink(Path(sink))
-    recorded: Any = RecordedEngine(engine, sink, _mode_of(engine, mode))
+    recorded: Any = RecordedEngine(engine, sink, _mode_of(engine, mode), observe_notices)
     return recorded  # type: ignore[no-any-return]
 
 
@@ -164,10 +171,11 @@ class RequestLog:
 class RecordedEngine:
     """The engine, with every request's boundary recorded; every other attribute is the engine's own."""
 
-    def __init__(self, engine: Any, sink: Sink, mode: Mode) -> None:
+    def __init__(self, engine: Any, sink: Sink, mode: Mode, observe_notices: bool = False) -> None:
         self.engine = engine
         self.sink = sink
         self.mode = mode
+        self.observe_notices = observe_notices
         self.sink_failures = 0
         """Requests whose lines stopped because the sink raised."""
         self._recent: OrderedDict[str, RequestLog] = OrderedDict()
@@ -178,8 +186,10 @@ class RecordedEngine:
 
     def generate(self, request: Any, context: Any) -> Any:
         log = self._open(context)
-        log.note("engine.generate", mode=self.mode.value, notices=False)
+        log.note("engine.generate", mode=self.mode.value, notices=self.observe_notices)
         log.signals(context)
+        if self.observe_notices:
+            context = NoticedContext(context, log)
         try:
             produced = self.engine.generate(request, context)
         except BaseException as exc:
@@ -231,6 +241,27 @@ class RecordedEngine:
 
     def _find(self, context: Any) -> RequestLog | None:
         return self._recent.get(_context_id(context))
+
+
+class NoticedContext:
+    """A stand-in for the request's context that records the engine's first-token notice."""
+
+    __slots__ = ("_context", "_log", "_noticed")
+
+    def __init__(self, context: Any, log: RequestLog) -> None:
+        self._context = context
+        self._log = log
+        self._noticed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    def notify_first_token(self) -> Any:
+        if not self._noticed:
+            self._noticed = True
+            self._log.signals(self._context)
+            self._log.note("context.first_token")
+        return self._context.notify_first_token()
 
 
 class RecordedStream:
