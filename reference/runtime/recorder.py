@@ -146,7 +146,7 @@ class RequestLog:
         if self._failed:
             return
         try:
-            self._recorder.sink({"request": self.name, "obs": obs, "t": round(time.time(), 6), **fields})
+            self._recorder.sink({"request": self.name, "obs": obs, "t": time.time(), **fields})
         except Exception:
             self._failed = True
             self._recorder.sink_failures += 1
@@ -280,7 +280,6 @@ class RecordedStream:
 
     async def __anext__(self) -> Any:
         log = self._log
-        log.signals(self._context)
         try:
             item = await self._inner.__anext__()
         except StopAsyncIteration:
@@ -297,7 +296,8 @@ class RecordedStream:
         except BaseException as exc:
             log.note("engine.interrupt", error=type(exc).__name__)
             raise
-        # A signal visible now was visible before the item was handed on to the runtime.
+        # A signal visible now was visible before the item was handed on to the runtime (one look per
+        # item: a signal that came between two items is noted before the second, in the same order).
         log.signals(self._context)
         log.position += 1
         log.note("engine.item", item=_item_name(item, log.position, self._mode), n=log.position)
@@ -315,7 +315,16 @@ def _item_name(item: object, position: int, mode: Mode) -> str:
         classified = classify_item(item, position, mode, True)
     except Exception:
         return "malformed"
-    return classified.name if isinstance(classified, Event) else "malformed"
+    if not isinstance(classified, Event):
+        return "malformed"
+    name = _NAMES.get(classified)
+    if name is None:
+        # Events are canonical singletons, a handful per run: each one's name is worked out once.
+        name = _NAMES[classified] = classified.name
+    return name
+
+
+_NAMES: dict[Event, str] = {}
 
 
 def _context_id(context: Any) -> str:
