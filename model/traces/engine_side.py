@@ -133,13 +133,13 @@ class EngineSideRun:
         state = self.state
         if self.aborts:
             rule = "ABORT-ONCE"
-        elif state.cancel is None:
-            rule = "ABORT-NEEDS-CANCEL"
         elif self.cancel_after_end:
             self.aborts += 1
             self._unjudged("an abort after a stop first seen after the engine's terminal (owed only if the runtime "
                            "saw the stop before its response stream finished)")
             return None
+        elif state.cancel is None:
+            rule = "ABORT-NEEDS-CANCEL"
         elif state.control is ControlState.CANCEL_PENDING and not state.first_token and not self.notices:
             self.aborts += 1
             self._unjudged("a decode abort with no token chunk before it (a side-channel first-token notice "

@@ -78,10 +78,11 @@ class RuntimeWorker:
 
     def __init__(self, session: RuntimeSession, mode: Mode, engine: str, engine_args: str | None) -> None:
         self.mode = mode
-        self.namespace = f"dbpruntime{mode.value}{os.getpid()}"
+        number = len(session.workers) + 1
+        self.namespace = f"dbpruntime{mode.value}{os.getpid()}n{number}"
         root = session.root
-        self.requests_path = root / f"requests-{mode.value}.jsonl"
-        self.lifecycle_path = root / f"lifecycle-{mode.value}.jsonl"
+        self.requests_path = root / f"requests-{number}-{mode.value}.jsonl"
+        self.lifecycle_path = root / f"lifecycle-{number}-{mode.value}.jsonl"
         command = [sys.executable, "-m", _MODULE, "--engine", engine, "--mode", mode.value,
                    "--model-dir", str(session.model_dir), "--namespace", self.namespace,
                    "--record", str(self.requests_path), "--lifecycle", str(self.lifecycle_path)]
@@ -227,15 +228,16 @@ class RuntimeSession:
         shutil.rmtree(self.root, ignore_errors=True)
 
     async def start(
-        self, mode: Mode, start_timeout: float, engine_args: str | None = None
+        self, mode: Mode, start_timeout: float, engine_args: str | None = None, engine: str | None = None
     ) -> tuple[RuntimeWorker, Any]:
-        """Start ``mode``'s worker (built with ``engine_args``, by default the session's) and wait, at most
-        ``start_timeout`` seconds, until the client sees it.
+        """Start ``mode``'s worker (serving ``engine`` built with ``engine_args``, by default the session's)
+        and wait, at most ``start_timeout`` seconds, until the client sees it.
 
         Returns the worker and a client of its endpoint; raises :class:`RuntimeUnavailable` if the
         worker exits or does not register in time (the lifecycle log then says why, if it can).
         """
-        worker = RuntimeWorker(self, mode, self.engine, self.engine_args if engine_args is None else engine_args)
+        arguments = self.engine_args if engine_args is None else engine_args
+        worker = RuntimeWorker(self, mode, engine or self.engine, arguments)
         self.workers.append(worker)
         client = await self._runtime.endpoint(worker.endpoint).client()
         waiting = asyncio.ensure_future(client.wait_for_instances())
