@@ -199,7 +199,9 @@ class RuntimeSession:
         try:
             if not self.verbose:
                 self._descriptors = _Descriptors(self.log)
-            with _environment(self.settings):
+            # Not the workers' log level: the runtime here reads DYN_LOG when it loads (quiet_client_runtime).
+            client_settings = {name: value for name, value in self.settings.items() if name != "DYN_LOG"}
+            with _environment(client_settings):
                 self.core = importlib.import_module("dynamo._core")
                 self._runtime = self.core.DistributedRuntime(asyncio.get_running_loop(), "file", "tcp")
         except BaseException:

@@ -12,9 +12,10 @@ import asyncio
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from dynamo.common.backend.engine import EngineConfig, LLMEngine  # type: ignore[import-not-found]
-from dynamo.common.backend.worker import WorkerConfig  # type: ignore[import-not-found]
-from dynamo.common.constants import DisaggregationMode  # type: ignore[import-not-found]
+from dynamo._core import Context
+from dynamo.common.backend.engine import EngineConfig, GenerateChunk, GenerateRequest, LLMEngine
+from dynamo.common.backend.worker import WorkerConfig
+from dynamo.common.constants import DisaggregationMode
 
 MODEL = "tiny-model"
 STEP = 0.002
@@ -25,7 +26,7 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-class TinyEngine(LLMEngine):  # type: ignore[misc]
+class TinyEngine(LLMEngine):
     """Streams ``max_tokens`` tokens, checking for a stop before each; ends with one terminal."""
 
     def __init__(self, mode: DisaggregationMode) -> None:
@@ -40,10 +41,10 @@ class TinyEngine(LLMEngine):  # type: ignore[misc]
         return cls(mode), WorkerConfig(namespace="tiny", component="tiny", model_name=MODEL,
                                        disaggregation_mode=mode)
 
-    async def start(self, worker_id: int) -> Any:
+    async def start(self, worker_id: int) -> EngineConfig:
         return EngineConfig(model=MODEL)
 
-    async def generate(self, request: dict[str, Any], context: Any) -> AsyncGenerator[dict[str, Any], None]:
+    async def generate(self, request: GenerateRequest, context: Context) -> AsyncGenerator[GenerateChunk, None]:
         prompt = len(request["token_ids"])
         limit = (request.get("stop_conditions") or {}).get("max_tokens") or 8
         for produced in range(limit):
@@ -60,10 +61,10 @@ class TinyEngine(LLMEngine):  # type: ignore[misc]
                 return
             yield {"token_ids": [produced], "index": 0}
 
-    def notices_stop(self, context: Any) -> bool:
-        return bool(context.is_stopped())
+    def notices_stop(self, context: Context) -> bool:
+        return context.is_stopped()
 
-    async def after_terminal(self) -> AsyncGenerator[dict[str, Any], None]:
+    async def after_terminal(self) -> AsyncGenerator[GenerateChunk, None]:
         return
         yield {}
 
@@ -72,22 +73,22 @@ class TinyEngine(LLMEngine):  # type: ignore[misc]
 
 
 class IgnoresStops(TinyEngine):
-    def notices_stop(self, context: Any) -> bool:
+    def notices_stop(self, context: Context) -> bool:
         return False  # BUG: never looks at the context, so a stopped request runs to its end
 
 
 class AbortRaises(TinyEngine):
-    async def abort(self, context: Any) -> None:
+    async def abort(self, context: Context) -> None:
         raise RuntimeError("abort: lost track of the request")  # BUG: abort must not raise
 
 
 class ChunkAfterTerminal(TinyEngine):
-    async def after_terminal(self) -> AsyncGenerator[dict[str, Any], None]:
+    async def after_terminal(self) -> AsyncGenerator[GenerateChunk, None]:
         yield {"token_ids": [99], "index": 0}  # BUG: an item after the terminal
 
 
 class NoTerminal(TinyEngine):
-    async def generate(self, request: dict[str, Any], context: Any) -> AsyncGenerator[dict[str, Any], None]:
+    async def generate(self, request: GenerateRequest, context: Context) -> AsyncGenerator[GenerateChunk, None]:
         limit = (request.get("stop_conditions") or {}).get("max_tokens") or 8
         for produced in range(limit):
             if context.is_stopped():

@@ -16,7 +16,7 @@ from dynamo_backend_protocol.model import Mode
 from dynamo_backend_protocol.model.traces.check import check_lines
 from dynamo_backend_protocol.reference.adapter import EngineAdapter
 from dynamo_backend_protocol.reference.context import Context
-from dynamo_backend_protocol.reference.runtime import RotatingJsonlSink, record
+from dynamo_backend_protocol.reference.runtime import RecordedEngine, RotatingJsonlSink, record
 
 CHUNKS = [{"token_ids": [1], "index": 0}, {"token_ids": [2], "index": 0},
           {"token_ids": [3], "index": 0, "finish_reason": "length"}]
@@ -102,6 +102,7 @@ def test_a_failing_sink_is_isolated_per_request_and_never_reaches_the_engine() -
         written.append(line)
 
     recorded = record(ListEngine(), sink, Mode.AGGREGATED)
+    assert isinstance(recorded, RecordedEngine)
     assert len(asyncio.run(_read(recorded, "r1"))) == len(CHUNKS)
     assert len(asyncio.run(_read(recorded, "r2"))) == len(CHUNKS)
     assert recorded.sink_failures == 1
