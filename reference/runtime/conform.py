@@ -53,6 +53,8 @@ CONCURRENT = 8
 SETTLE_GRACE = 2.0
 """Seconds, past the cancel deadline, the engine's side of the probes may take to finish after the client's."""
 DISAGGREGATION_MODE_FLAG = "--disaggregation-mode"
+REACH_TIMEOUT = 1.0
+"""Seconds a request may take to reach the engine, once sent, before the kit takes it as dropped."""
 
 NOT_OFFERED: dict[Failure, str] = {
     F.SECOND_CLEANUP_FAILED: "Dynamo's Worker calls cleanup once per start",
@@ -118,7 +120,7 @@ async def run_runtime_conformance(factory: EngineFactory, options: RuntimeOption
             judged.start_failed(worker, str(error))
         else:
             shape = dataclasses.replace(shape, model=_served_model(worker) or shape.model)
-            runs = await _probe(client, session.core, shape, options)
+            runs = await _probe(worker, client, session.core, shape, options)
             await _settle(worker, _names(runs), options)
             worker.stop()
             lines = worker.request_lines()
@@ -175,7 +177,25 @@ Runs = dict[str, Any]
 """Probe name -> its ClientRun, or a list of them for the concurrent probes."""
 
 
-async def _probe(client: Any, core: Any, shape: RequestShape, options: RuntimeOptions) -> Runs:
+async def _cancel_probe(worker: RuntimeWorker, client: Any, core: Any, shape: RequestShape,
+                        timeout: float) -> ClientRun:
+    """A request stopped before any item, as the kit stops it before its first read (a stop sent once the
+    stream is open could reach a one-chunk engine after it finished).  The runtime may drop a request
+    stopped before it was sent without calling the engine; then one stopped right after its stream opened."""
+    early = await send(client, core, Plan("conform-cancel", shape.request(CANCEL_MAX_TOKENS), "stop", -1),
+                       timeout)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + REACH_TIMEOUT
+    while loop.time() < deadline:
+        if early.name in by_request(worker.request_lines()):
+            return early
+        await asyncio.sleep(0.02)
+    return await send(client, core, Plan("conform-cancel-open", shape.request(CANCEL_MAX_TOKENS), "stop", 0),
+                      timeout)
+
+
+async def _probe(worker: RuntimeWorker, client: Any, core: Any, shape: RequestShape,
+                 options: RuntimeOptions) -> Runs:
     """The kit's probes, one after another (each bounded), as a client of the worker sends them."""
     timeout = options.stream_timeout
     one_chunk = shape.mode in (Mode.PREFILL, Mode.ENCODE)
@@ -186,10 +206,7 @@ async def _probe(client: Any, core: Any, shape: RequestShape, options: RuntimeOp
         "concurrent": await send_all(client, core, [
             Plan(f"conform-concurrent-{n}", shape.request(PLAIN_MAX_TOKENS)) for n in range(1, CONCURRENT + 1)
         ], timeout),
-        # Stopped before any item, as the kit stops it before its first read: a stop sent once the stream
-        # is open could reach a one-chunk engine after it finished.
-        "cancel": await send(client, core, Plan("conform-cancel", shape.request(CANCEL_MAX_TOKENS), "stop", -1),
-                             timeout),
+        "cancel": await _cancel_probe(worker, client, core, shape, timeout),
         "stop": await send(client, core, Plan("conform-stop", shape.request(CANCEL_MAX_TOKENS), "stop", live),
                            timeout),
         "leave": await send(client, core, Plan("conform-leave", shape.request(CANCEL_MAX_TOKENS), "leave", live),
@@ -387,9 +404,10 @@ def _cancellation(side: _Sides, deadline: float) -> Verdicts:
     stop, ending = engine.cancel(), engine.ending()
     if ending is None:
         since = "" if stop is None else " of the stop"
+        seen = ", ".join(line["obs"] for line in engine.lines[:6]) or "nothing"
         return {F.CANCELLATION_NOT_OBSERVED: f"the stream did not end within {deadline:g} s{since}; check "
                                              "context.is_stopped() in the generation loop and end with a "
-                                             "'cancelled' terminal"}
+                                             f"'cancelled' terminal (the engine's side showed: {seen})"}
     if stop is not None and ending["t"] - stop["t"] > deadline:
         return {F.CANCELLATION_NOT_OBSERVED: f"the stream ended {ending['t'] - stop['t']:.2f} s after the stop "
                                              f"showed, more than {deadline:g} s; check context.is_stopped() in "
