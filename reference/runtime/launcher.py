@@ -216,18 +216,21 @@ class RuntimeSession:
 
     def close(self) -> None:
         """End every worker by pid, shut the client runtime down, give back stdout and stderr, remove
-        the folder.  Idempotent."""
-        for worker in self.workers:
-            worker.stop()
-        if self._runtime is not None:
-            self._runtime.shutdown()
-            self._runtime = None
-        if self._descriptors is not None:
-            self._descriptors.restore()
-            self._descriptors = None
-        if not self.log.closed:
-            self.log.close()
-        shutil.rmtree(self.root, ignore_errors=True)
+        the folder.  Idempotent; a second Ctrl-C meanwhile still gives the terminal back (a worker it
+        leaves running gets SIGTERM from Linux when this process ends)."""
+        try:
+            for worker in self.workers:
+                worker.stop()
+            if self._runtime is not None:
+                runtime, self._runtime = self._runtime, None
+                runtime.shutdown()
+        finally:
+            if self._descriptors is not None:
+                self._descriptors.restore()
+                self._descriptors = None
+            if not self.log.closed:
+                self.log.close()
+            shutil.rmtree(self.root, ignore_errors=True)
 
     async def start(
         self, mode: Mode, start_timeout: float, engine_args: str | None = None, engine: str | None = None

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -96,3 +98,20 @@ def test_a_broken_engine_fails_the_same_checks_with_and_without_the_real_runtime
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
     under_dynamo = {check["failure"] for check in json.loads(done.stdout)["checks"] if check["status"] == "failed"}
     assert under_dynamo == {str(result.failure) for result in default.failures()} == {failure}
+
+
+def test_ctrl_c_ends_the_workers_by_pid_and_gives_the_terminal_back(tmp_path: Path) -> None:
+    require_dynamo()
+    command = [sys.executable, "-m", "dynamo_backend_protocol", "conform", "broken_dynamo_engines:IgnoresStops",
+               "--runtime", "dynamo", "--runtime-log", str(tmp_path / "log")]
+    with subprocess.Popen(command, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        deadline = time.monotonic() + WAIT
+        while not _workers_of(process.pid) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _workers_of(process.pid), "the run never started its worker"
+        time.sleep(0.5)  # into the probes
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=WAIT)
+    assert process.returncode == 130
+    assert err == "interrupted\n" and out == ""
+    assert _workers_of(process.pid) == []
