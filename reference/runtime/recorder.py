@@ -69,6 +69,10 @@ def record(
     """
     if sink is None:
         return engine
+    if any(cls.__name__ == "RawEngine" and cls.__module__.startswith("dynamo.") for cls in type(engine).__mro__):
+        # Dynamo picks the raw adapter by isinstance(engine, RawEngine), which a wrapper would hide.
+        raise TypeError("record() takes LLM engines; Dynamo serves a RawEngine through another adapter, "
+                        "whose requests and items this trace format does not describe")
     if isinstance(sink, (str, os.PathLike)):
         sink = RotatingJsonlSink(Path(sink))
     recorded: Any = RecordedEngine(engine, sink, _mode_of(engine, mode), observe_notices)

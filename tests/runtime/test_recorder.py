@@ -138,3 +138,10 @@ def test_the_file_sink_rotates_and_keeps_at_most_its_bound(tmp_path: Path) -> No
     assert kept == ["requests.jsonl", "requests.jsonl.1", "requests.jsonl.2"]
     assert all((tmp_path / name).stat().st_size <= 2_000 for name in kept)
     assert '"r499"' in path.read_text(encoding="utf-8").splitlines()[-1]
+
+
+def test_a_dynamo_raw_engine_is_refused_rather_than_served_through_the_wrong_adapter() -> None:
+    raw_engine = type("RawEngine", (), {"__module__": "dynamo.common.backend.engine"})
+    diffusion = type("DiffusionEngine", (raw_engine,), {})
+    with pytest.raises(TypeError, match="RawEngine"):
+        record(diffusion(), lambda line: None)
