@@ -26,9 +26,9 @@ import asyncio
 import dataclasses
 import shlex
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dynamo_backend_protocol.model import Mode
 from dynamo_backend_protocol.model.traces.check import RequestSummary, TraceChecker
@@ -49,6 +49,7 @@ from dynamo_backend_protocol.reference.runtime.launcher import RuntimeSession, R
 from dynamo_backend_protocol.reference.runtime.probes import ClientRun, Plan, send, send_all
 
 F = Failure
+T = TypeVar("T")
 CONCURRENT = 8
 SETTLE_GRACE = 2.0
 """Seconds, past the cancel deadline, the engine's side of the probes may take to finish after the client's."""
@@ -71,6 +72,21 @@ NOT_OFFERED: dict[Failure, str] = {
 ABORT_RULES = {"ABORT-ONCE": F.ABORT_CALLED_TWICE, "ABORT-NEEDS-CANCEL": F.ABORT_ON_CLEAN_COMPLETION,
                "DECODE-DEFER": F.ABORT_BEFORE_FIRST_TOKEN}
 """The abort rules ``trace`` infers from the engine's side, and the checks that report them."""
+PROBE_OF: dict[Failure, str] = {
+    **{failure: "plain" for failure in (F.GENERATE_FAILED, F.NO_CHUNKS_YIELDED, F.STREAM_YIELDED_ERROR,
+                                        F.CHUNK_AFTER_TERMINAL, F.NO_TERMINAL_CHUNK, F.COMPLETION_TOKENS_MISMATCH,
+                                        F.ENCODE_CHUNK_COUNT, F.ENCODE_TERMINAL_EXPECTED, F.ENCODE_TOKENS_NOT_EMPTY,
+                                        F.ENCODE_USAGE_MISMATCH, F.ENCODER_RESULT_EXPECTED_OBJECT)},
+    F.CONCURRENT_GENERATE_FAILED: "concurrent",
+    F.CANCELLATION_NOT_OBSERVED: "cancel",
+    F.CANCELLATION_IGNORED: "cancel",
+    F.ABORT_FAILED: "stop",
+    F.ABORTED_STREAM_NOT_ENDED: "stop",
+    F.KILL_NOT_HANDLED_LIKE_STOP: "leave",
+    F.CANCELLATION_LEAKED: "leak",
+    F.ABORT_BEFORE_FIRST_TOKEN: "early-stop",
+}
+"""The probe whose time a check reports (checks judged from the whole run or the lifecycle report none)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,19 +128,26 @@ async def run_runtime_conformance(factory: EngineFactory, options: RuntimeOption
     async with RuntimeSession(options.engine, options.engine_args, options.log_path, options.verbose) as session:
         if mode is Mode.DECODE:
             shape = await _prefill_handoff(session, options)
+        starting = time.perf_counter()
         try:
-            worker, client = await session.start(mode, options.start_timeout)
+            try:
+                worker, client = await session.start(mode, options.start_timeout)
+            finally:
+                start_seconds = time.perf_counter() - starting
         except RuntimeUnavailable as error:
             worker = session.workers[-1]
             worker.stop()
-            judged.start_failed(worker, str(error))
+            judged.start_failed(str(error))
         else:
             shape = dataclasses.replace(shape, model=_served_model(worker) or shape.model)
-            runs = await _probe(worker, client, session.core, shape, options)
+            runs, took = await _probe(worker, client, session.core, shape, options)
             await _settle(worker, _names(runs), options)
             worker.stop()
             lines = worker.request_lines()
             judged.serving(worker, runs, by_request(lines), shape, options)
+            judged.took = {failure: took.get(probe, 0.0) for failure, probe in PROBE_OF.items()}
+        # The worker's start: the process, Dynamo's runtime, the engine's build and start(), its registration.
+        judged.took[F.START_FAILED] = judged.took[F.EMPTY_MODEL_IN_CONFIG] = start_seconds
         judged.cleanup(worker)
     ordered = [judged.result(spec) for spec in CHECKS]
     requests = f"{shape.describe()}; served by Dynamo's Worker on 127.0.0.1"
@@ -195,31 +218,42 @@ async def _cancel_probe(worker: RuntimeWorker, client: Any, core: Any, shape: Re
 
 
 async def _probe(worker: RuntimeWorker, client: Any, core: Any, shape: RequestShape,
-                 options: RuntimeOptions) -> Runs:
-    """The kit's probes, one after another (each bounded), as a client of the worker sends them."""
+                 options: RuntimeOptions) -> tuple[Runs, dict[str, float]]:
+    """The kit's probes, one after another (each bounded), as a client of the worker sends them; and the
+    seconds each took, client side."""
     timeout = options.stream_timeout
     one_chunk = shape.mode in (Mode.PREFILL, Mode.ENCODE)
     live = 0 if one_chunk else 1
     """Items a client waits for before acting on a live stream (a one-chunk stream has none to wait for)."""
+    took: dict[str, float] = {}
+
+    async def timed(probe: str, work: Awaitable[T]) -> T:
+        started = time.perf_counter()
+        try:
+            return await work
+        finally:
+            took[probe] = time.perf_counter() - started
+
     runs: Runs = {
-        "plain": await send(client, core, Plan("conform-plain", shape.request(PLAIN_MAX_TOKENS)), timeout),
-        "concurrent": await send_all(client, core, [
+        "plain": await timed("plain", send(client, core, Plan("conform-plain", shape.request(PLAIN_MAX_TOKENS)),
+                                           timeout)),
+        "concurrent": await timed("concurrent", send_all(client, core, [
             Plan(f"conform-concurrent-{n}", shape.request(PLAIN_MAX_TOKENS)) for n in range(1, CONCURRENT + 1)
-        ], timeout),
-        "cancel": await _cancel_probe(worker, client, core, shape, timeout),
-        "stop": await send(client, core, Plan("conform-stop", shape.request(CANCEL_MAX_TOKENS), "stop", live),
-                           timeout),
-        "leave": await send(client, core, Plan("conform-leave", shape.request(CANCEL_MAX_TOKENS), "leave", live),
-                            timeout),
-        "leak": await send_all(client, core, [
+        ], timeout)),
+        "cancel": await timed("cancel", _cancel_probe(worker, client, core, shape, timeout)),
+        "stop": await timed("stop", send(client, core, Plan("conform-stop", shape.request(CANCEL_MAX_TOKENS),
+                                                            "stop", live), timeout)),
+        "leave": await timed("leave", send(client, core, Plan("conform-leave", shape.request(CANCEL_MAX_TOKENS),
+                                                              "leave", live), timeout)),
+        "leak": await timed("leak", send_all(client, core, [
             Plan("conform-leak-1", shape.request(CANCEL_MAX_TOKENS), "stop", live),
             *(Plan(f"conform-leak-{n}", shape.request(PLAIN_MAX_TOKENS)) for n in range(2, CONCURRENT + 1)),
-        ], timeout),
+        ], timeout)),
     }
     if shape.mode is Mode.DECODE:
-        runs["early-stop"] = await send(client, core, Plan("conform-early-stop", shape.request(CANCEL_MAX_TOKENS),
-                                                           "stop", -1), timeout)
-    return runs
+        runs["early-stop"] = await timed("early-stop", send(
+            client, core, Plan("conform-early-stop", shape.request(CANCEL_MAX_TOKENS), "stop", -1), timeout))
+    return runs, took
 
 
 def _names(runs: Runs) -> list[str]:
@@ -245,12 +279,14 @@ class _Judged:
         self.verdicts: Verdicts = {}
         self.reasons: dict[Failure, str] = dict(NOT_OFFERED)
         self.results: dict[Failure, CheckResult] = {}
+        self.took: dict[Failure, float] = {}
+        """Seconds of the probe that judged each check."""
 
     def not_judged(self, failure: Failure, why: str) -> None:
         self.verdicts.pop(failure, None)
         self.reasons[failure] = why
 
-    def start_failed(self, worker: RuntimeWorker, why: str) -> None:
+    def start_failed(self, why: str) -> None:
         self.verdicts[F.START_FAILED] = why
 
     def serving(self, worker: RuntimeWorker, runs: Runs, engine: dict[str, EngineRequest], shape: RequestShape,
@@ -296,7 +332,8 @@ class _Judged:
 
     def result(self, spec: CheckSpec) -> CheckResult:
         def made(status: CheckStatus, reason: str = "", blocked: tuple[Failure, ...] = ()) -> CheckResult:
-            found = CheckResult(spec.failure, spec.title, status, one_line(reason), 0.0, blocked, spec.upstream)
+            seconds = self.took.get(spec.failure, 0.0) if status is not CheckStatus.SKIPPED else 0.0
+            found = CheckResult(spec.failure, spec.title, status, one_line(reason), seconds, blocked, spec.upstream)
             self.results[spec.failure] = found
             return found
 
