@@ -142,7 +142,7 @@ async def run_runtime_conformance(factory: EngineFactory, options: RuntimeOption
             shape = dataclasses.replace(shape, model=_served_model(worker) or shape.model)
             runs, took = await _probe(worker, client, session.core, shape, options)
             await _settle(worker, _names(runs), options)
-            worker.stop()
+            worker.stop(options.cleanup_timeout)  # the Worker's shutdown runs the engine's cleanup
             lines = worker.request_lines()
             judged.serving(worker, runs, by_request(lines), shape, options)
             judged.took = {failure: took.get(probe, 0.0) for failure, probe in PROBE_OF.items()}

@@ -108,14 +108,15 @@ class RuntimeWorker:
     def exit_status(self) -> int | None:
         return self.process.poll()
 
-    def stop(self) -> None:
-        """SIGTERM (the Worker's graceful shutdown runs the engine's cleanup), then SIGKILL if it overruns."""
+    def stop(self, timeout: float = EXIT_TIMEOUT) -> None:
+        """SIGTERM (the Worker's graceful shutdown runs the engine's cleanup), then SIGKILL if it takes more
+        than ``timeout`` seconds."""
         if self.process.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.process.pid, signal.SIGTERM)
         try:
-            self.process.wait(EXIT_TIMEOUT)
+            self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.process.pid, signal.SIGKILL)
