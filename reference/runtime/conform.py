@@ -120,6 +120,8 @@ async def resolve(factory: EngineFactory, options: RuntimeOptions) -> Mode:
 
 
 async def run_runtime_conformance(factory: EngineFactory, options: RuntimeOptions) -> RuntimeRun:
+    """The kit's report on ``factory`` (the loaded ENGINE) served by Dynamo's Worker.  Raises
+    EngineFactoryError for an engine that cannot be built, RuntimeUnavailable without Dynamo."""
     started = time.perf_counter()
     mode = await resolve(factory, options)
     judged = _Judged(mode)
