@@ -39,7 +39,10 @@ from dynamo_backend_protocol.model.vocabulary import ActionKind, ControlState, E
 ENGINE_START = "engine.generate"
 ABORT_RAISED = "engine.abort_raised"
 """Informational: the engine's abort raised (the runtime swallows it); no event of the model."""
-ENGINE_SIDE_ONLY: frozenset[str] = frozenset({ENGINE_START, ABORT_RAISED})
+READ = "engine.read"
+"""Informational: the runtime asked the stream for its next item (recorded once the request is cancelled)."""
+INFORMATIONAL = frozenset({ABORT_RAISED, READ})
+ENGINE_SIDE_ONLY: frozenset[str] = frozenset({ENGINE_START, *INFORMATIONAL})
 
 _INPUTS: dict[str, Event] = {
     "engine.setup": event(EventKind.SETUP),
@@ -89,7 +92,7 @@ class EngineSideRun:
         obs = record.obs
         if obs == ENGINE_START:
             return self._diverges(line, obs, "the request was started twice", "nothing", obs, "STREAM-EVENT-ORDER")
-        if obs == ABORT_RAISED:
+        if obs in INFORMATIONAL:
             return None
         if obs == "engine.abort":
             return self._abort(line)

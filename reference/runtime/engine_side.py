@@ -56,6 +56,22 @@ class EngineRequest:
         after = self.lines[self.lines.index(cancel) + 1 :]
         return sum(1 for line in after if line["obs"] == "engine.item")
 
+    def token_after_cancel(self) -> dict[str, Any] | None:
+        """The first item the engine gave, not a terminal, in answer to a read the runtime began after the
+        stop or kill showed (the recorder notes those reads): the engine went on instead of ending."""
+        cancel = self.cancel()
+        if cancel is None:
+            return None
+        asked = False
+        for line in self.lines[self.lines.index(cancel) + 1 :]:
+            if line["obs"] == "engine.read":
+                asked = True
+            elif line["obs"] == "engine.item":
+                if asked and not _is_terminal(line):
+                    return line
+                asked = False
+        return None
+
     def ended_cancelled(self) -> bool:
         ending = self.ending()
         return ending is not None and ending["obs"] == "engine.item" and ending["item"].startswith("terminal:cancelled")

@@ -88,7 +88,8 @@ class RuntimeWorker:
                    "--record", str(self.requests_path), "--lifecycle", str(self.lifecycle_path)]
         if engine_args is not None:
             command += ["--engine-args", engine_args]
-        output: Any = None if session.verbose else session.log
+        # Shown (--verbose) on standard error, never on standard output, which is the report's (--json).
+        output: Any = sys.stderr.fileno() if session.verbose else session.log
         self.process = subprocess.Popen(
             command,
             env={**os.environ, **session.settings},

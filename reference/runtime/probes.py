@@ -5,7 +5,9 @@ A Python client of Dynamo's runtime can send a request, stop it
 worker hears as a kill (RUNTIME-DISCONNECT-KILLS).  It has no ``kill()``, so
 the kit's kill probes are played as a client that leaves.  Each request is
 named (the context id reaches the worker's context), so the engine-side
-recording of it can be found.  Every wait is bounded.
+recording of it can be found.  A client keeps each stream until the caller
+lets go of the run, so only a client that leaves is heard as a kill.  Every
+wait is bounded.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ class ClientRun:
     items: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     end: ClientEnd = "no_terminal"
     error: str | None = None
+    held: Any = dataclasses.field(default=None, repr=False)
+    """The client's stream, kept after it ended: letting go of it is a kill on the worker
+    (RUNTIME-DISCONNECT-KILLS), which must not reach a request whose engine is still winding down
+    (a stopped stream ends at once on the client's side, before the engine's cancelled terminal)."""
 
     def terminal(self) -> dict[str, Any] | None:
         return next((item for item in self.items if item.get("finish_reason") is not None), None)
@@ -55,9 +61,11 @@ async def send(client: Any, core: Any, plan: Plan, timeout: float) -> ClientRun:
     except Exception as error:
         run.end, run.error = "setup_error", f"{type(error).__name__}: {error}"
         return run
+    run.held = stream
     while True:
         if plan.action is not None and plan.after_items == len(run.items):
             if plan.action == "leave":
+                run.held = None
                 del stream
                 gc.collect()  # the stream is gone now, not whenever the collector gets to it
                 run.end = "left"

@@ -8,8 +8,9 @@ produced (``engine.setup`` / ``engine.setup_failed``), each item the stream
 yielded (``engine.item``, classified by the model's own reading of items),
 how the stream ended (``engine.end``, ``engine.raise``, ``engine.close``,
 ``engine.cancel``, ``engine.interrupt``), each ``engine.abort`` call (and
-``engine.abort_raised`` if it raised), and the stop and kill the context
-showed (``context.stop``, ``context.kill``), each line with its wall-clock
+``engine.abort_raised`` if it raised), the stop and kill the context
+showed (``context.stop``, ``context.kill``), and after those each read the
+runtime made of the stream (``engine.read``), each line with its wall-clock
 time ``t``.
 
 It never changes what the engine does or returns: the engine gets the same
@@ -284,6 +285,10 @@ class RecordedStream:
 
     async def __anext__(self) -> Any:
         log = self._log
+        if log.stopped:
+            # Once cancelled, each read is noted too (a stream ends within an item or two of a stop): a
+            # stream left unread by the runtime and an engine that does not answer look alike otherwise.
+            log.note("engine.read")
         try:
             item = await self._inner.__anext__()
         except StopAsyncIteration:

@@ -27,8 +27,9 @@ def _request(name: str, mode: str, *observations: str, notices: bool = False) ->
     return lines
 
 
-STOPPED_AGG = ("engine.setup", "engine.item=token_chunk", "context.stop", "engine.abort",
+STOPPED_AGG = ("engine.setup", "engine.item=token_chunk", "context.stop", "engine.abort", "engine.read",
                "engine.item=terminal:cancelled", "engine.end")
+"""A stopped agg request as the recorder writes it (after the stop, each read of the stream is noted)."""
 
 
 def _divergence(lines: list[str]) -> tuple[str | None, int | None]:

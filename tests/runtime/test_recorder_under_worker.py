@@ -53,16 +53,21 @@ async def _record(log: Path) -> Recorded:
         for mode in (Mode.AGGREGATED, Mode.DECODE):
             worker, client = await session.start(mode, START_TIMEOUT, f"--disaggregation-mode {mode.value}")
             shape = RequestShape(mode, "sample-model")
-            for play in plays_for(mode, 0, 0):  # the teaching scenarios' clients: plain, stop, leave
+            kept = [  # the teaching scenarios' clients (plain, stop, leave), each run holding its stream
                 await send(client, session.core, _plan(f"{mode.value}-{play.name}", play.client, shape),
                            ITEM_TIMEOUT)
+                for play in plays_for(mode, 0, 0)
+            ]
             await asyncio.sleep(0.3)  # the last engine stream winds down after its client is done
             worker.stop()
+            del kept
             sample += worker.request_lines()
         worker, client = await session.start(Mode.AGGREGATED, START_TIMEOUT, "--disaggregation-mode agg", FAULTY)
-        await send(client, session.core, Plan("faulty-plain", RequestShape(Mode.AGGREGATED).request(4)), ITEM_TIMEOUT)
+        run = await send(client, session.core, Plan("faulty-plain", RequestShape(Mode.AGGREGATED).request(4)),
+                         ITEM_TIMEOUT)
         await asyncio.sleep(0.3)
         worker.stop()
+        del run
         return Recorded(sample, worker.request_lines())
 
 
