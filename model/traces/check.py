@@ -52,6 +52,7 @@ from dynamo_backend_protocol.model.errors import DynamoError
 from dynamo_backend_protocol.model.explore.reachability import allowed_events
 from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable, ProtocolViolation, TableError
 from dynamo_backend_protocol.model.state import RequestState
+from dynamo_backend_protocol.model.traces.engine_side import ENGINE_SIDE_ONLY, ENGINE_START, EngineSideRun
 from dynamo_backend_protocol.model.traces.observed import (
     OBSERVATIONS,
     START,
@@ -114,6 +115,7 @@ class _ObservedFields(msgspec.Struct):
     mode: str | None = None
     item: str | None = None
     n: int | None = None
+    notices: bool | None = None
 
 
 _FAST = msgspec.json.Decoder(_Fields)
@@ -135,7 +137,8 @@ def parse_record(text: str | bytes) -> TraceRecord | ObservationRecord:
             observed = _FAST_OBSERVED.decode(text)
         except (msgspec.DecodeError, RecursionError, UnicodeError):
             return _parse_generic(text)
-        return _observation(observed.request, observed.obs, observed.mode, observed.item, observed.n)
+        return _observation(observed.request, observed.obs, observed.mode, observed.item, observed.n,
+                            observed.notices)
     request = fields.request
     mode = _MODES.get(fields.mode)
     ev = _EVENTS.get(fields.event)
@@ -149,18 +152,24 @@ def parse_record(text: str | bytes) -> TraceRecord | ObservationRecord:
     return TraceRecord(request, mode, ev, state, actions)
 
 
-def _observation(request: str, obs: str, mode: str | None, item: str | None, n: int | None) -> ObservationRecord:
-    if obs not in OBSERVATIONS:
-        raise MalformedRecord(f"field 'obs': unknown observation {obs!r}; valid: {', '.join(sorted(OBSERVATIONS))}",
-                              request)
-    if obs == START:
+_ALL_OBSERVATIONS = OBSERVATIONS | ENGINE_SIDE_ONLY
+
+
+def _observation(
+    request: str, obs: str, mode: str | None, item: str | None, n: int | None, notices: bool | None = None
+) -> ObservationRecord:
+    if obs not in _ALL_OBSERVATIONS:
+        raise MalformedRecord(
+            f"field 'obs': unknown observation {obs!r}; valid: {', '.join(sorted(_ALL_OBSERVATIONS))}", request
+        )
+    if obs in (START, ENGINE_START):
         if mode is None:
-            raise MalformedRecord("field 'mode' is required for client.generate", request)
+            raise MalformedRecord(f"field 'mode' is required for {obs}", request)
         _parse_mode(mode, request)
     problem = item_problem(obs, item, n)
     if problem is not None:
         raise MalformedRecord(problem, request)
-    return ObservationRecord(request, obs, mode, item, n)
+    return ObservationRecord(request, obs, mode, item, n, notices)
 
 
 def _observed_generic(data: dict[str, object], named: str | None) -> ObservationRecord:
@@ -175,10 +184,13 @@ def _observed_generic(data: dict[str, object], named: str | None) -> Observation
     n = data.get("n")
     if n is not None and type(n) is not int:
         raise MalformedRecord(f"field 'n' must be an integer, got {_json_type(n)}", named)
+    notices = data.get("notices")
+    if notices is not None and not isinstance(notices, bool):
+        raise MalformedRecord(f"field 'notices' must be a boolean, got {_json_type(notices)}", named)
     obs = fields["obs"]
     if obs is None:
         raise MalformedRecord("field 'obs' must be a string, got null", named)
-    return _observation(named, obs, fields["mode"], fields["item"], n)
+    return _observation(named, obs, fields["mode"], fields["item"], n, notices)
 
 
 def _parse_generic(text: str | bytes) -> TraceRecord | ObservationRecord:
@@ -320,8 +332,14 @@ class RequestSummary:
     """Lines after the first failure, not checked."""
     divergence: Divergence | ObservationDivergence | None = None
     malformed: Malformed | None = None
-    run: ObservedRun | None = None
-    """Set for a request recorded as observations: the inferred run and what is still owed."""
+    run: ObservedRun | EngineSideRun | None = None
+    """Set for a request recorded as observations: the inferred run and what is still owed
+    (an :class:`EngineSideRun` when only the engine's side was recorded)."""
+
+    @property
+    def not_judged(self) -> list[str]:
+        """For an engine-side request: what its verdict does not cover, the client's side not being observed."""
+        return self.run.unobserved() if isinstance(self.run, EngineSideRun) else []
 
     @property
     def conforms(self) -> bool:
@@ -444,13 +462,19 @@ class TraceChecker:
         name = record.request
         summary = self._open.get(name) or self._settled.get(name)
         if summary is None:
-            if record.obs != START:
-                self._malformed(Malformed(line, f"the request's first observation must be {START}", name))
+            if record.obs not in (START, ENGINE_START):
+                self._malformed(Malformed(
+                    line, f"the request's first observation must be {START} (or {ENGINE_START} for a trace "
+                    "recorded at the engine's side)", name,
+                ))
                 return
             assert record.mode is not None
             mode = Mode.parse(record.mode)
             initial = self._initial[mode]
-            self._open[name] = RequestSummary(name, line, mode, initial, checked=1, run=ObservedRun(initial))
+            started: ObservedRun | EngineSideRun = (
+                ObservedRun(initial) if record.obs == START else EngineSideRun(initial, notices=bool(record.notices))
+            )
+            self._open[name] = RequestSummary(name, line, mode, initial, checked=1, run=started)
             return
         run = summary.run
         if not summary.conforms:

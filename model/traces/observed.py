@@ -77,6 +77,8 @@ class ObservationRecord:
     mode: str | None = None
     item: str | None = None
     n: int | None = None
+    notices: bool | None = None
+    """On an engine-side first line: whether side-channel first-token notices are recorded."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ class ObservedRun:
             return self._diverges(line, obs, "the request was started twice", "nothing", obs, "STREAM-EVENT-ORDER")
         if obs in _OUTPUTS:
             return self._output(line, record)
-        ev = _item_event(record.item) if obs == "engine.item" else _INPUTS[obs]
+        ev = item_event(record.item) if obs == "engine.item" else _INPUTS[obs]
         if obs in _ENGINE_READS or obs == "client.drop":
             pending = self.forward
             if pending is not None and not (obs == "client.drop" and self.state.control is ControlState.DONE):
@@ -246,7 +248,7 @@ class ObservedRun:
         return ObservationDivergence(line, obs, self.state.control, reason, expected, observed, rule, owed_at)
 
 
-def _item_event(item: str | None) -> Event:
+def item_event(item: str | None) -> Event:
     """The event an observed engine item stands for (checked when the line was parsed)."""
     if item is None or item == MALFORMED_ITEM:
         return event(EventKind.ERROR)

@@ -16,10 +16,11 @@ from dynamo_backend_protocol.reference.bench.profile import ProfileRow, attribut
 from dynamo_backend_protocol.reference.bench.rounds import MIN_ROUNDS, Figure
 from dynamo_backend_protocol.reference.bench.soak import SoakSizes
 from dynamo_backend_protocol.reference.bench.targets import Figures, Target, Verdict, with_bounds
+from dynamo_backend_protocol.reference.runtime import recorder_cost
 
-SECTIONS = ("adapter", "explore", "conformance", "profile", "soak", "trace")
+SECTIONS = ("adapter", "explore", "conformance", "profile", "soak", "trace", "recorder")
 CORE = ("adapter", "explore", "conformance")
-TARGETS: tuple[Target, ...] = (*adapter_cost.TARGETS, *soak.TARGETS, *trace_load.TARGETS)
+TARGETS: tuple[Target, ...] = (*adapter_cost.TARGETS, *soak.TARGETS, *trace_load.TARGETS, *recorder_cost.TARGETS)
 
 
 @dataclass(frozen=True)
@@ -119,5 +120,7 @@ async def run_bench(options: BenchOptions, conformance: Callable[[], Awaitable[N
         profile = Profile(chunks * slices, rows, bare, adapter)
     if "trace" in options.sections:
         sections["trace"] = trace_load.trace_figures(2_000 if options.quick else 500_000)
+    if "recorder" in options.sections:
+        sections["recorder"] = await recorder_cost.recorder_figures(options.quick, options.rounds)
     verdicts = [target.judge(sections[target.section]) for target in targets if target.section in sections]
     return BenchReport(machine_description(), options.rounds, sections, profile, verdicts)

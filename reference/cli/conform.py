@@ -37,6 +37,7 @@ from dynamo_backend_protocol.reference.conformance.report import REPORT_COLUMNS,
 from dynamo_backend_protocol.reference.conformance.sample_engine import SampleEngine
 from dynamo_backend_protocol.reference.conformance.session import EngineFactory, EngineFactoryError
 from dynamo_backend_protocol.reference.conformance.target import load_engine_factory
+from dynamo_backend_protocol.reference.runtime import command as runtime_command
 from dynamo_backend_protocol.reference.traces.writer import JsonlTraceWriter
 
 T = TypeVar("T")
@@ -103,6 +104,7 @@ def register(subparsers: Subparsers) -> None:
                         help="write every adapter-driven request's trace as JSON Lines")
     parser.add_argument("--list-checks", action="store_true",
                         help="print every check (name, kit, what passing means, how to fix a failure) and exit")
+    runtime_command.add_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -130,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
     if args.list_checks:
         print(catalogue_text())
         return 0
+    if args.runtime == "dynamo":
+        return runtime_command.run(args)
     # With --json the one JSON object is alone on stdout: what the engine prints goes to stderr.
     with stdout_to_stderr() if args.json else contextlib.nullcontext():
         report = _judge(args)

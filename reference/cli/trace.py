@@ -26,6 +26,7 @@ from dynamo_backend_protocol.model.traces.check import (
     TraceChecker,
     TraceReport,
 )
+from dynamo_backend_protocol.model.traces.engine_side import EngineSideRun
 from dynamo_backend_protocol.model.traces.observed import ObservationDivergence
 from dynamo_backend_protocol.model.vocabulary import ActionKind, ControlState
 from dynamo_backend_protocol.reference.cli.support import Subparsers, UsageError, emit
@@ -46,7 +47,9 @@ def register(subparsers: Subparsers) -> None:
             "Check each request of a JSON Lines trace against the model: an observation trace (one object "
             "per thing that crossed a boundary: request, obs, ...; what the adapter's trace writer writes) "
             "has its model run inferred and checked, a step trace (request, mode, event, state, actions) is "
-            "replayed. Per request: conformance, or the first divergence with its line number, expected, "
+            "replayed; a trace recorded at the engine's side only (record(engine, sink), first line "
+            "engine.generate) is checked as far as that side shows, saying per request what it could not judge. "
+            "Per request: conformance, or the first divergence with its line number, expected, "
             "observed and rule. Use - for standard input."
         ),
     )
@@ -179,7 +182,13 @@ def _request_lines(summary: RequestSummary) -> list[str]:
     assert summary.state is not None
     control = summary.state.control
     ending = "ends in Done" if control is ControlState.DONE else f"still in {control.value}"
-    return [f"{head}: conforms ({summary.checked} line(s), {ending})"]
+    if not isinstance(summary.run, EngineSideRun):
+        return [f"{head}: conforms ({summary.checked} line(s), {ending})"]
+    lines = [f"{head}: conforms on the engine's side ({summary.checked} line(s), {ending})"]
+    unjudged = summary.not_judged
+    if unjudged:
+        lines.append("  not judged, the client's side not being observed: " + "; ".join(unjudged))
+    return lines
 
 
 def printable(text: str) -> str:
@@ -249,6 +258,9 @@ def _summary_dict(summary: RequestSummary) -> dict[str, object]:
         "skipped": summary.skipped,
         "state": None if summary.state is None else summary.state.control.value,
     }
+    if isinstance(summary.run, EngineSideRun):
+        entry["engine_side"] = True
+        entry["not_judged"] = summary.not_judged
     if isinstance(summary.divergence, ObservationDivergence):
         observed = summary.divergence
         entry["divergence"] = {

@@ -1,0 +1,562 @@
+"""``conform ENGINE --runtime dynamo``: the kit's checks, with the engine served by Dynamo's real Worker.
+
+The engine is built as Dynamo builds it (``from_args`` with ``--engine-args``)
+in a worker process (:mod:`.worker_entry`), recorded at its boundary by the
+deployment recorder; the probes are sent by a real Dynamo client
+(:mod:`.probes`).  Each check is judged from what both sides observed: the
+engine's stream, its context's signals and the abort calls from the
+recording, what the client received from the client, and the abort rules by
+``trace``'s engine-side inference (:mod:`model.traces.engine_side`).  The
+checks keep their names, titles and prerequisites (``conformance.checks``),
+so a broken engine fails the same checks with and without ``--runtime``.
+
+What the runtime does not offer is skipped, saying so: the Python client has
+no kill (kill probes are a client that leaves, RUNTIME-DISCONNECT-KILLS), and
+no stream drop the worker would not hear as a kill; Dynamo's Worker calls
+``cleanup`` once, after ``start``; the loopback worker runs without KV
+routing; the property-based phase is not run.  A decode run starts two
+workers (the prefill one first, for a real hand-off, ended before the decode
+one starts); every other run starts one.  Each start is bounded by
+``start_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import shlex
+import time
+from collections.abc import Awaitable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dynamo_backend_protocol.model import Mode
+from dynamo_backend_protocol.model.traces.check import RequestSummary, TraceChecker
+from dynamo_backend_protocol.reference.conformance.checks import CHECKS, SPECS, CheckSpec, Failure, Verdicts
+from dynamo_backend_protocol.reference.conformance.construction import (
+    declared_mode,
+    engine_factory,
+    resolve_mode,
+    split_engine_args,
+)
+from dynamo_backend_protocol.reference.conformance.drive import CANCEL_MAX_TOKENS, PLAIN_MAX_TOKENS, RequestShape
+from dynamo_backend_protocol.reference.conformance.encode_checks import encode_verdicts
+from dynamo_backend_protocol.reference.conformance.report import CheckResult, CheckStatus, ConformanceReport, one_line
+from dynamo_backend_protocol.reference.conformance.session import EngineFactory, make_engine
+from dynamo_backend_protocol.reference.conformance.upstream import completion_tokens_problem
+from dynamo_backend_protocol.reference.runtime.engine_side import EngineRequest, by_request, describe_ending
+from dynamo_backend_protocol.reference.runtime.launcher import RuntimeSession, RuntimeUnavailable, RuntimeWorker
+from dynamo_backend_protocol.reference.runtime.probes import ClientRun, Plan, send, send_all
+
+F = Failure
+T = TypeVar("T")
+CONCURRENT = 8
+SETTLE_GRACE = 2.0
+"""Seconds, past the cancel deadline, the engine's side of the probes may take to finish after the client's."""
+DISAGGREGATION_MODE_FLAG = "--disaggregation-mode"
+REACH_TIMEOUT = 1.0
+"""Seconds a request may take to reach the engine, once sent, before the kit takes it as dropped."""
+
+NOT_OFFERED: dict[Failure, str] = {
+    F.SECOND_CLEANUP_FAILED: "Dynamo's Worker calls cleanup once per start",
+    F.CLEANUP_WITHOUT_START_FAILED: "Dynamo's Worker never cleans up an engine it did not start",
+    F.KV_EVENT_SOURCES_FAILED: "the loopback worker runs without KV routing, so kv_event_sources is not called",
+    F.KV_EVENT_SOURCES_NOT_IDEMPOTENT: "the loopback worker runs without KV routing, so kv_event_sources is not "
+    "called",
+    F.DROPPED_STREAM_NOT_CLOSED: "a client of the runtime cannot drop a stream without the worker hearing a kill "
+    "(RUNTIME-DISCONNECT-KILLS)",
+    F.MID_STREAM_CANCELLATION_IGNORED: "the property-based phase is not run under the real runtime",
+    F.SCHEDULE_FAILED: "the property-based phase is not run under the real runtime",
+}
+"""Checks the real runtime does not let the kit make, and why."""
+ABORT_RULES = {"ABORT-ONCE": F.ABORT_CALLED_TWICE, "ABORT-NEEDS-CANCEL": F.ABORT_ON_CLEAN_COMPLETION,
+               "DECODE-DEFER": F.ABORT_BEFORE_FIRST_TOKEN}
+"""The abort rules ``trace`` infers from the engine's side, and the checks that report them."""
+PROBE_OF: dict[Failure, str] = {
+    **{failure: "plain" for failure in (F.GENERATE_FAILED, F.NO_CHUNKS_YIELDED, F.STREAM_YIELDED_ERROR,
+                                        F.CHUNK_AFTER_TERMINAL, F.NO_TERMINAL_CHUNK, F.COMPLETION_TOKENS_MISMATCH,
+                                        F.ENCODE_CHUNK_COUNT, F.ENCODE_TERMINAL_EXPECTED, F.ENCODE_TOKENS_NOT_EMPTY,
+                                        F.ENCODE_USAGE_MISMATCH, F.ENCODER_RESULT_EXPECTED_OBJECT)},
+    F.CONCURRENT_GENERATE_FAILED: "concurrent",
+    F.CANCELLATION_NOT_OBSERVED: "cancel",
+    F.CANCELLATION_IGNORED: "cancel",
+    F.ABORT_FAILED: "stop",
+    F.ABORTED_STREAM_NOT_ENDED: "stop",
+    F.KILL_NOT_HANDLED_LIKE_STOP: "leave",
+    F.CANCELLATION_LEAKED: "leak",
+    F.ABORT_BEFORE_FIRST_TOKEN: "early-stop",
+}
+"""The probe whose time a check reports (checks judged from the whole run or the lifecycle report none)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeOptions:
+    engine: str
+    """ENGINE as the user wrote it (module:attribute); the worker process imports it too."""
+    engine_args: str | None
+    mode: Mode | None
+    cancel_deadline: float
+    start_timeout: float
+    stream_timeout: float
+    cleanup_timeout: float
+    log_path: Path
+    verbose: bool = False
+
+
+@dataclasses.dataclass
+class RuntimeRun:
+    report: ConformanceReport
+    log_path: Path
+    engine_lines: list[str]
+    """Every line the recorder wrote in the checked worker: an engine-side trace ``trace`` checks."""
+
+
+async def resolve(factory: EngineFactory, options: RuntimeOptions) -> Mode:
+    """Build the engine here once (never started) to catch bad input before any worker starts, and
+    to learn the mode it serves.  Raises EngineFactoryError."""
+    built = engine_factory(factory, options.engine_args, options.engine)
+    engine = await make_engine(built, options.engine)
+    return resolve_mode(options.mode, declared_mode(built, engine), options.engine)
+
+
+async def run_runtime_conformance(factory: EngineFactory, options: RuntimeOptions) -> RuntimeRun:
+    """The kit's report on ``factory`` (the loaded ENGINE) served by Dynamo's Worker.  Raises
+    EngineFactoryError for an engine that cannot be built, RuntimeUnavailable without Dynamo."""
+    started = time.perf_counter()
+    mode = await resolve(factory, options)
+    judged = _Judged(mode)
+    shape = RequestShape(mode)
+    lines: list[str] = []
+    async with RuntimeSession(options.engine, options.engine_args, options.log_path, options.verbose) as session:
+        if mode is Mode.DECODE:
+            shape = await _prefill_handoff(session, options)
+        starting = time.perf_counter()
+        try:
+            try:
+                worker, client = await session.start(mode, options.start_timeout)
+            finally:
+                start_seconds = time.perf_counter() - starting
+        except RuntimeUnavailable as error:
+            worker = session.workers[-1]
+            worker.stop()
+            judged.start_failed(str(error))
+        else:
+            shape = dataclasses.replace(shape, model=_served_model(worker) or shape.model)
+            runs, took = await _probe(worker, client, session.core, shape, options)
+            await _settle(worker, _names(runs), options)
+            worker.stop(options.cleanup_timeout)  # the Worker's shutdown runs the engine's cleanup
+            lines = worker.request_lines()
+            judged.serving(worker, runs, by_request(lines), shape, options)
+            judged.took = {failure: took.get(probe, 0.0) for failure, probe in PROBE_OF.items()}
+        # The worker's start: the process, Dynamo's runtime, the engine's build and start(), its registration.
+        judged.took[F.START_FAILED] = judged.took[F.EMPTY_MODEL_IN_CONFIG] = start_seconds
+        judged.cleanup(worker)
+    ordered = [judged.result(spec) for spec in CHECKS]
+    requests = f"{shape.describe()}; served by Dynamo's Worker on 127.0.0.1"
+    report = ConformanceReport(options.engine.strip(), mode, ordered, time.perf_counter() - started, requests)
+    return RuntimeRun(report, options.log_path, lines)
+
+
+def _served_model(worker: RuntimeWorker) -> str | None:
+    for record in worker.lifecycle():
+        if record.get("event") == "started":
+            model = record.get("model")
+            return model if isinstance(model, str) and model.strip() else None
+    return None
+
+
+async def _prefill_handoff(session: RuntimeSession, options: RuntimeOptions) -> RequestShape:
+    """A decode request carries the prefill worker's hand-off: with engine arguments naming the mode,
+    one prefill request is served by the same engine in prefill mode (the run's first worker start)."""
+    argv = list(split_engine_args(options.engine_args))
+    prefill_args = _with_prefill(argv)
+    if prefill_args is None:
+        return RequestShape(Mode.DECODE, prefill_source="synthetic (the engine arguments name no mode)")
+    try:
+        worker, client = await session.start(Mode.PREFILL, options.start_timeout, shlex.join(prefill_args))
+    except RuntimeUnavailable:
+        session.workers[-1].stop()
+        return RequestShape(Mode.DECODE, prefill_source="synthetic (the prefill worker did not start)")
+    model = _served_model(worker)
+    request = RequestShape(Mode.PREFILL, model or RequestShape(Mode.PREFILL).model).request(PLAIN_MAX_TOKENS)
+    run = await send(client, session.core, Plan("conform-prefill-handoff", request), options.stream_timeout)
+    worker.stop()
+    terminal = run.terminal()
+    params = terminal.get("disaggregated_params") if terminal is not None else None
+    if not isinstance(params, dict):
+        return RequestShape(Mode.DECODE, prefill_source="synthetic (the prefill run gave no hand-off)")
+    return RequestShape(Mode.DECODE, prefill_result={"disaggregated_params": params},
+                        prefill_source="from a prefill worker of the same engine")
+
+
+def _with_prefill(argv: list[str]) -> list[str] | None:
+    for position, arg in enumerate(argv):
+        if arg == DISAGGREGATION_MODE_FLAG and position + 1 < len(argv):
+            return [*argv[: position + 1], Mode.PREFILL.value, *argv[position + 2 :]]
+        if arg.startswith(DISAGGREGATION_MODE_FLAG + "="):
+            return [*argv[:position], f"{DISAGGREGATION_MODE_FLAG}={Mode.PREFILL.value}", *argv[position + 1 :]]
+    return None
+
+
+Runs = dict[str, Any]
+"""Probe name -> its ClientRun, or a list of them for the concurrent probes."""
+
+
+async def _cancel_probe(worker: RuntimeWorker, client: Any, core: Any, shape: RequestShape,
+                        timeout: float) -> ClientRun:
+    """A request stopped before any item, as the kit stops it before its first read (a stop sent once the
+    stream is open could reach a one-chunk engine after it finished).  The runtime may drop a request
+    stopped before it was sent without calling the engine; then one stopped right after its stream opened."""
+    early = await send(client, core, Plan("conform-cancel", shape.request(CANCEL_MAX_TOKENS), "stop", -1),
+                       timeout)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + REACH_TIMEOUT
+    while loop.time() < deadline:
+        if early.name in by_request(worker.request_lines()):
+            return early
+        await asyncio.sleep(0.02)
+    return await send(client, core, Plan("conform-cancel-open", shape.request(CANCEL_MAX_TOKENS), "stop", 0),
+                      timeout)
+
+
+async def _probe(worker: RuntimeWorker, client: Any, core: Any, shape: RequestShape,
+                 options: RuntimeOptions) -> tuple[Runs, dict[str, float]]:
+    """The kit's probes, one after another (each bounded), as a client of the worker sends them; and the
+    seconds each took, client side."""
+    timeout = options.stream_timeout
+    one_chunk = shape.mode in (Mode.PREFILL, Mode.ENCODE)
+    live = 0 if one_chunk else 1
+    """Items a client waits for before acting on a live stream (a one-chunk stream has none to wait for)."""
+    took: dict[str, float] = {}
+
+    async def timed(probe: str, work: Awaitable[T]) -> T:
+        started = time.perf_counter()
+        try:
+            return await work
+        finally:
+            took[probe] = time.perf_counter() - started
+
+    runs: Runs = {
+        "plain": await timed("plain", send(client, core, Plan("conform-plain", shape.request(PLAIN_MAX_TOKENS)),
+                                           timeout)),
+        "concurrent": await timed("concurrent", send_all(client, core, [
+            Plan(f"conform-concurrent-{n}", shape.request(PLAIN_MAX_TOKENS)) for n in range(1, CONCURRENT + 1)
+        ], timeout)),
+        "cancel": await timed("cancel", _cancel_probe(worker, client, core, shape, timeout)),
+        "stop": await timed("stop", send(client, core, Plan("conform-stop", shape.request(CANCEL_MAX_TOKENS),
+                                                            "stop", live), timeout)),
+        "leave": await timed("leave", send(client, core, Plan("conform-leave", shape.request(CANCEL_MAX_TOKENS),
+                                                              "leave", live), timeout)),
+        "leak": await timed("leak", send_all(client, core, [
+            Plan("conform-leak-1", shape.request(CANCEL_MAX_TOKENS), "stop", live),
+            *(Plan(f"conform-leak-{n}", shape.request(PLAIN_MAX_TOKENS)) for n in range(2, CONCURRENT + 1)),
+        ], timeout)),
+    }
+    if shape.mode is Mode.DECODE:
+        runs["early-stop"] = await timed("early-stop", send(
+            client, core, Plan("conform-early-stop", shape.request(CANCEL_MAX_TOKENS), "stop", -1), timeout))
+    return runs, took
+
+
+def _names(runs: Runs) -> list[str]:
+    return [one.name for run in runs.values() for one in (run if isinstance(run, list) else [run])]
+
+
+async def _settle(worker: RuntimeWorker, names: Sequence[str], options: RuntimeOptions) -> None:
+    """Wait (bounded) until the engine's side of every probe has ended: the client's side ends first."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + options.cancel_deadline + SETTLE_GRACE
+    while loop.time() < deadline and worker.exit_status() is None:
+        seen = by_request(worker.request_lines())
+        if all(name in seen and seen[name].ending() is not None for name in names):
+            return
+        await asyncio.sleep(0.02)
+
+
+class _Judged:
+    """The verdicts of one run, then the results in the kit's terms."""
+
+    def __init__(self, mode: Mode) -> None:
+        self.mode = mode
+        self.verdicts: Verdicts = {}
+        self.reasons: dict[Failure, str] = dict(NOT_OFFERED)
+        self.results: dict[Failure, CheckResult] = {}
+        self.took: dict[Failure, float] = {}
+        """Seconds of the probe that judged each check."""
+
+    def not_judged(self, failure: Failure, why: str) -> None:
+        self.verdicts.pop(failure, None)
+        self.reasons[failure] = why
+
+    def start_failed(self, why: str) -> None:
+        self.verdicts[F.START_FAILED] = why
+
+    def serving(self, worker: RuntimeWorker, runs: Runs, engine: dict[str, EngineRequest], shape: RequestShape,
+                options: RuntimeOptions) -> None:
+        verdicts = self.verdicts
+        started = next((r for r in worker.lifecycle() if r.get("event") == "started"), None)
+        verdicts[F.START_FAILED] = None
+        model = started.get("model") if started is not None else None
+        verdicts[F.EMPTY_MODEL_IN_CONFIG] = (
+            None if isinstance(model, str) and model.strip()
+            else f"start returned a config whose model is {model!r}; set it to the served model's name"
+        )
+        side = _Sides(runs, engine)
+        verdicts.update(_plain(side, shape))
+        verdicts[F.CONCURRENT_GENERATE_FAILED] = _concurrent(side)
+        verdicts.update(_cancellation(side, options.cancel_deadline))
+        if F.CANCELLATION_IGNORED not in verdicts:
+            self.not_judged(F.CANCELLATION_IGNORED, "the stream ended before the engine could act on the client's "
+                                                    "stop (it was making its last item)")
+        verdicts[F.ABORT_FAILED] = _abort_failed(engine)
+        verdicts[F.MALFORMED_CHUNK] = _malformed(engine)
+        unread = "the runtime stopped reading the stream after the {} before it ended, so how it ends is not shown"
+        for failure, probe, how in ((F.ABORTED_STREAM_NOT_ENDED, "stop", "stopped and aborted"),
+                                    (F.KILL_NOT_HANDLED_LIKE_STOP, "leave", "killed (its client left)")):
+            stream = side.engine(probe)
+            if _left_unread(stream) and stream.token_after_cancel() is None:
+                self.not_judged(failure, unread.format("kill" if probe == "leave" else "stop"))
+            else:
+                verdicts[failure] = _ends_cancelled(stream, how)
+        if F.CANCELLATION_NOT_OBSERVED not in verdicts:
+            self.not_judged(F.CANCELLATION_NOT_OBSERVED, unread.format("stop"))
+            self.not_judged(F.CANCELLATION_IGNORED, unread.format("stop"))
+        verdicts.update(_abort_rules(worker.request_lines()))
+        verdicts[F.CANCELLATION_LEAKED] = _leak(side)
+        verdicts[F.LIFECYCLE_ORDER_VIOLATED] = _lifecycle_order(worker, engine)
+
+    def cleanup(self, worker: RuntimeWorker) -> None:
+        events = [r.get("event") for r in worker.lifecycle()]
+        if "start" not in events:
+            self.reasons[F.CLEANUP_FAILED] = "start() was never called, so the Worker does not clean up"
+            return
+        raised = next((r for r in worker.lifecycle() if r.get("event") == "cleanup_raised"), None)
+        if raised is not None:
+            self.verdicts[F.CLEANUP_FAILED] = f"raised {raised.get('error')} when the Worker shut down"
+        elif "cleaned_up" in events:
+            self.verdicts[F.CLEANUP_FAILED] = None
+        elif "cleanup" in events:
+            self.verdicts[F.CLEANUP_FAILED] = "cleanup did not return before the worker had to be killed"
+        else:
+            self.verdicts[F.CLEANUP_FAILED] = "the Worker's shutdown never reached cleanup()"
+
+    def result(self, spec: CheckSpec) -> CheckResult:
+        def made(status: CheckStatus, reason: str = "", blocked: tuple[Failure, ...] = ()) -> CheckResult:
+            seconds = self.took.get(spec.failure, 0.0) if status is not CheckStatus.SKIPPED else 0.0
+            found = CheckResult(spec.failure, spec.title, status, one_line(reason), seconds, blocked, spec.upstream)
+            self.results[spec.failure] = found
+            return found
+
+        if spec.only_in is not None and self.mode is not spec.only_in:
+            return made(CheckStatus.SKIPPED, f"skipped: applies to {spec.only_in.value} mode only "
+                                             f"(checking {self.mode.value})")
+        if spec.not_in is not None and self.mode is spec.not_in:
+            return made(CheckStatus.SKIPPED, f"skipped: does not apply to {spec.not_in.value} mode")
+        if spec.failure in NOT_OFFERED:
+            return made(CheckStatus.SKIPPED, f"skipped under --runtime dynamo: {NOT_OFFERED[spec.failure]}; "
+                                             "run without --runtime to check it")
+        blockers = self._blockers(spec)
+        if blockers:
+            names = ", ".join(blockers)
+            return made(CheckStatus.SKIPPED, f"skipped: {names} failed; fix {'it' if len(blockers) == 1 else 'those'}"
+                                             " first", blockers)
+        if spec.failure not in self.verdicts:
+            return made(CheckStatus.SKIPPED, f"skipped: {self.reasons.get(spec.failure, 'not judged in this run')}")
+        problem = self.verdicts[spec.failure]
+        return made(CheckStatus.PASSED) if problem is None else made(CheckStatus.FAILED, problem)
+
+    def _blockers(self, spec: CheckSpec) -> tuple[Failure, ...]:
+        blocking: list[Failure] = []
+        for needed in spec.requires:
+            result = self.results.get(needed) or self.result(SPECS[needed])
+            if result.failed:
+                blocking += [needed] if needed not in blocking else []
+            elif result.skipped:
+                blocking += [root for root in result.blocked_by if root not in blocking]
+        return tuple(blocking)
+
+
+class _Sides:
+    """Each probe request's two sides: what its client saw and what its engine's side recorded."""
+
+    def __init__(self, runs: Runs, engine: dict[str, EngineRequest]) -> None:
+        self.runs = runs
+        self._engine = engine
+
+    def client(self, probe: str) -> ClientRun:
+        run = self.runs[probe]
+        assert isinstance(run, ClientRun)
+        return run
+
+    def engine(self, probe_or_name: str) -> EngineRequest:
+        name = self.client(probe_or_name).name if probe_or_name in self.runs else probe_or_name
+        return self._engine.get(name) or EngineRequest(name)
+
+
+def _plain(side: _Sides, shape: RequestShape) -> Verdicts:
+    client, engine = side.client("plain"), side.engine("plain")
+    failed = engine.first("engine.setup_failed")
+    if failed is not None or client.end == "setup_error":
+        why = failed.get("error") if failed is not None else client.error
+        return {F.GENERATE_FAILED: f"generate raised {why} before any stream existed"}
+    if not engine.lines:
+        return {F.GENERATE_FAILED: f"the request never reached the engine (client: {client.error or client.end})"}
+    verdicts: Verdicts = {F.GENERATE_FAILED: None}
+    items = engine.items()
+    raised = engine.first("engine.raise")
+    if not items and raised is None:
+        verdicts[F.NO_CHUNKS_YIELDED] = (f"the stream {describe_ending(engine.ending())} without an item; "
+                                         "yield token chunks, then a terminal chunk")
+        return verdicts
+    verdicts[F.NO_CHUNKS_YIELDED] = None
+    verdicts[F.STREAM_YIELDED_ERROR] = (
+        None if raised is None else f"the stream raised {raised.get('error')} (after {len(items)} item(s))"
+    )
+    terminal = engine.terminal_position()
+    if shape.mode is Mode.ENCODE:
+        handoff = client.terminal()
+        verdicts.update(encode_verdicts(items if handoff is None else items[: (terminal or 0) + 1], handoff,
+                                        len(shape.request(PLAIN_MAX_TOKENS)["token_ids"])))
+    if terminal is None:
+        verdicts[F.NO_TERMINAL_CHUNK] = (
+            f"the stream {describe_ending(engine.ending())} after {len(items)} item(s), none with a finish_reason; "
+            "end it with a terminal chunk (e.g. finish_reason 'length')"
+        )
+        verdicts[F.CHUNK_AFTER_TERMINAL] = None
+        return verdicts
+    verdicts[F.NO_TERMINAL_CHUNK] = None
+    after = items[terminal + 1 :]
+    verdicts[F.CHUNK_AFTER_TERMINAL] = (
+        None if not after else f"item #{after[0]['n']} ({after[0]['item']}) came after the terminal (item "
+        f"#{items[terminal]['n']}, {items[terminal]['item']}); end the stream right after it"
+    )
+    if shape.mode is not Mode.ENCODE and client.terminal() is not None:
+        verdicts[F.COMPLETION_TOKENS_MISMATCH] = completion_tokens_problem(list(client.items))
+    elif shape.mode is not Mode.ENCODE:
+        verdicts[F.COMPLETION_TOKENS_MISMATCH] = None
+    return verdicts
+
+
+def _concurrent(side: _Sides) -> str | None:
+    runs: list[ClientRun] = side.runs["concurrent"]
+    problems = [f"{run.name}: {run.error or 'the stream ended without a terminal chunk'}" for run in runs
+                if run.end != "terminal"]
+    if not problems:
+        return None
+    return (f"{len(problems)} of {CONCURRENT} concurrent requests failed (one alone succeeds); first: {problems[0]}")
+
+
+def _cancellation(side: _Sides, deadline: float) -> Verdicts:
+    engine = side.engine("cancel")
+    stop, ending = engine.cancel(), engine.ending()
+    went_on = engine.token_after_cancel()
+    if went_on is not None:
+        return {F.CANCELLATION_NOT_OBSERVED: _went_on("stop", went_on)}
+    if ending is None:
+        if _left_unread(engine):
+            return {}
+        since = "" if stop is None else " of the stop"
+        return {F.CANCELLATION_NOT_OBSERVED: f"the stream did not end within {deadline:g} s{since}; check "
+                                             "context.is_stopped() in the generation loop and end with a "
+                                             "'cancelled' terminal"}
+    if stop is not None and ending["t"] - stop["t"] > deadline:
+        return {F.CANCELLATION_NOT_OBSERVED: f"the stream ended {ending['t'] - stop['t']:.2f} s after the stop "
+                                             f"showed, more than {deadline:g} s; check context.is_stopped() in "
+                                             "the generation loop"}
+    verdicts: Verdicts = {F.CANCELLATION_NOT_OBSERVED: None}
+    if _cancel_raced(engine):
+        return verdicts  # nothing to judge about how it honours a stop
+    if not engine.ended_cancelled():
+        verdicts[F.CANCELLATION_IGNORED] = (f"after the client's stop the stream {describe_ending(ending)} instead "
+                                            "of ending with a 'cancelled' terminal")
+    else:
+        verdicts[F.CANCELLATION_IGNORED] = None
+    return verdicts
+
+
+def _cancel_raced(engine: EngineRequest) -> bool:
+    """Whether the stream ended before its stop or kill could be acted on: it never showed while the stream
+    went on, or showed only while the engine was already producing its last item (a signal seen right after
+    an item may have come in while it was being made: a one-chunk prefill or encode stream meets this)."""
+    return engine.cancel() is None or (not engine.ended_cancelled() and engine.items_after_cancel() == 1
+                                       and engine.first("engine.raise") is None)
+
+
+def _left_unread(engine: EngineRequest) -> bool:
+    """Whether the runtime stopped reading a cancelled stream before it ended: its last read was answered
+    (the recorder notes each read after a stop or kill), so how the engine would have ended is not shown."""
+    return engine.ending() is None and engine.cancel() is not None and engine.lines[-1]["obs"] != "engine.read"
+
+
+def _went_on(signal: str, item: dict[str, Any]) -> str:
+    return (f"after the {signal} showed, the engine answered the runtime's next read with item #{item['n']} "
+            f"({item['item']}) instead of a 'cancelled' terminal (Dynamo then stops reading a cancelled stream); "
+            "check context.is_stopped() before every token")
+
+
+def _ends_cancelled(engine: EngineRequest, how: str) -> str | None:
+    went_on = engine.token_after_cancel()
+    if went_on is not None:
+        return _went_on("kill" if "killed" in how else "stop", went_on)
+    if engine.ended_cancelled() or _cancel_raced(engine):
+        return None
+    return f"a stream {how} {describe_ending(engine.ending())} instead of ending with a 'cancelled' terminal"
+
+
+def _abort_failed(engine: dict[str, EngineRequest]) -> str | None:
+    for request in engine.values():
+        raised = request.first("engine.abort_raised")
+        if raised is not None:
+            return (f"abort({request.name}) raised {raised.get('error')} (Dynamo's adapter swallows it); "
+                    "release the request's resources without raising")
+    return None
+
+
+def _malformed(engine: dict[str, EngineRequest]) -> str | None:
+    for request in engine.values():
+        for item in request.items():
+            if item["item"] == "malformed":
+                return f"{request.name}: item #{item['n']} is not a well-formed chunk for the mode"
+    return None
+
+
+def _abort_rules(lines: list[str]) -> Verdicts:
+    """ABORT-ONCE, ABORT-NEEDS-CANCEL and DECODE-DEFER, as ``trace`` infers them from the engine's side."""
+    found: dict[Failure, str] = {}
+
+    def heard(summary: RequestSummary) -> None:
+        divergence = summary.divergence
+        failure = ABORT_RULES.get(divergence.rule or "") if divergence is not None else None
+        if divergence is not None and failure is not None and failure not in found:
+            found[failure] = (f"{summary.request}: line {divergence.line}: {divergence.reason} "
+                              f"(rule {divergence.rule})")
+
+    checker = TraceChecker(on_request=heard)
+    for number, text in enumerate(lines, start=1):
+        checker.feed(number, text)
+    checker.report()
+    return {failure: found.get(failure) for failure in ABORT_RULES.values()}
+
+
+def _leak(side: _Sides) -> str | None:
+    runs: list[ClientRun] = side.runs["leak"]
+    for run in runs[1:]:
+        engine = side.engine(run.name)
+        if run.end != "terminal":
+            return f"{run.name}, never stopped, {run.error or 'ended without a terminal'} while another was stopped"
+        if engine.count("engine.abort"):
+            return f"{run.name}, never stopped, was aborted when another request was stopped"
+    return None
+
+
+def _lifecycle_order(worker: RuntimeWorker, engine: dict[str, EngineRequest]) -> str | None:
+    life = worker.lifecycle()
+    started = next((r["t"] for r in life if r.get("event") == "started"), None)
+    cleanup = next((r["t"] for r in life if r.get("event") == "cleanup"), None)
+    first = min((request.lines[0]["t"] for request in engine.values() if request.lines), default=None)
+    last = max((line["t"] for request in engine.values() for line in request.lines), default=None)
+    if first is not None and (started is None or first < started):
+        return "a request reached generate before start() returned"
+    if cleanup is not None and last is not None and last > cleanup:
+        return "the engine was still called after cleanup() began"
+    return None

@@ -1,0 +1,106 @@
+"""Reading the recorder's lines of one run back: per request, what the engine yielded and how it ended."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable
+from typing import Any
+
+ENDINGS = frozenset({"engine.end", "engine.raise", "engine.close", "engine.cancel", "engine.interrupt",
+                     "engine.setup_failed"})
+
+
+@dataclasses.dataclass
+class EngineRequest:
+    """One request as the engine's side recorded it."""
+
+    name: str
+    lines: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def items(self) -> list[dict[str, Any]]:
+        return [line for line in self.lines if line["obs"] == "engine.item"]
+
+    def terminal_position(self) -> int | None:
+        """The index in :meth:`items` of the first terminal item."""
+        return next((i for i, line in enumerate(self.items()) if _is_terminal(line)), None)
+
+    def first(self, obs: str) -> dict[str, Any] | None:
+        return next((line for line in self.lines if line["obs"] == obs), None)
+
+    def count(self, obs: str) -> int:
+        return sum(1 for line in self.lines if line["obs"] == obs)
+
+    def ending(self) -> dict[str, Any] | None:
+        """The line that ended the stream: its first terminal item, else how it ended, else None (still open)."""
+        for line in self.lines:
+            if (line["obs"] == "engine.item" and _is_terminal(line)) or line["obs"] in ENDINGS:
+                return line
+        return None
+
+    def cancel(self) -> dict[str, Any] | None:
+        """The first stop or kill the context showed while the stream was still going (None if it ended first)."""
+        for line in self.lines:
+            if line["obs"] in ("context.stop", "context.kill"):
+                return line
+            if line is self.ending():
+                return None
+        return None
+
+
+    def items_after_cancel(self) -> int:
+        """Items the engine yielded after its context first showed a stop or kill, the last one included."""
+        cancel = self.cancel()
+        if cancel is None:
+            return 0
+        after = self.lines[self.lines.index(cancel) + 1 :]
+        return sum(1 for line in after if line["obs"] == "engine.item")
+
+    def token_after_cancel(self) -> dict[str, Any] | None:
+        """The first item the engine gave, not a terminal, in answer to a read the runtime began after the
+        stop or kill showed (the recorder notes those reads): the engine went on instead of ending."""
+        cancel = self.cancel()
+        if cancel is None:
+            return None
+        asked = False
+        for line in self.lines[self.lines.index(cancel) + 1 :]:
+            if line["obs"] == "engine.read":
+                asked = True
+            elif line["obs"] == "engine.item":
+                if asked and not _is_terminal(line):
+                    return line
+                asked = False
+        return None
+
+    def ended_cancelled(self) -> bool:
+        ending = self.ending()
+        return ending is not None and ending["obs"] == "engine.item" and ending["item"].startswith("terminal:cancelled")
+
+
+def _is_terminal(line: dict[str, Any]) -> bool:
+    return str(line.get("item", "")).startswith("terminal")
+
+
+def describe_ending(line: dict[str, Any] | None) -> str:
+    if line is None:
+        return "had not ended"
+    if line["obs"] == "engine.item":
+        return f"ended with {line['item']} (item #{line['n']})"
+    if line["obs"] == "engine.raise":
+        return f"raised {line.get('error', 'an error')}"
+    said: str = {"engine.end": "ran out without a terminal", "engine.close": "was closed by the runtime",
+            "engine.cancel": "had its read cancelled by the runtime", "engine.interrupt": "was interrupted",
+            "engine.setup_failed": "never started (generate failed)"}.get(line["obs"], str(line["obs"]))
+    return said
+
+
+def by_request(lines: Iterable[str]) -> dict[str, EngineRequest]:
+    found: dict[str, EngineRequest] = {}
+    for text in lines:
+        try:
+            line = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(line, dict) and isinstance(line.get("request"), str) and isinstance(line.get("obs"), str):
+            found.setdefault(line["request"], EngineRequest(line["request"])).lines.append(line)
+    return found

@@ -1,0 +1,97 @@
+"""Engines written against Dynamo's real API (``LLMEngine``, ``from_args``), each with one fault.
+
+``TinyEngine`` conforms; each subclass breaks one thing (marked ``BUG``), one per
+fault class the kit must name the same way with and without ``--runtime dynamo``.
+Importing this module needs Dynamo's packages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from dynamo._core import Context
+from dynamo.common.backend.engine import EngineConfig, GenerateChunk, GenerateRequest, LLMEngine
+from dynamo.common.backend.worker import WorkerConfig
+from dynamo.common.constants import DisaggregationMode
+
+MODEL = "tiny-model"
+STEP = 0.002
+"""Seconds per token."""
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+class TinyEngine(LLMEngine):
+    """Streams ``max_tokens`` tokens, checking for a stop before each; ends with one terminal."""
+
+    def __init__(self, mode: DisaggregationMode) -> None:
+        self.disaggregation_mode = mode
+
+    @classmethod
+    async def from_args(cls, argv: list[str] | None = None) -> tuple[TinyEngine, Any]:
+        parser = argparse.ArgumentParser(prog="tiny-engine")
+        parser.add_argument("--disaggregation-mode", choices=["agg"], default="agg")
+        args = parser.parse_args(argv)
+        mode = DisaggregationMode(args.disaggregation_mode)
+        return cls(mode), WorkerConfig(namespace="tiny", component="tiny", model_name=MODEL,
+                                       disaggregation_mode=mode)
+
+    async def start(self, worker_id: int) -> EngineConfig:
+        return EngineConfig(model=MODEL)
+
+    async def generate(self, request: GenerateRequest, context: Context) -> AsyncGenerator[GenerateChunk, None]:
+        prompt = len(request["token_ids"])
+        limit = (request.get("stop_conditions") or {}).get("max_tokens") or 8
+        for produced in range(limit):
+            if self.notices_stop(context):
+                yield {"token_ids": [], "index": 0, "finish_reason": "cancelled",
+                       "completion_usage": _usage(prompt, produced)}
+                return
+            await asyncio.sleep(STEP)
+            if produced == limit - 1:
+                yield {"token_ids": [produced], "index": 0, "finish_reason": "length",
+                       "completion_usage": _usage(prompt, limit)}
+                async for extra in self.after_terminal():
+                    yield extra
+                return
+            yield {"token_ids": [produced], "index": 0}
+
+    def notices_stop(self, context: Context) -> bool:
+        return context.is_stopped()
+
+    async def after_terminal(self) -> AsyncGenerator[GenerateChunk, None]:
+        return
+        yield {}
+
+    async def cleanup(self) -> None:
+        return None
+
+
+class IgnoresStops(TinyEngine):
+    def notices_stop(self, context: Context) -> bool:
+        return False  # BUG: never looks at the context, so a stopped request runs to its end
+
+
+class AbortRaises(TinyEngine):
+    async def abort(self, context: Context) -> None:
+        raise RuntimeError("abort: lost track of the request")  # BUG: abort must not raise
+
+
+class ChunkAfterTerminal(TinyEngine):
+    async def after_terminal(self) -> AsyncGenerator[GenerateChunk, None]:
+        yield {"token_ids": [99], "index": 0}  # BUG: an item after the terminal
+
+
+class NoTerminal(TinyEngine):
+    async def generate(self, request: GenerateRequest, context: Context) -> AsyncGenerator[GenerateChunk, None]:
+        limit = (request.get("stop_conditions") or {}).get("max_tokens") or 8
+        for produced in range(limit):
+            if context.is_stopped():
+                break
+            await asyncio.sleep(STEP)
+            yield {"token_ids": [produced], "index": 0}  # BUG: the last chunk carries no finish_reason

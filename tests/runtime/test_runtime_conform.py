@@ -1,0 +1,117 @@
+"""``conform ENGINE --runtime dynamo``: Dynamo's SampleLLMEngine passes in every mode under Dynamo's real
+Worker, quietly and leaving nothing running; broken engines fail the same checks as in a default run.
+
+These need Dynamo's packages (skipped outside CI when absent, failed in CI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from dynamo_backend_protocol.reference.conformance import run_conformance
+from dynamo_backend_protocol.reference.conformance.target import load_engine_factory
+from optional_tools import require_dynamo
+
+SAMPLE = "dynamo.common.backend.sample_engine:SampleLLMEngine"
+HERE = Path(__file__).parent
+WAIT = 180.0
+"""Seconds one command may take (it bounds its own waits far below this)."""
+
+
+def _conform(*args: str, log: Path) -> tuple[int, subprocess.CompletedProcess[str]]:
+    """The command's process id (its workers' namespaces carry it) and what it did."""
+    command = [sys.executable, "-m", "dynamo_backend_protocol", "conform", *args, "--runtime", "dynamo",
+               "--runtime-log", str(log)]
+    with subprocess.Popen(command, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        try:
+            out, err = process.communicate(timeout=WAIT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    return process.pid, subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+def _workers_of(pid: int) -> list[str]:
+    """Command lines of worker processes a run with process id ``pid`` started that are still alive."""
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "runtime.worker_entry" in command and "--namespace dbpruntime" in command and f"{pid}n" in command:
+            alive.append(command)
+    return alive
+
+
+@pytest.mark.parametrize("mode", ["agg", "prefill", "decode", "encode"])
+def test_sample_llm_engine_conforms_under_dynamos_worker_quietly_leaving_nothing_running(
+    mode: str, tmp_path: Path
+) -> None:
+    require_dynamo()
+    log = tmp_path / "runtime.log"
+    pid, done = _conform(SAMPLE, "--engine-args", f"--disaggregation-mode {mode}", "--json", log=log)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads(done.stdout)  # nothing but the report on stdout
+    assert report["ok"] and report["mode"] == mode and report["runtime"] == "dynamo"
+    assert report["runtime_log"] == str(log)
+    assert done.stderr == ""  # no runtime log line on the terminal...
+    assert "dynamo_runtime" in log.read_text(encoding="utf-8", errors="replace")  # ...they are in the file
+    judged = {check["failure"] for check in report["checks"] if check["status"] == "passed"}
+    assert {"StartFailed", "NoTerminalChunk", "ConcurrentGenerateFailed", "CancellationNotObserved",
+            "AbortCalledTwice", "KillNotHandledLikeStop", "CleanupFailed"} <= judged
+    if mode == "decode":
+        assert "from a prefill worker of the same engine" in report["requests"]
+        assert "AbortBeforeFirstToken" in judged
+    if mode == "encode":
+        assert "EncoderResultExpectedObject" in judged
+    assert _workers_of(pid) == []  # the run's workers (their namespace carries its pid) are gone
+
+
+BROKEN = [
+    ("IgnoresStops", "CancellationNotObserved"),
+    ("AbortRaises", "AbortFailed"),
+    ("ChunkAfterTerminal", "ChunkAfterTerminal"),
+    ("NoTerminal", "NoTerminalChunk"),
+]
+
+
+@pytest.mark.parametrize(("engine", "failure"), BROKEN, ids=[engine for engine, _ in BROKEN])
+def test_a_broken_engine_fails_the_same_checks_with_and_without_the_real_runtime(
+    engine: str, failure: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_dynamo()
+    reference = f"broken_dynamo_engines:{engine}"
+    monkeypatch.chdir(HERE)
+    default = asyncio.run(run_conformance(load_engine_factory(reference), engine_args="--disaggregation-mode agg",
+                                          examples=0, label=reference))
+    _, done = _conform(reference, "--engine-args", "--disaggregation-mode agg", "--json", log=tmp_path / "log")
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    under_dynamo = {check["failure"] for check in json.loads(done.stdout)["checks"] if check["status"] == "failed"}
+    assert under_dynamo == {str(result.failure) for result in default.failures()} == {failure}
+
+
+def test_ctrl_c_ends_the_workers_by_pid_and_gives_the_terminal_back(tmp_path: Path) -> None:
+    require_dynamo()
+    command = [sys.executable, "-m", "dynamo_backend_protocol", "conform", "broken_dynamo_engines:IgnoresStops",
+               "--runtime", "dynamo", "--runtime-log", str(tmp_path / "log")]
+    with subprocess.Popen(command, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        deadline = time.monotonic() + WAIT
+        while not _workers_of(process.pid) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _workers_of(process.pid), "the run never started its worker"
+        time.sleep(0.5)  # into the probes
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=WAIT)
+    assert process.returncode == 130
+    assert err == "interrupted\n" and out == ""
+    assert _workers_of(process.pid) == []
