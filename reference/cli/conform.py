@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import functools
 import json
 import logging
+import os
 import sys
-from collections.abc import Coroutine
-from typing import TypeVar
 
 from dynamo_backend_protocol.model import Mode
 from dynamo_backend_protocol.reference.cli.support import Subparsers, UsageError, add_mode_option, parse_mode
@@ -22,12 +20,13 @@ from dynamo_backend_protocol.reference.conformance.kit import (
     DEFAULT_STREAM_TIMEOUT,
 )
 from dynamo_backend_protocol.reference.conformance.progress import LinePrinter, live_display
+from dynamo_backend_protocol.reference.conformance.run_loop import Interrupted, Outcome, run_abandoning
 from dynamo_backend_protocol.reference.conformance.sample_engine import SampleEngine
 from dynamo_backend_protocol.reference.conformance.session import EngineFactory, EngineFactoryError
 from dynamo_backend_protocol.reference.conformance.target import load_engine_factory
+from dynamo_backend_protocol.reference.conformance.watchdog import MAX_SECONDS
 from dynamo_backend_protocol.reference.traces.writer import JsonlTraceWriter
 
-T = TypeVar("T")
 BUNDLED = "dynamo_backend_protocol.reference.conformance.sample_engine:SampleEngine"
 
 
@@ -74,6 +73,8 @@ def _positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text!r}")
+    if not value <= MAX_SECONDS:  # inf, nan, or past what the clocks can add (OverflowError)
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SECONDS:g} seconds (a week), got {text!r}")
     return value
 
 
@@ -106,35 +107,42 @@ def run(args: argparse.Namespace) -> int:
         at_the_end = args.json or args.quiet
         with contextlib.nullcontext(None) if at_the_end else _display() as events:
             try:
-                report = asyncio.run(_quietly_interruptible(run_conformance(
+                report, outcome = run_abandoning(run_conformance(
                     factory, mode=mode, engine_args=args.engine_args, cancel_deadline=args.cancel_deadline,
                     examples=args.examples, start_timeout=args.start_timeout, cleanup_timeout=args.cleanup_timeout,
                     stream_timeout=args.stream_timeout, trace_sink=sink, label=label, events=events,
-                )))
+                ))
             except EngineFactoryError as error:
                 raise UsageError(str(error)) from None
+            except Interrupted as interrupted:
+                _end_now_if_abandoned(interrupted.outcome, "interrupted", 130)
+                raise KeyboardInterrupt from None
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
         print(report.render() if args.quiet else report.render_ending())
-    return 0 if report.ok else 1
+    code = 0 if report.ok else 1
+    _end_now_if_abandoned(outcome, None, code)
+    return code
+
+
+def _end_now_if_abandoned(outcome: Outcome, line: str | None, code: int) -> None:
+    """Engine threads the run could not stop would hold the process at exit (Python joins them): the run
+    is over and its output written, so the process ends here instead, without waiting for them."""
+    if not outcome.must_not_wait:
+        return
+    if line is not None:
+        print(line, file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def _display() -> contextlib.AbstractContextManager[LinePrinter]:
     if sys.stdout.isatty():
         return live_display(sys.stdout)
     return contextlib.nullcontext(LinePrinter(sys.stdout))
-
-
-async def _quietly_interruptible(work: Coroutine[object, object, T]) -> T:
-    """``work``, where a Ctrl-C leaves no noise: what the interrupted engine's tasks and generators raise
-    while the loop shuts down is not the user's business (the CLI prints one line and exits 130)."""
-    loop = asyncio.get_running_loop()
-    try:
-        return await work
-    except asyncio.CancelledError:
-        loop.set_exception_handler(lambda _loop, _context: None)
-        raise
 
 
 def _load(reference: str) -> EngineFactory:
