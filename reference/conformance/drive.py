@@ -21,6 +21,7 @@ from dynamo_backend_protocol.model import DynamoError, FinishReason, Mode, Step
 from dynamo_backend_protocol.model.chunks import finish_reason_meaning
 from dynamo_backend_protocol.reference.adapter import EngineAdapter, ResponseStream, TraceSink
 from dynamo_backend_protocol.reference.annotated import Annotated
+from dynamo_backend_protocol.reference.conformance.kept import kept_annotated
 from dynamo_backend_protocol.reference.conformance.recording import RecordingEngine, RequestLog
 from dynamo_backend_protocol.reference.conformance.watchdog import within
 from dynamo_backend_protocol.reference.context import Context
@@ -288,7 +289,7 @@ class _Client:
                 self.run.ending = Ending.TIMED_OUT
                 await self.stream.aclose()
                 break
-            self.run.received.append(item)
+            self.run.received.append(kept_annotated(item))  # what judges it, not its payload
 
 
 def _ending_of(received: list[Annotated]) -> Ending:

@@ -35,6 +35,7 @@ from dynamo_backend_protocol.model.lifecycle import (
     LifecycleMachine,
     LifecycleViolation,
 )
+from dynamo_backend_protocol.reference.conformance.kept import kept
 from dynamo_backend_protocol.reference.context import Context, Signal
 from dynamo_backend_protocol.reference.engine import start_engine
 
@@ -148,7 +149,8 @@ class RecordedStream:
 
     async def __anext__(self) -> Any:
         item = await self.inner.__anext__()
-        self._log.items.append(ItemSeen(self._clock(), item))
+        # What judges the item, not its payload: a run keeps many requests' items at once.
+        self._log.items.append(ItemSeen(self._clock(), kept(item)))
         return item
 
     async def aclose(self) -> None:
