@@ -77,10 +77,14 @@ def as_engine_failure(error: BaseException) -> BaseException:
 
 
 async def guarded(work: Awaitable[T]) -> T:
-    """``await work``, with every non-``Exception`` the engine raises turned into :class:`EngineRaised`."""
+    """``await work``, with every non-``Exception`` the engine raises turned into :class:`EngineRaised`.
+
+    ``GeneratorExit`` passes: it is also how Python closes an abandoned coroutine, which must not be
+    answered with another exception; :func:`.watchdog.within` types an engine-raised one.
+    """
     try:
         return await work
-    except Exception:
+    except (Exception, GeneratorExit):
         raise
     except BaseException as error:
         failure = as_engine_failure(error)

@@ -263,7 +263,10 @@ class RecordingEngine:
         return _ACTIVE.set((*active, (id(self), name)))
 
     def _end(self, name: str, caller: Caller, token: contextvars.Token[Any], error: BaseException | None) -> None:
-        _ACTIVE.reset(token)
+        # A call the kit abandoned (it swallowed its cancellation) is closed later by the garbage collector,
+        # in another context, where the token cannot be reset; that context is gone anyway.
+        with contextlib.suppress(ValueError):
+            _ACTIVE.reset(token)
         self._outcome(name, caller, error)
 
     async def _record(self, name: str, caller: Caller, call: Callable[[], Any], *args: Any) -> Any:

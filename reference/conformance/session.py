@@ -29,7 +29,7 @@ from dynamo_backend_protocol.reference.conformance.engine_calls import (
     safe_text,
 )
 from dynamo_backend_protocol.reference.conformance.recording import RecordingEngine
-from dynamo_backend_protocol.reference.conformance.watchdog import within
+from dynamo_backend_protocol.reference.conformance.watchdog import abandon, within
 from dynamo_backend_protocol.reference.engine import is_engine, missing_engine_methods, start_engine
 
 if TYPE_CHECKING:
@@ -275,9 +275,11 @@ def describe_tasks(tasks: list[asyncio.Task[Any]]) -> str:
 
 
 async def cancel_tasks(tasks: list[asyncio.Task[Any]], grace: float = 1.0) -> None:
+    """Cancel ``tasks`` and give them ``grace`` seconds to end; the ones that swallow the cancellation
+    are abandoned (a cancelled gather would wait for them as long as they like)."""
     for task in tasks:
         task.cancel()
     if tasks:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace):
-                await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.wait(tasks, timeout=grace)
+    for task in tasks:
+        abandon(task)

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from dynamo_backend_protocol.reference.conformance.engine_calls import guarded
+from dynamo_backend_protocol.reference.conformance.engine_calls import EngineRaised, as_engine_failure, guarded
 
 T = TypeVar("T")
 MAX_SECONDS = 7 * 24 * 3600.0
@@ -123,9 +123,13 @@ async def within(work: Awaitable[T], seconds: float, what: str = "the engine") -
         abandon(task)
         raise TimeoutError(f"{what} did not finish within {seconds:g} s")
     overran = time.monotonic() - started > seconds
-    if overran or isinstance(task.exception(), BlockedLoop):
-        _retrieve(task)
+    if task.cancelled():  # Only the engine cancels it before the bound: its own failure.
+        raise EngineRaised(asyncio.CancelledError())
+    error = task.exception()
+    if overran or isinstance(error, BlockedLoop):
         raise TimeoutError(f"{what} held the event loop past its bound of {seconds:g} s")
+    if error is not None:
+        raise as_engine_failure(error)
     return task.result()
 
 
