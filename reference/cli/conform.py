@@ -20,9 +20,10 @@ from dynamo_backend_protocol.reference.conformance.kit import (
     DEFAULT_STREAM_TIMEOUT,
 )
 from dynamo_backend_protocol.reference.conformance.progress import LinePrinter, live_display
-from dynamo_backend_protocol.reference.conformance.run_loop import Interrupted, Outcome, run_abandoning
+from dynamo_backend_protocol.reference.conformance.report import ConformanceReport
+from dynamo_backend_protocol.reference.conformance.run_loop import Outcome, run_abandoning
 from dynamo_backend_protocol.reference.conformance.sample_engine import SampleEngine
-from dynamo_backend_protocol.reference.conformance.session import EngineFactory, EngineFactoryError
+from dynamo_backend_protocol.reference.conformance.session import EngineFactory, EngineFactoryError, describe_error
 from dynamo_backend_protocol.reference.conformance.target import load_engine_factory
 from dynamo_backend_protocol.reference.conformance.watchdog import MAX_SECONDS
 from dynamo_backend_protocol.reference.traces.writer import JsonlTraceWriter
@@ -96,27 +97,37 @@ def run(args: argparse.Namespace) -> int:
     else:
         factory, label = _load(args.engine), args.engine.strip()
     with contextlib.ExitStack() as stack:
-        sink = None
+        sink, trace_files = None, []
         if args.trace is not None:
             try:
-                sink = JsonlTraceWriter(stack.enter_context(open(args.trace, "w", encoding="utf-8")))
+                trace_files.append(stack.enter_context(open(args.trace, "w", encoding="utf-8")))
             except OSError as error:
                 raise UsageError(f"cannot write the trace file {args.trace!r}: {error.strerror}") from None
+            sink = JsonlTraceWriter(trace_files[0])
         # The adapter logs engine misbehaviour as warnings; the report already says it, once.
         logging.getLogger("dynamo_backend_protocol").addHandler(logging.NullHandler())
         at_the_end = args.json or args.quiet
         with contextlib.nullcontext(None) if at_the_end else _display() as events:
-            try:
-                report, outcome = run_abandoning(run_conformance(
-                    factory, mode=mode, engine_args=args.engine_args, cancel_deadline=args.cancel_deadline,
-                    examples=args.examples, start_timeout=args.start_timeout, cleanup_timeout=args.cleanup_timeout,
-                    stream_timeout=args.stream_timeout, trace_sink=sink, label=label, events=events,
-                ))
-            except EngineFactoryError as error:
-                raise UsageError(str(error)) from None
-            except Interrupted as interrupted:
-                _end_now_if_abandoned(interrupted.outcome, "interrupted", 130)
-                raise KeyboardInterrupt from None
+            outcome = run_abandoning(run_conformance(
+                factory, mode=mode, engine_args=args.engine_args, cancel_deadline=args.cancel_deadline,
+                examples=args.examples, start_timeout=args.start_timeout, cleanup_timeout=args.cleanup_timeout,
+                stream_timeout=args.stream_timeout, trace_sink=sink, label=label, events=events,
+            ), flush_at_exit=trace_files)
+    # The trace file is closed here, whatever happened; only then may the process end early.
+    if outcome.interrupted:
+        _end_now_if_abandoned(outcome, "interrupted", 130)
+        raise KeyboardInterrupt
+    try:
+        report = outcome.result()
+    except EngineFactoryError as error:
+        _end_now_if_abandoned(outcome, f"error: {error}", 2)
+        raise UsageError(str(error)) from None
+    except BaseException as error:  # Ctrl-C never lands here: run_abandoning takes it
+        # The engine broke the run outside any check (or the kit has a bug): one line, exit 1.
+        line = f"error: the run could not go on: {describe_error(error)}"
+        _end_now_if_abandoned(outcome, line, 1)
+        print(line, file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
@@ -126,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def _end_now_if_abandoned(outcome: Outcome, line: str | None, code: int) -> None:
+def _end_now_if_abandoned(outcome: Outcome[ConformanceReport], line: str | None, code: int) -> None:
     """Engine threads the run could not stop would hold the process at exit (Python joins them): the run
     is over and its output written, so the process ends here instead, without waiting for them."""
     if not outcome.must_not_wait:

@@ -29,10 +29,10 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, TypeVar
+from typing import IO, Any, Generic, TypeVar
 
 from dynamo_backend_protocol.reference.conformance.watchdog import (
     BLOCKED_GRACE,
@@ -52,27 +52,26 @@ STUCK_EXIT = 1
 
 
 @dataclass
-class Outcome:
-    """What a run left behind that the process must not wait for."""
+class Outcome(Generic[T]):
+    """How a run ended, and what it left behind that the process must not wait for."""
 
+    task: asyncio.Task[T]
+    interrupted: bool
+    """The user pressed Ctrl-C and the run ended (cancelled) within the grace."""
     threads_left: list[threading.Thread]
+
+    def result(self) -> T:
+        """What the run returned; raises what it raised."""
+        return self.task.result()
 
     @property
     def must_not_wait(self) -> bool:
         return bool(self.threads_left)
 
 
-class Interrupted(Exception):
-    """The user pressed Ctrl-C; the run was cancelled and ended (``outcome``: what it left behind)."""
-
-    def __init__(self, outcome: Outcome) -> None:
-        super().__init__("interrupted")
-        self.outcome = outcome
-
-
-def run_abandoning(main: Coroutine[Any, Any, T]) -> tuple[T, Outcome]:
+def run_abandoning(main: Coroutine[Any, Any, T], flush_at_exit: Sequence[IO[str]] = ()) -> Outcome[T]:
     """Run ``main`` on a fresh event loop, as ``asyncio.run`` would, without waiting for what the engine
-    will not end.  Raises :class:`Interrupted` after a Ctrl-C (unless the process already ended)."""
+    will not end.  ``flush_at_exit``: files (a trace) to flush if the process has to end during the run."""
     loop = asyncio.new_event_loop()
     executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="conform-worker")
     loop.set_default_executor(executor)
@@ -80,6 +79,7 @@ def run_abandoning(main: Coroutine[Any, Any, T]) -> tuple[T, Outcome]:
     task = loop.create_task(main)
     monitor = LoopMonitor(loop, _interrupt_blocked_call, _end_stuck_run)
     interrupted = threading.Event()
+    _flushed_at_exit[:] = flush_at_exit
     try:
         with _signals_handled(loop, task, monitor, interrupted):
             monitor.start()
@@ -90,11 +90,13 @@ def run_abandoning(main: Coroutine[Any, Any, T]) -> tuple[T, Outcome]:
         monitor.stop()
         if not loop.is_closed():
             _shut_down(loop, executor)
-    outcome = Outcome([thread for thread in threading.enumerate()
-                       if thread not in before and thread.is_alive() and not thread.daemon])
-    if interrupted.is_set():
-        raise Interrupted(outcome)
-    return task.result(), outcome
+        _flushed_at_exit.clear()
+    threads_left = [thread for thread in threading.enumerate()
+                    if thread not in before and thread.is_alive() and not thread.daemon]
+    return Outcome(task, interrupted.is_set(), threads_left)
+
+
+_flushed_at_exit: list[IO[str]] = []
 
 
 MAX_ESCAPES = 1000
@@ -175,7 +177,7 @@ def _end_stuck_run(wait: ArmedWait) -> None:
 
 
 def _flush_quietly() -> None:
-    for stream in (sys.stdout, sys.stderr):
+    for stream in (*_flushed_at_exit, sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
 

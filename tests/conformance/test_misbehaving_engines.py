@@ -14,6 +14,7 @@ the engine never gives back, Ctrl-C) run it in a child process.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -21,10 +22,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, ParamSpec
 
 import pytest
 from dynamo_backend_protocol.model import Mode
@@ -46,6 +47,7 @@ SHORT_BOUNDS = ["--start-timeout", "1", "--stream-timeout", "1", "--cleanup-time
                 "--examples", "0"]
 SLACK = 1.5
 """How far past its bound a check may end: the monitor's grace for a blocked loop, plus scheduling."""
+P = ParamSpec("P")
 CHILD_WAIT = 30.0
 """Bound on any wait for a child process (a hung child is killed, and the test fails)."""
 
@@ -70,30 +72,25 @@ class Overran(Exception):
     pass
 
 
-@pytest.fixture(autouse=True)
-def bounded_test() -> Iterator[None]:
-    def overran(_signum: int, frame: FrameType | None) -> None:
-        if not _inside_this_module(frame):
-            return  # The test is over; pytest is reporting it.
-        # Again every few seconds: asyncio.run's own clean-up may wait on the engine as well.
-        signal.alarm(OVERRAN_REPEAT)
-        raise Overran(f"the test did not end within {TEST_BOUND} s: the kit let the engine hold it")
+def bounded(test: Callable[P, None]) -> Callable[P, None]:
+    """Run ``test`` under an alarm, cleared as soon as its body ends (before pytest reports it)."""
 
-    previous = signal.signal(signal.SIGALRM, overran)
-    signal.alarm(TEST_BOUND)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
+    @functools.wraps(test)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        def overran(_signum: int, _frame: FrameType | None) -> None:
+            # Again every few seconds: asyncio.run's own clean-up may wait on the engine as well.
+            signal.alarm(OVERRAN_REPEAT)
+            raise Overran(f"the test did not end within {TEST_BOUND} s: the kit let the engine hold it")
 
+        previous = signal.signal(signal.SIGALRM, overran)
+        signal.alarm(TEST_BOUND)
+        try:
+            test(*args, **kwargs)
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
 
-def _inside_this_module(frame: FrameType | None) -> bool:
-    while frame is not None:
-        if frame.f_code.co_filename == __file__:
-            return True
-        frame = frame.f_back
-    return False
+    return run
 
 
 @pytest.fixture
@@ -229,7 +226,8 @@ async def _search_far_past_the_budget() -> None:
 
     started = time.monotonic()
     assert await search(settings, st.integers(), run_one, 10**12, lambda value: (value,)) is None
-    assert time.monotonic() - started < 0.5 + 2.0, f"searched past the budget ({drawn} examples)"
+    # Generous: the search must stop soon after its 0.5 s, not when 10**12 examples are drawn (the alarm).
+    assert time.monotonic() - started < 0.5 + 20, f"searched past the budget ({drawn} examples)"
     assert drawn > 0
 
 
@@ -329,3 +327,8 @@ def test_one_ctrl_c_ends_a_run_whose_engine_swallows_cancellation_or_holds_the_l
                                                   "--examples", "0"], interrupt=True)
     assert err.splitlines() == ["interrupted"], err
     assert code == 130
+
+
+for _name, _test in list(globals().items()):
+    if _name.startswith("test_") and callable(_test):
+        globals()[_name] = bounded(_test)
