@@ -81,8 +81,10 @@ def run_abandoning(main: Coroutine[Any, Any, T], flush_at_exit: Sequence[IO[str]
     interrupted = threading.Event()
     _flushed_at_exit[:] = flush_at_exit
     try:
-        with _signals_handled(loop, task, monitor, interrupted):
-            monitor.start()
+        with _signals_handled(loop, task, monitor, interrupted) as handled:
+            if handled:
+                # Only with our handlers in place: the monitor interrupts the main thread with SIGUSR1.
+                monitor.start()
             _run_to_the_end(loop, task)
             monitor.stop()
             _shut_down(loop, executor)
@@ -120,9 +122,11 @@ def _run_to_the_end(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) ->
 
 @contextlib.contextmanager
 def _signals_handled(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], monitor: LoopMonitor,
-                     interrupted: threading.Event) -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
+                     interrupted: threading.Event) -> Iterator[bool]:
+    """Ctrl-C and the monitor's interruption, handled while the run lasts; yields whether they are (only
+    the main thread of a POSIX process can take signals)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_kill"):
+        yield False
         return
     timers: list[threading.Timer] = []
 
@@ -145,7 +149,7 @@ def _signals_handled(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], m
     previous_int = signal.signal(signal.SIGINT, on_sigint)
     previous_usr = signal.signal(signal.SIGUSR1, on_blocked)
     try:
-        yield
+        yield True
     finally:
         signal.signal(signal.SIGINT, previous_int)
         signal.signal(signal.SIGUSR1, previous_usr)

@@ -131,6 +131,12 @@ class KvSourcesPropertyRaises(SampleEngine):
         raise Boom("kv_event_sources property")
 
 
+class AbortPropertyRaises(SampleEngine):
+    @property
+    def abort(self) -> Any:
+        raise KeyError("abort")
+
+
 class WorkerConfig:
     @property
     def disaggregation_mode(self) -> Any:

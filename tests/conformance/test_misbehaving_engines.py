@@ -150,6 +150,7 @@ def test_a_bound_holds_against_an_engine_that_swallows_cancellation_or_blocks_th
     ("misbehaving_engines:DeclaresModeBadly", "disaggregation_mode raised RuntimeError: mode unknowable"),
     ("misbehaving_engines:KvSourcesPropertyRaises", "kv_event_sources raised Boom: kv_event_sources property"),
     ("misbehaving_engines:FromArgsConfigRaises", "disaggregation_mode raised ValueError: config mode unreadable"),
+    ("misbehaving_engines:AbortPropertyRaises", "abort raised KeyError: 'abort'"),
 ])
 def test_an_engine_attribute_that_raises_while_building_is_one_line_and_exit_2(
     misbehaving: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], reference: str, words: str
@@ -315,8 +316,9 @@ def test_an_engine_that_keeps_the_loop_for_ever_ends_the_run_with_one_line() -> 
 def test_an_engine_thread_that_outlives_the_run_does_not_hold_the_process() -> None:
     """FAULT-KIT-BOUNDED: start() awaiting asyncio.to_thread(time.sleep, 30): the verdict came after 1 s, the
     process exit only after 30."""
-    code, _out, err, seconds = run_child("start-in-thread-30s", SHORT_BOUNDS)
+    code, out, err, seconds = run_child("start-in-thread-30s", SHORT_BOUNDS)
     assert code == 1, err
+    assert "[FAIL] StartFailed" in out and "DOES NOT CONFORM" in out, "the report must be written before the exit"
     assert seconds < 30 - 10, f"the process waited {seconds:.1f} s for the engine's thread"
 
 
