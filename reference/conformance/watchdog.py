@@ -33,7 +33,7 @@ MAX_SECONDS = 7 * 24 * 3600.0
 thread waits can add to the current time without overflowing."""
 HEARTBEAT = 0.1
 """Seconds between the loop's heartbeats, which the monitor thread reads."""
-BLOCKED_GRACE = 1.0
+BLOCKED_GRACE = 0.5
 """How long past a wait's bound, and without a heartbeat, the monitor lets a blocked loop be before acting."""
 
 _abandoned: set[asyncio.Future[Any]] = set()
