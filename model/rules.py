@@ -54,6 +54,17 @@ RULES: dict[str, str] = {
     "FAULT-TRACE-INPUT": (
         "trace answers any input with a report and an exit code, never a traceback, in memory bounded by open requests"
     ),
+    "FAULT-STREAM-LOOP": (
+        "a response stream read under another event loop than the one it was set up on is refused at the first read"
+    ),
+    "FAULT-KIT-BOUNDED": (
+        "every bound of the conformance kit holds whatever the engine does with its cancellation or the event loop"
+    ),
+    "FAULT-KIT-ENGINE-FAILS": (
+        "anything an engine raises is a named failure of the check that met it, or one line and exit 2 while building"
+    ),
+    "FAULT-KIT-OPTIONS": "every option value conform accepts runs to a verdict within its bounds, or is a usage error",
+    "FAULT-KIT-MEMORY": "the kit keeps what judges each item it sees, not the item's payload",
     # Engine lifecycle.
     "LIFECYCLE-START-FIRST": (
         "start is called once, first; generate, abort and drain are served only after it succeeded, before cleanup"

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import functools
 import json
 import logging
+import os
 import shutil
 import sys
-from collections.abc import Coroutine
-from typing import TypeVar
 
 from dynamo_backend_protocol.model import Mode
 from dynamo_backend_protocol.reference.cli.support import (
@@ -34,13 +32,14 @@ from dynamo_backend_protocol.reference.conformance.kit import (
 from dynamo_backend_protocol.reference.conformance.progress import LinePrinter, live_display
 from dynamo_backend_protocol.reference.conformance.raw_kit import RawReport, is_raw_engine, run_raw_conformance
 from dynamo_backend_protocol.reference.conformance.report import REPORT_COLUMNS, ConformanceReport
+from dynamo_backend_protocol.reference.conformance.run_loop import Outcome, run_abandoning
 from dynamo_backend_protocol.reference.conformance.sample_engine import SampleEngine
-from dynamo_backend_protocol.reference.conformance.session import EngineFactory, EngineFactoryError
+from dynamo_backend_protocol.reference.conformance.session import EngineFactory, EngineFactoryError, describe_error
 from dynamo_backend_protocol.reference.conformance.target import load_engine_factory
+from dynamo_backend_protocol.reference.conformance.watchdog import MAX_SECONDS
 from dynamo_backend_protocol.reference.runtime import command as runtime_command
 from dynamo_backend_protocol.reference.traces.writer import JsonlTraceWriter
 
-T = TypeVar("T")
 BUNDLED = "dynamo_backend_protocol.reference.conformance.sample_engine:SampleEngine"
 
 
@@ -115,6 +114,8 @@ def _positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text!r}")
+    if not value <= MAX_SECONDS:  # inf, nan, or past what the clocks can add (OverflowError)
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SECONDS:g} seconds (a week), got {text!r}")
     return value
 
 
@@ -136,7 +137,22 @@ def run(args: argparse.Namespace) -> int:
         return runtime_command.run(args)
     # With --json the one JSON object is alone on stdout: what the engine prints goes to stderr.
     with stdout_to_stderr() if args.json else contextlib.nullcontext():
-        report = _judge(args)
+        outcome = _judge(args)
+    # The trace file is closed by now, whatever happened; only then may the process end early.
+    if outcome.interrupted:
+        _end_now_if_abandoned(outcome, "interrupted", 130)
+        raise KeyboardInterrupt
+    try:
+        report = outcome.result()
+    except EngineFactoryError as error:
+        _end_now_if_abandoned(outcome, f"error: {error}", 2)
+        raise UsageError(str(error)) from None
+    except BaseException as error:  # Ctrl-C never lands here: run_abandoning takes it
+        # The engine broke the run outside any check (or the kit has a bug): one line, exit 1.
+        line = f"error: the run could not go on: {describe_error(error)}"
+        _end_now_if_abandoned(outcome, line, 1)
+        print(line, file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     elif isinstance(report, RawReport):
@@ -144,10 +160,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         columns = shutil.get_terminal_size((REPORT_COLUMNS, 24)).columns if sys.stdout.isatty() else REPORT_COLUMNS
         print(report.render(columns) if args.quiet else report.render_ending(columns))
-    return 0 if report.ok else 1
+    code = 0 if report.ok else 1
+    _end_now_if_abandoned(outcome, None, code)
+    return code
 
 
-def _judge(args: argparse.Namespace) -> ConformanceReport | RawReport:
+def _judge(args: argparse.Namespace) -> Outcome[ConformanceReport] | Outcome[RawReport]:
     mode = parse_mode(args.mode) if args.mode is not None else None
     factory: EngineFactory
     if args.engine is None:
@@ -158,56 +176,53 @@ def _judge(args: argparse.Namespace) -> ConformanceReport | RawReport:
         return _run_raw(factory, label, args)
     with contextlib.ExitStack() as stack:
         sink = None
+        trace_files: list[DeferredOutputFile] = []
         if args.trace is not None:
             # A write error ends the writing, not the run: it is reported after the report.
             trace_file = DeferredOutputFile(args.trace, "the trace file")
             stack.callback(trace_file.close)
+            trace_files.append(trace_file)
             sink = JsonlTraceWriter(trace_file)  # type: ignore[arg-type]
         # The adapter logs engine misbehaviour as warnings; the report already says it, once.
         logging.getLogger("dynamo_backend_protocol").addHandler(logging.NullHandler())
         at_the_end = args.json or args.quiet
         with contextlib.nullcontext(None) if at_the_end else _display() as events:
-            try:
-                report = asyncio.run(_quietly_interruptible(run_conformance(
-                    factory, mode=mode, engine_args=args.engine_args, cancel_deadline=args.cancel_deadline,
-                    examples=args.examples, start_timeout=args.start_timeout, cleanup_timeout=args.cleanup_timeout,
-                    stream_timeout=args.stream_timeout, trace_sink=sink, label=label, events=events,
-                )))
-            except EngineFactoryError as error:
-                raise UsageError(str(error)) from None
-    return report
+            return run_abandoning(run_conformance(
+                factory, mode=mode, engine_args=args.engine_args, cancel_deadline=args.cancel_deadline,
+                examples=args.examples, start_timeout=args.start_timeout, cleanup_timeout=args.cleanup_timeout,
+                stream_timeout=args.stream_timeout, trace_sink=sink, label=label, events=events,
+            ), flush_at_exit=trace_files)
 
 
-def _run_raw(factory: EngineFactory, label: str, args: argparse.Namespace) -> RawReport:
+def _run_raw(factory: EngineFactory, label: str, args: argparse.Namespace) -> Outcome[RawReport]:
     """A RawEngine (JSON in and out, from Dynamo 1.3.1) is judged by the raw kit (conformance/raw_kit.py)."""
     if args.mode is not None or args.trace is not None:
         raise UsageError(f"{label} is a raw engine: --mode and --trace apply to token engines only")
-    try:
-        report = asyncio.run(_quietly_interruptible(run_raw_conformance(
-            factory, engine_args=args.engine_args, cancel_deadline=args.cancel_deadline,
-            start_timeout=args.start_timeout, cleanup_timeout=args.cleanup_timeout,
-            stream_timeout=args.stream_timeout, label=label,
-        )))
-    except EngineFactoryError as error:
-        raise UsageError(str(error)) from None
-    return report
+    return run_abandoning(run_raw_conformance(
+        factory, engine_args=args.engine_args, cancel_deadline=args.cancel_deadline,
+        start_timeout=args.start_timeout, cleanup_timeout=args.cleanup_timeout,
+        stream_timeout=args.stream_timeout, label=label,
+    ))
+
+
+def _end_now_if_abandoned(outcome: Outcome[ConformanceReport] | Outcome[RawReport], line: str | None,
+                          code: int) -> None:
+    """Engine threads the run could not stop would hold the process at exit (Python joins them): the run
+    is over and its output written, so the process ends here instead, without waiting for them."""
+    if not outcome.must_not_wait:
+        return
+    if line is not None:
+        print(line, file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def _display() -> contextlib.AbstractContextManager[LinePrinter]:
     if sys.stdout.isatty():
         return live_display(sys.stdout)
     return contextlib.nullcontext(LinePrinter(sys.stdout))
-
-
-async def _quietly_interruptible(work: Coroutine[object, object, T]) -> T:
-    """``work``, where a Ctrl-C leaves no noise: what the interrupted engine's tasks and generators raise
-    while the loop shuts down is not the user's business (the CLI prints one line and exits 130)."""
-    loop = asyncio.get_running_loop()
-    try:
-        return await work
-    except asyncio.CancelledError:
-        loop.set_exception_handler(lambda _loop, _context: None)
-        raise
 
 
 def _load(reference: str) -> EngineFactory:

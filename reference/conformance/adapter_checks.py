@@ -46,6 +46,7 @@ from dynamo_backend_protocol.reference.conformance.session import (
     shared_engine,
     tasks_left_behind,
 )
+from dynamo_backend_protocol.reference.conformance.watchdog import within
 
 F = Failure
 STOPPABLE = CANCEL_MAX_TOKENS
@@ -89,8 +90,7 @@ class AdapterSession:
         """Wait for the aborts and stream closes the adapter started (bounded: an abort may hang, which
         AbortFailed judges; the adapter cancels an abort that overruns)."""
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.settings.cancel_deadline + SETTLE_GRACE):
-                await self.adapter.settle()
+            await within(self.adapter.settle(), self.settings.cancel_deadline + SETTLE_GRACE, "settling")
 
 
 @contextlib.asynccontextmanager

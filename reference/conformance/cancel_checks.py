@@ -21,6 +21,7 @@ from dynamo_backend_protocol.reference.conformance.upstream import (
     open_raw_stream,
     read_raw,
 )
+from dynamo_backend_protocol.reference.conformance.watchdog import within
 from dynamo_backend_protocol.reference.context import Context
 
 F = Failure
@@ -37,8 +38,8 @@ async def probe_abort(settings: KitSettings) -> Verdicts:
             context.stop_generating()
             problem = None
             try:
-                async with asyncio.timeout(settings.cancel_deadline):
-                    await session.target.abort(context)
+                # within(), not asyncio.timeout: an abort that swallows its cancellation is abandoned.
+                await within(session.target.abort(context), settings.cancel_deadline, "abort")
             except TimeoutError:
                 problem = f"abort(context) did not return within {settings.cancel_deadline:g} s"
             except Exception as error:

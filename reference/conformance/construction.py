@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dynamo_backend_protocol.model import DynamoError, Mode
+from dynamo_backend_protocol.reference.conformance.engine_calls import AttributeRaised, read_attribute
 from dynamo_backend_protocol.reference.conformance.session import EngineFactory, EngineFactoryError
 
 DECLARED_MODE_SOURCES = ("worker_config", "engine")
@@ -96,17 +97,29 @@ def engine_factory(factory: EngineFactory, engine_args: str | Sequence[str] | No
 
 def declared_mode(factory: EngineFactory, engine: object) -> tuple[Mode, str] | None:
     """The mode the built engine says it serves, and where it says so (worker config first)."""
-    holders = (getattr(factory, "worker_config", None), engine)
-    for where, holder in zip(DECLARED_MODE_SOURCES, holders, strict=True):
-        value = getattr(holder, "disaggregation_mode", None) if holder is not None else None
-        if value is None:
-            continue
-        text = getattr(value, "value", value)
-        try:
-            return Mode.parse(str(text)), f"{where}.disaggregation_mode"
-        except DynamoError as error:
-            raise EngineFactoryError(f"the engine's {where}.disaggregation_mode: {error.message}") from None
+    try:
+        holders = (read_attribute(factory, "worker_config", "the factory"), engine)
+        for where, holder in zip(DECLARED_MODE_SOURCES, holders, strict=True):
+            # Read with read_attribute: a property that raises is one line (exit 2), not a traceback.
+            value = read_attribute(holder, "disaggregation_mode", where) if holder is not None else None
+            if value is None:
+                continue
+            text = read_attribute(value, "value", f"{where}.disaggregation_mode") or value
+            try:
+                return Mode.parse(safe_text_of(text)), f"{where}.disaggregation_mode"
+            except DynamoError as error:
+                raise EngineFactoryError(f"the engine's {where}.disaggregation_mode: {error.message}") from None
+    except AttributeRaised as error:
+        raise EngineFactoryError(f"the engine's declared mode cannot be read: {error}") from None
     return None
+
+
+def safe_text_of(value: object) -> str:
+    """``str(value)`` for a declared mode; a value whose ``str()`` raises declares no mode the kit can read."""
+    try:
+        return str(value)
+    except BaseException as error:
+        raise AttributeRaised("the declared mode", "__str__", error) from None
 
 
 def resolve_mode(asked: Mode | None, declared: tuple[Mode, str] | None, label: str) -> Mode:

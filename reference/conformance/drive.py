@@ -21,7 +21,9 @@ from dynamo_backend_protocol.model import DynamoError, FinishReason, Mode, Step
 from dynamo_backend_protocol.model.chunks import finish_reason_meaning
 from dynamo_backend_protocol.reference.adapter import EngineAdapter, ResponseStream, TraceSink
 from dynamo_backend_protocol.reference.annotated import Annotated
+from dynamo_backend_protocol.reference.conformance.kept import kept_annotated
 from dynamo_backend_protocol.reference.conformance.recording import RecordingEngine, RequestLog
+from dynamo_backend_protocol.reference.conformance.watchdog import within
 from dynamo_backend_protocol.reference.context import Context
 from dynamo_backend_protocol.reference.traces.boundary import ObservationWriter, ObservingSink
 
@@ -228,8 +230,9 @@ async def drive(
     run = RequestRun(request_id, plan)
     context = Context(request_id)
     try:
-        async with asyncio.timeout(limits.stream_timeout):
-            stream = await adapter.generate(shape.request(plan.max_tokens), context)
+        # within(), not asyncio.timeout: an engine that swallows its cancellation is abandoned at the bound.
+        stream = await within(adapter.generate(shape.request(plan.max_tokens), context), limits.stream_timeout,
+                              "generate")
     except DynamoError as error:
         run.setup_error, run.ending = error, Ending.SETUP_FAILED
     except TimeoutError:
@@ -306,8 +309,8 @@ class _Client:
                     for _ in range(ABORT_FIRST_TURNS):
                         await asyncio.sleep(0)
             try:
-                async with asyncio.timeout(self.budget()):
-                    item: Annotated = await (pending if pending is not None else self.stream.__anext__())
+                read = pending if pending is not None else self.stream.__anext__()
+                item: Annotated = await within(read, self.budget(), "the stream")
             except StopAsyncIteration:
                 self.run.ending = _ending_of(self.run.received)
                 break
@@ -315,7 +318,7 @@ class _Client:
                 self.run.ending = Ending.TIMED_OUT
                 await self.stream.aclose()
                 break
-            self.run.received.append(item)
+            self.run.received.append(kept_annotated(item))  # what judges it, not its payload
 
 
 def _ending_of(received: list[Annotated]) -> Ending:

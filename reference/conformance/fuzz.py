@@ -132,6 +132,11 @@ class _Interrupted(BaseException):
     """The run was cancelled (Ctrl-C): Hypothesis must stop at once, not shrink."""
 
 
+class _OutOfTime(BaseException):
+    """The fuzz budget is spent: Hypothesis must stop drawing (it would go on to ``--examples``, however
+    many), and shrinking stops where it got to."""
+
+
 async def search(
     settings: KitSettings,
     strategy: st.SearchStrategy[T],
@@ -161,7 +166,7 @@ async def search(
         if interrupted.is_set():
             raise _Interrupted
         if time.perf_counter() - started > settings.fuzz_budget:
-            return  # Out of time: the remaining draws count as passing.
+            raise _OutOfTime
         future = asyncio.run_coroutine_threadsafe(run_one(settings, example), loop)
         running[:] = [future]
         try:
@@ -195,6 +200,8 @@ async def search(
             await asyncio.to_thread(run_search)
     except _Broke as broke:
         return broke.example, broke.findings  # type: ignore[return-value]
+    except _OutOfTime:
+        pass  # The draws not made count as passing; a failure seen before (even unshrunk) still counts.
     except asyncio.CancelledError:
         interrupted.set()
         for future in running:

@@ -48,6 +48,7 @@ from dynamo_backend_protocol.reference.conformance.checks import (
     Verdicts,
 )
 from dynamo_backend_protocol.reference.conformance.construction import declared_mode, engine_factory, resolve_mode
+from dynamo_backend_protocol.reference.conformance.engine_calls import EngineRaised
 from dynamo_backend_protocol.reference.conformance.fuzz import probe_late_stops, probe_schedules
 from dynamo_backend_protocol.reference.conformance.handoff import prepare_requests, served_model
 from dynamo_backend_protocol.reference.conformance.health import engine_still_serves
@@ -65,6 +66,7 @@ from dynamo_backend_protocol.reference.conformance.session import (
     check_factory,
     describe_error,
     describe_factory,
+    engine_attribute,
     make_engine,
     tasks_started_since,
 )
@@ -76,6 +78,7 @@ from dynamo_backend_protocol.reference.conformance.upstream import (
     probe_concurrent,
     probe_plain_stream,
 )
+from dynamo_backend_protocol.reference.conformance.watchdog import MAX_SECONDS, within
 
 DEFAULT_EXAMPLES = 30
 """Schedules the property-based phase draws by default: enough to find order-dependent bugs, quick on a fast engine."""
@@ -176,8 +179,8 @@ async def run_conformance(
     asked = Mode.parse(mode) if isinstance(mode, str) else mode
     for name, seconds in (("cancel_deadline", cancel_deadline), ("start_timeout", start_timeout),
                           ("cleanup_timeout", cleanup_timeout), ("stream_timeout", stream_timeout)):
-        if not seconds > 0:
-            raise ValueError(f"{name} must be a positive number of seconds, got {seconds!r}")
+        if not 0 < seconds <= MAX_SECONDS:
+            raise ValueError(f"{name} must be a positive number of seconds, at most {MAX_SECONDS:g}, got {seconds!r}")
     if examples < 0:
         raise ValueError(f"examples must be 0 or more, got {examples!r}")
     label = label or describe_factory(factory)
@@ -189,7 +192,7 @@ async def run_conformance(
     # Fails early, and once, if the factory cannot make an engine; says which mode the engine serves.
     never_started = await make_engine(factory, label)
     checked_mode = resolve_mode(asked, declared_mode(factory, never_started), label)
-    hooks = frozenset(name for name in OPTIONAL_HOOKS if callable(getattr(never_started, name, None)))
+    hooks = frozenset(name for name in OPTIONAL_HOOKS if callable(engine_attribute(never_started, name, label)))
     settings = KitSettings(factory, label, checked_mode, cancel_deadline, examples, stream_timeout=stream_timeout,
                            start_timeout=start_timeout, cleanup_timeout=cleanup_timeout, trace_sink=trace_sink,
                            engine_hooks=hooks, events=events)
@@ -283,15 +286,18 @@ class _Run:
         started = time.perf_counter()
         if runnable and self.out_of_service is None:
             try:
-                async with asyncio.timeout(settings.fuzz_budget + 10 * settings.stream_timeout + settings.start_timeout
-                                           + 2 * settings.cleanup_timeout):
-                    verdicts = await run(settings)
+                # within(), not asyncio.timeout: a check stuck in an engine that swallows its cancellation is
+                # abandoned at the bound, and anything the engine raises that is not an Exception is typed.
+                verdicts = await within(run(settings), settings.fuzz_budget + 10 * settings.stream_timeout
+                                        + settings.start_timeout + 2 * settings.cleanup_timeout, "the check")
             except TimeoutError:
                 trouble = "the check did not finish in time (the engine stopped responding)"
             except EngineFactoryError as error:
                 trouble = f"could not make an engine: {error}"
             except RequestNotSetUp as error:
                 trouble = str(error)
+            except EngineRaised as error:
+                trouble = f"the engine raised {error}"
             except Exception as error:
                 trouble = f"the kit could not complete this check: {describe_error(error)}"
         seconds = time.perf_counter() - started

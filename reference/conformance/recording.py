@@ -36,6 +36,7 @@ from dynamo_backend_protocol.model.lifecycle import (
     LifecycleMachine,
     LifecycleViolation,
 )
+from dynamo_backend_protocol.reference.conformance.kept import kept
 from dynamo_backend_protocol.reference.context import Context, Signal
 from dynamo_backend_protocol.reference.engine import start_engine
 
@@ -179,7 +180,8 @@ class RecordedStream:
 
     async def __anext__(self) -> Any:
         item = await self.inner.__anext__()
-        self._log.items.append(ItemSeen(self._clock(), item))
+        # What judges the item, not its payload: a run keeps many requests' items at once.
+        self._log.items.append(ItemSeen(self._clock(), kept(item)))
         return item
 
     async def aclose(self) -> None:
@@ -287,7 +289,10 @@ class RecordingEngine:
         return _ACTIVE.set((*active, (id(self), name)))
 
     def _end(self, name: str, caller: Caller, token: contextvars.Token[Any], error: BaseException | None) -> None:
-        _ACTIVE.reset(token)
+        # A call the kit abandoned (it swallowed its cancellation) is closed later by the garbage collector,
+        # in another context, where the token cannot be reset; that context is gone anyway.
+        with contextlib.suppress(ValueError):
+            _ACTIVE.reset(token)
         self._outcome(name, caller, error)
 
     async def _record(self, name: str, caller: Caller, call: Callable[[], Any], *args: Any) -> Any:

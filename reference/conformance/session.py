@@ -20,7 +20,16 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from dynamo_backend_protocol.model import DynamoError, Mode
 from dynamo_backend_protocol.reference.adapter import EngineAdapter, TraceSink
 from dynamo_backend_protocol.reference.conformance.drive import RequestShape
+from dynamo_backend_protocol.reference.conformance.engine_calls import (
+    AttributeRaised,
+    EngineRaised,
+    guarded,
+    read_attribute,
+    safe_repr,
+    safe_text,
+)
 from dynamo_backend_protocol.reference.conformance.recording import RecordingEngine
+from dynamo_backend_protocol.reference.conformance.watchdog import abandon, within
 from dynamo_backend_protocol.reference.engine import is_engine, missing_engine_methods, start_engine
 
 if TYPE_CHECKING:
@@ -30,6 +39,8 @@ EngineFactory = Callable[[], Any]
 """An engine class, or a zero-argument callable returning an engine (or an awaitable of one)."""
 
 WORKER_ID = 0
+ENGINE_ATTRIBUTES = ("start", "generate", "cleanup", "abort", "drain", "kv_event_sources", "disaggregation_mode")
+"""Every attribute of an engine the kit or the adapter reads."""
 T = TypeVar("T")
 
 
@@ -60,6 +71,15 @@ def describe_factory(factory: object) -> str:
 
 def check_factory(factory: object, label: str) -> None:
     """Reject what can be recognised without calling it: not callable, an instance, a class that is no engine."""
+    try:
+        _check_factory(factory, label)
+    except EngineFactoryError:
+        raise
+    except BaseException as error:
+        raise EngineFactoryError(f"inspecting {label} raised {describe_error(error)}") from None
+
+
+def _check_factory(factory: object, label: str) -> None:
     if isinstance(factory, type):
         if not is_engine(factory):
             missing = ", ".join(missing_engine_methods(factory))
@@ -76,29 +96,52 @@ def check_factory(factory: object, label: str) -> None:
 
 async def make_engine(factory: EngineFactory, label: str) -> Any:
     try:
-        engine = factory()
-        if inspect.isawaitable(engine):
-            engine = await engine
+        # guarded: sys.exit() or any other BaseException in the factory is a failure to build, not an exit.
+        engine = await guarded(_build(factory))
+    except EngineFactoryError:
+        raise
     except Exception as exc:
-        raise EngineFactoryError(f"constructing the engine with {label}() raised {describe_error(exc)}") from exc
+        cause = exc.original if isinstance(exc, EngineRaised) else exc
+        raise EngineFactoryError(f"constructing the engine with {label}() raised {describe_error(cause)}") from None
+    # Each attribute the kit will read, read once here: one that raises is a failure to build, in one line.
+    for name in ENGINE_ATTRIBUTES:
+        engine_attribute(engine, name, f"{label}()")
     if not is_engine(engine):
         missing = ", ".join(missing_engine_methods(engine))
         raise EngineFactoryError(f"{label}() returned a {type(engine).__name__}, which lacks {missing}: not an engine")
     return engine
 
 
+async def _build(factory: EngineFactory) -> Any:
+    engine = factory()
+    if inspect.isawaitable(engine):
+        engine = await engine
+    return engine
+
+
 def describe_error(exc: BaseException) -> str:
-    """``BackendInvalidArgument: msg`` for typed errors, ``KeyError: 'prompt'`` for anything else."""
+    """``BackendInvalidArgument: msg`` for typed errors, ``KeyError: 'prompt'`` for anything else; never
+    raises, even for an exception whose ``str()`` does."""
+    if isinstance(exc, EngineRaised):
+        exc = exc.original
     if isinstance(exc, DynamoError):
-        return str(exc)
-    text = str(exc) if not isinstance(exc, KeyError) else repr(exc.args[0]) if exc.args else ""
+        return safe_text(exc)
+    text = safe_text(exc) if not isinstance(exc, KeyError) else safe_repr(exc.args[0]) if exc.args else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-async def bounded(work: Awaitable[T], seconds: float, what: str) -> T:
+def engine_attribute(engine: object, name: str, label: str) -> object:
+    """``getattr(engine, name, None)``; an attribute that raises when read means no engine can be used."""
     try:
-        async with asyncio.timeout(seconds):
-            return await work
+        return read_attribute(engine, name, "the engine")
+    except AttributeRaised as error:
+        raise EngineFactoryError(f"{label}: {error}") from None
+
+
+async def bounded(work: Awaitable[T], seconds: float, what: str) -> T:
+    """``await work`` for at most ``seconds``, whatever the engine does with its cancellation or the loop."""
+    try:
+        return await within(work, seconds, what)
     except TimeoutError:
         raise KitTimeout(what, seconds) from None
 
@@ -232,9 +275,11 @@ def describe_tasks(tasks: list[asyncio.Task[Any]]) -> str:
 
 
 async def cancel_tasks(tasks: list[asyncio.Task[Any]], grace: float = 1.0) -> None:
+    """Cancel ``tasks`` and give them ``grace`` seconds to end; the ones that swallow the cancellation
+    are abandoned (a cancelled gather would wait for them as long as they like)."""
     for task in tasks:
         task.cancel()
     if tasks:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace):
-                await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.wait(tasks, timeout=grace)
+    for task in tasks:
+        abandon(task)

@@ -7,7 +7,13 @@ import os
 import sys
 from typing import cast
 
-from dynamo_backend_protocol.reference.conformance.session import EngineFactory, EngineFactoryError, check_factory
+from dynamo_backend_protocol.reference.conformance.engine_calls import safe_text
+from dynamo_backend_protocol.reference.conformance.session import (
+    EngineFactory,
+    EngineFactoryError,
+    check_factory,
+    describe_error,
+)
 
 
 class EngineReferenceError(EngineFactoryError):
@@ -33,17 +39,23 @@ def load_engine_factory(reference: str) -> EngineFactory:
     try:
         found: object = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
-        raise EngineReferenceError(f"cannot import {module_name!r}: {error}") from None
-    except (Exception, SystemExit) as error:
-        raise EngineReferenceError(f"importing {module_name!r} raised {type(error).__name__}: {error}") from None
+        raise EngineReferenceError(f"cannot import {module_name!r}: {safe_text(error)}") from None
+    except KeyboardInterrupt:
+        raise  # Ctrl-C while importing: the user's, as anywhere else
+    except BaseException as error:
+        raise EngineReferenceError(f"importing {module_name!r} raised {describe_error(error)}") from None
     path = module_name
     for part in attribute.split("."):
-        if not hasattr(found, part):
-            raise EngineReferenceError(f"{path!r} has no attribute {part!r}")
-        found = getattr(found, part)
+        try:
+            found = getattr(found, part)
+        except AttributeError:
+            raise EngineReferenceError(f"{path!r} has no attribute {part!r}") from None
+        except BaseException as error:
+            raise EngineReferenceError(f"reading {path!r} attribute {part!r} raised {describe_error(error)}") from None
         path = f"{path}{':' if path == module_name else '.'}{part}"
     try:
         check_factory(found, reference.strip())
     except EngineFactoryError as error:
         raise EngineReferenceError(str(error)) from None
     return cast(EngineFactory, found)
+

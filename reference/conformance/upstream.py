@@ -31,6 +31,7 @@ from dynamo_backend_protocol.reference.conformance.session import (
     describe_error,
     shared_engine,
 )
+from dynamo_backend_protocol.reference.conformance.watchdog import within
 from dynamo_backend_protocol.reference.context import Context
 
 CONCURRENT_REQUESTS = 8
@@ -84,8 +85,10 @@ async def read_raw(stream: AsyncIterator[Any], timeout: float, after_terminal: f
             break
         budget = after_terminal if past_terminal else until - loop.time()
         try:
-            async with asyncio.timeout(max(budget, 0.0)):
-                item = await stream.__anext__()
+            if budget <= 0:
+                raise TimeoutError  # An engine that held the loop spent the budget without a timer firing.
+            # within(), not asyncio.timeout: a stream that swallows its cancellation is abandoned at the bound.
+            item = await within(stream.__anext__(), budget, "the stream")
         except StopAsyncIteration:
             break
         except TimeoutError:
@@ -105,8 +108,7 @@ async def close_raw(stream: AsyncIterator[Any]) -> None:
     aclose = getattr(stream, "aclose", None)
     if aclose is not None:
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(1.0):
-                await aclose()
+            await within(aclose(), 1.0, "closing the stream")
 
 
 async def judge_start(session: EngineSession, settings: KitSettings) -> Verdicts:
