@@ -181,6 +181,9 @@ class _RequestDriver:
 
     # Setup and the monitor: events other than the engine's items.
 
+    def require_home_loop(self) -> None:
+        self._home.require_running()
+
     def start(self, stream: AsyncIterator[Any]) -> None:
         self.stream = stream
         # Listen first, then catch up: a signal from another thread is then either

@@ -18,6 +18,8 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Literal
 
+from dynamo_backend_protocol.reference.loop_affinity import require_home_loop
+
 Signal = Literal["stop", "kill", "first_token"]
 Listener = Callable[[Signal], None]
 
@@ -322,6 +324,10 @@ class HomeLoop:
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
+
+    def require_running(self, what: str = "this response stream") -> None:
+        """Refuse use under another running loop (FAULT-STREAM-LOOP): work started there would never run here."""
+        require_home_loop(self._loop, what)
 
     def call(self, function: Callable[[], object]) -> None:
         """Call ``function`` now on the home thread, or soon on the home loop from another."""

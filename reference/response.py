@@ -20,6 +20,9 @@ class Forwarding(Protocol):
     def run(self) -> AsyncIterator[Annotated]:
         """The response items, as one async generator."""
 
+    def require_home_loop(self) -> None:
+        """Raise unless the running loop is the one the request was set up on (FAULT-STREAM-LOOP)."""
+
     def abandon(self) -> None:
         """The consumer dropped the stream without closing it."""
 
@@ -45,9 +48,11 @@ class ResponseStream:
         self._reads = self._items if boundary is None else boundary.response(self._items)
 
     def __aiter__(self) -> AsyncIterator[Annotated]:
+        self._driver.require_home_loop()
         return self._reads
 
     def __anext__(self) -> Awaitable[Annotated]:
+        self._driver.require_home_loop()
         return self._reads.__anext__()
 
     async def aclose(self) -> None:

@@ -37,8 +37,6 @@ class StoppableStream(HostileEngine):
                 await asyncio.sleep(0)
 
 
-@pytest.mark.xfail(strict=True, reason="needs reference/adapter.py (thin-adapter's) to call "
-                   "loop_affinity.require_home_loop in ResponseStream.__aiter__/__anext__")
 def test_a_stream_read_under_another_event_loop_is_refused_at_the_first_read() -> None:
     """FAULT-STREAM-LOOP: refused with a clear error at the first read, nothing pulled from the engine;
     read on its own loop afterwards, the stream is whole and a stop reaches engine.abort."""
