@@ -5,20 +5,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
+import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from dynamo_backend_protocol.model import Mode
 from dynamo_backend_protocol.model.disagg import DISAGG_FAIRNESS
 from dynamo_backend_protocol.model.engine import Composition
 from dynamo_backend_protocol.model.explore import ExplorationReport, InvariantResult, explore_all
 from dynamo_backend_protocol.model.explore.checking import MachineReport
-from dynamo_backend_protocol.model.explore.compiled import explore_compiled
+from dynamo_backend_protocol.model.explore.compiled import (
+    BoundReached,
+    CompiledReport,
+    ExplorationBounds,
+    explore_compiled,
+)
+from dynamo_backend_protocol.model.explore.compiled_liveness import UnsupportedLiveness, check_compiled_liveness
 from dynamo_backend_protocol.model.explore.disagg import DisaggReport, explore_disagg
 from dynamo_backend_protocol.model.explore.engine import LIVENESS_MAX_REQUESTS, explore_engine
 from dynamo_backend_protocol.model.explore.lifecycle import LifecycleReport, explore_lifecycle
 from dynamo_backend_protocol.model.explore.liveness import LivenessResult
 from dynamo_backend_protocol.model.liveness import FAIRNESS
+from dynamo_backend_protocol.reference.bench.memory import rss_bytes
 from dynamo_backend_protocol.reference.cli.support import (
     Subparsers,
     UsageError,
@@ -56,9 +66,8 @@ def register(subparsers: Subparsers) -> None:
         action="store_true",
         help="with --requests: also time the generic explorer on the same composition (at most 2 requests)",
     )
+    add_bound_options(parser)
     parser.set_defaults(run=run)
-
-
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             if args.baseline:
                 raise UsageError("check: --baseline times this package's explorers, not SPIN")
             return _run_spin_requests(modes, args.requests, args.json)
-        return _run_requests(modes, args.requests, args.json, args.baseline)
+        return _run_requests(modes, args.requests, args.json, args.baseline, args)
     if args.machine == "disagg":
         if args.mode is not None and modes != [Mode.DECODE]:
             raise UsageError("check: --machine disagg is a decode request with its KV transfer; use --mode decode")
@@ -165,16 +174,40 @@ def _run_disagg(as_json: bool) -> int:
     return 0 if report.ok else 1
 
 
-def _run_requests(modes: list[Mode], count: int, as_json: bool, baseline: bool) -> int:
-    reports = {mode: explore_compiled(Composition(count, mode)) for mode in modes}
+def _run_requests(
+    modes: list[Mode], count: int, as_json: bool, baseline: bool, args: argparse.Namespace
+) -> int:
+    bounds = Bounds.from_args(args)
+    mode = modes[0]
+    reports: dict[Mode, CompiledReport] = {}
+    liveness: dict[Mode, list[LivenessResult]] = {}
+    not_checked: dict[Mode, str] = {}
+    try:
+        for mode in modes:
+            composition = Composition(count, mode)
+            report = reports[mode] = explore_compiled(composition, bounds=bounds.exploration, keep_graph=True)
+            assert report.graph is not None
+            try:
+                liveness[mode] = check_compiled_liveness(report.graph)
+            except UnsupportedLiveness as reason:
+                # The generic search has no precondition; it is only slow, so it runs where it is small.
+                if count <= LIVENESS_MAX_REQUESTS:
+                    liveness[mode] = explore_engine(composition, liveness=True).liveness
+                else:
+                    not_checked[mode] = str(reason)
+            report.graph = None
+    except BoundReached as stopped:
+        bounds.done()
+        raise UsageError(bounds.reached(stopped, count, mode)) from None
+    except MemoryError:
+        bounds.done()
+        raise UsageError(
+            f"check: ran out of memory with {count} {mode.value} requests; give a smaller --max-memory "
+            f"(now {describe_size(bounds.max_memory)}) or use SPIN: check --engine spin --requests {count} "
+            f"--mode {mode.value} --swarm"
+        ) from None
+    bounds.done()
     peak = peak_memory_mib()
-    # The compiled explorer merges interchangeable requests, so it cannot follow one request round
-    # a loop; liveness is checked on the generic walk's graph, which is small enough up to this size.
-    liveness = (
-        {mode: explore_engine(Composition(count, mode), liveness=True).liveness for mode in modes}
-        if count <= LIVENESS_MAX_REQUESTS
-        else {}
-    )
     baselines = {mode: explore_engine(Composition(min(count, 2), mode)) for mode in modes} if baseline else {}
     ok = all(report.ok for report in reports.values()) and all(
         result.holds for found in liveness.values() for result in found
@@ -189,8 +222,8 @@ def _run_requests(modes: list[Mode], count: int, as_json: bool, baseline: bool) 
                 for mode, report in reports.items()
             },
         }
-        if not liveness:
-            data["liveness_not_checked"] = f"liveness is checked up to {LIVENESS_MAX_REQUESTS} requests"
+        if not_checked:
+            data["liveness_not_checked"] = {mode.value: reason for mode, reason in not_checked.items()}
         if baselines:
             data["baseline"] = {mode.value: _baseline_dict(found) for mode, found in baselines.items()}
         print(json.dumps(data, indent=2))
@@ -204,6 +237,8 @@ def _run_requests(modes: list[Mode], count: int, as_json: bool, baseline: bool) 
         )
         lines.extend(_invariant_lines(report.invariants))
         lines.extend(_liveness_lines(liveness.get(mode, [])))
+        if mode in not_checked:
+            lines.append(f"  liveness not checked: {not_checked[mode]}")
         if mode in baselines:
             old = baselines[mode]
             lines.append(
@@ -212,14 +247,126 @@ def _run_requests(modes: list[Mode], count: int, as_json: bool, baseline: bool) 
                 f"({old.seconds / old.states / (report.seconds / report.states):.0f}x the compiled cost per state)"
             )
     lines.append(f"peak memory: {peak:.0f} MiB")
-    if not liveness:
-        lines.append(f"liveness not checked: beyond {LIVENESS_MAX_REQUESTS} requests (the walk it needs is too slow)")
     lines.append(
         f"{'all properties hold' if ok else 'PROPERTIES VIOLATED'} with {count} concurrent request(s) "
         f"in {len(modes)} mode(s)"
     )
     print("\n".join(lines))
     return 0 if ok else 1
+
+
+GIB = 1024**3
+MAX_MEMORY_CEILING = 4 * GIB
+"""The default memory bound, at most: 4 decode requests take about 0.5 GiB, 5 about five times that."""
+DEFAULT_MAX_STATES = 12_000_000
+"""About 3.5 GiB of stored states at ~280 bytes each (measured: 1,680,897 states in 456 MiB peak)."""
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+
+
+def default_max_memory() -> int:
+    """4 GiB, or less where the machine or the process's limit is smaller: a quarter of the
+    machine's memory, 60% of an address-space limit (a Python process maps more than it touches)."""
+    bound = MAX_MEMORY_CEILING
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            total = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemTotal:"))
+        bound = min(bound, total // 4)
+    except (OSError, StopIteration, ValueError, IndexError):
+        pass
+    for limit in (resource.RLIMIT_AS, resource.RLIMIT_DATA):
+        soft = resource.getrlimit(limit)[0]
+        if soft != resource.RLIM_INFINITY:
+            bound = min(bound, int(soft * 0.6))
+    return bound
+
+
+def memory_size(text: str) -> int:
+    """``--max-memory``: bytes, or a number with K, M, G or T (binary units: 1G is 1 GiB)."""
+    found = _SIZE.match(text)
+    if found is None:
+        raise argparse.ArgumentTypeError(f"not a size (say 4G or 512M): {text!r}")
+    number, unit = float(found.group(1)), found.group(2).lower()
+    size = int(number * 1024 ** "_kmgt".index(unit)) if unit else int(number)
+    if size < 64 * 1024**2:
+        raise argparse.ArgumentTypeError(f"at least 64M, not {text!r}")
+    return size
+
+
+def state_count(text: str) -> int:
+    try:
+        count = int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"at least 1, not {count}")
+    return count
+
+
+def describe_size(size: int) -> str:
+    return f"{size / GIB:.1f} GiB" if size >= GIB else f"{size / 1024**2:.0f} MiB"
+
+
+def add_bound_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-states",
+        type=state_count,
+        default=DEFAULT_MAX_STATES,
+        metavar="N",
+        help=f"with --requests: stop (exit 2) past N stored states (default {DEFAULT_MAX_STATES:,})",
+    )
+    parser.add_argument(
+        "--max-memory",
+        type=memory_size,
+        default=None,
+        metavar="SIZE",
+        help="with --requests: stop (exit 2) before the search needs more memory than SIZE, e.g. 2G "
+        f"(default {describe_size(default_max_memory())} here: at most 4G, a quarter of the machine's memory)",
+    )
+
+
+@dataclass
+class Bounds:
+    """The explorer's bounds from the command line, and the live count on a terminal."""
+
+    max_states: int
+    max_memory: int
+    show_progress: bool
+    started: float = 0.0
+    shown: bool = field(default=False)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Bounds:
+        memory = args.max_memory if args.max_memory is not None else default_max_memory()
+        return cls(args.max_states, memory, sys.stderr.isatty())
+
+    @property
+    def exploration(self) -> ExplorationBounds:
+        return ExplorationBounds(
+            self.max_states, self.max_memory, rss_bytes, self._progress if self.show_progress else None
+        )
+
+    def _progress(self, states: int) -> None:
+        print(f"\rexploring: {states:,} states, {rss_bytes() / 1024**2:,.0f} MiB", end="", file=sys.stderr, flush=True)
+        self.shown = True
+
+    def done(self) -> None:
+        """Clear the live count, so that what follows starts on a clean line."""
+        if self.shown:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+            self.shown = False
+
+    def reached(self, stopped: BoundReached, count: int, mode: Mode) -> str:
+        limit = f"--max-states {self.max_states:,}" if stopped.bound == "the state bound" else (
+            f"--max-memory {describe_size(self.max_memory)}"
+        )
+        return (
+            f"check: stopped at {stopped.bound} ({limit}) with {count} {mode.value} requests after "
+            f"{stopped.states:,} states and {stopped.transitions:,} transitions in {stopped.seconds:.0f} s "
+            f"({describe_size(stopped.memory)} in use); nothing was judged. This composition is too large to "
+            f"search exactly here: use SPIN's bitstate search (check --engine spin --requests {count} "
+            f"--mode {mode.value} --swarm, or export --format promela --requests {count} and a swarm on more "
+            "machines: docs/model-checking.md), or raise the bound"
+        )
 
 
 def _baseline_dict(report: MachineReport) -> dict[str, object]:
