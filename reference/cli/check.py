@@ -36,7 +36,16 @@ from dynamo_backend_protocol.reference.cli.support import (
     parse_modes,
     request_count,
 )
-from dynamo_backend_protocol.reference.spin import SpinUnavailable, SpinVerdict, spin_check, spin_check_engine
+from dynamo_backend_protocol.reference.spin import (
+    SEARCHES,
+    SearchReport,
+    SpinUnavailable,
+    SpinVerdict,
+    VerifierRun,
+    spin_check,
+    spin_check_engine,
+    spin_search,
+)
 
 
 def register(subparsers: Subparsers) -> None:
@@ -67,11 +76,65 @@ def register(subparsers: Subparsers) -> None:
         help="with --requests: also time the generic explorer on the same composition (at most 2 requests)",
     )
     add_bound_options(parser)
+    parser.add_argument(
+        "--search",
+        choices=("exact", *SEARCHES),
+        default="exact",
+        help="with --engine spin --requests: SPIN's exact search, its bitstate hashing, or hash compaction "
+        "(approximate, for compositions too large to store; the verdict says how much it covered)",
+    )
+    parser.add_argument(
+        "--swarm",
+        type=_verifier_count,
+        nargs="?",
+        const=DEFAULT_SWARM,
+        metavar="N",
+        help=f"with --engine spin --requests: a swarm of N bitstate verifiers, each with its own seed, hash "
+        f"functions and search order (default {DEFAULT_SWARM}; as many run at once as there are cores)",
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=_minutes,
+        default=DEFAULT_MINUTES,
+        metavar="MINUTES",
+        help=f"with --search or --swarm: each verifier's CPU time, in whole minutes (default {DEFAULT_MINUTES})",
+    )
     parser.set_defaults(run=run)
+
+
+DEFAULT_SWARM = 4
+DEFAULT_MINUTES = 2
+
+
+def _verifier_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= count <= 64:
+        raise argparse.ArgumentTypeError(f"between 1 and 64 verifiers, not {count}")
+    return count
+
+
+def _minutes(text: str) -> int:
+    try:
+        minutes = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"whole minutes, not {text!r}") from None
+    if not 1 <= minutes <= 24 * 60:
+        raise argparse.ArgumentTypeError(f"between 1 and 1440 minutes, not {minutes}")
+    return minutes
 
 
 def run(args: argparse.Namespace) -> int:
     modes = parse_modes(args.mode)
+    approximate = args.swarm is not None or args.search != "exact"
+    if approximate and (args.engine != "spin" or args.requests is None):
+        raise UsageError(
+            "check: --search and --swarm are SPIN's searches of a composition; give --engine spin --requests N"
+        )
+    if args.swarm is not None and args.search == "hashcompact":
+        raise UsageError("check: a swarm is of bitstate verifiers; leave out --search hashcompact")
     if args.baseline and args.requests is None:
         raise UsageError("check: --baseline times the composed model; give --requests N")
     if args.requests is not None:
@@ -80,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
         if args.engine == "spin":
             if args.baseline:
                 raise UsageError("check: --baseline times this package's explorers, not SPIN")
+            if approximate:
+                return _run_spin_search(modes, args)
             return _run_spin_requests(modes, args.requests, args.json)
         return _run_requests(modes, args.requests, args.json, args.baseline, args)
     if args.machine == "disagg":
@@ -115,6 +180,107 @@ def _run_spin_requests(modes: list[Mode], count: int, as_json: bool) -> int:
                         what=f"{count} {{mode}} request(s) sharing one engine",
                         not_checked=not_checked,
                         extra={"requests": count})
+
+
+def _run_spin_search(modes: list[Mode], args: argparse.Namespace) -> int:
+    """SPIN's bitstate or hash-compact search (one verifier, or a swarm) of the composition's invariants."""
+    count, verifiers = args.requests, args.swarm or 1
+    search = "bitstate" if args.swarm is not None else args.search
+    memory = args.max_memory if args.max_memory is not None else min(SPIN_MEMORY, default_max_memory())
+    try:
+        reports = {
+            mode: spin_search(Composition(count, mode), search=search, verifiers=verifiers, memory=memory,
+                              minutes=args.time_limit)
+            for mode in modes
+        }
+    except SpinUnavailable as error:
+        raise UsageError(f"check: {error}") from None
+    ok = not any(report.violated for report in reports.values())
+    if args.json:
+        print(json.dumps({
+            "ok": ok,
+            "engine": "spin",
+            "search": search,
+            "requests": count,
+            "modes": {mode.value: _search_dict(report) for mode, report in reports.items()},
+            "not_checked": SPIN_SEARCH_CANNOT_CHECK,
+        }, indent=2))
+        return 0 if ok else 1
+    kind = f"a swarm of {verifiers} bitstate verifiers" if args.swarm is not None else f"{search} search"
+    lines: list[str] = []
+    for mode, report in reports.items():
+        lines.append(f"{count} {mode.value} request(s) sharing one engine (SPIN, {kind}, every invariant at once):")
+        for index, found in enumerate(report.runs, 1):
+            lines.append(f"  verifier {index} ({' '.join(found.options[3:])}): {_run_line(found)}")
+        verdict = "VIOLATED: an invariant fails (export --format promela and run SPIN for the trail)" if (
+            report.violated) else "no invariant violated in any state the search reached"
+        lines.append(f"  {verdict}")
+        lines.append(f"  coverage: {_coverage_line(report)}")
+    lines.append(f"not checked by this search: {SPIN_SEARCH_CANNOT_CHECK}")
+    lines.append(
+        "PROPERTIES VIOLATED, according to SPIN" if not ok
+        else f"no violation found in {len(modes)} mode(s) by SPIN's {kind}"
+    )
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
+def _run_line(found: VerifierRun) -> str:
+    parts = [f"{found.stored:,} states stored", f"depth {found.depth}", f"{found.seconds:.0f} s"]
+    if found.hash_factor is not None:
+        parts.append(f"hash factor {found.hash_factor:,.1f} (SPIN: best if > 100)")
+    if found.coverage is not None:
+        parts.append(f"estimated chance to miss a state it met {1 - found.coverage:.1e}")
+    parts.append(f"stopped: {found.truncated}" if found.truncated else "search ended")
+    if found.errors:
+        parts.append(f"{found.errors} error(s)")
+    return ", ".join(parts)
+
+
+def _coverage_line(report: SearchReport) -> str:
+    if report.coverage is None:
+        coverage = "SPIN gives no estimate for hash compaction; compare the states stored with an exact run's"
+    else:
+        coverage = (
+            f"the best verifier stored {report.stored:,} states and took a state it met for one already seen "
+            f"with probability at most {1 - report.coverage:.1e} ((1 - e^(-k/h))^k for k hash functions "
+            "and hash factor h)"
+        )
+    if not report.complete:
+        coverage += "; some verifiers stopped before their search ended, so parts of the space were not reached"
+    return coverage
+
+
+def _search_dict(report: SearchReport) -> dict[str, object]:
+    return {
+        "violated": report.violated,
+        "complete": report.complete,
+        "states_stored": report.stored,
+        "estimated_coverage": report.coverage,
+        "verifiers": [
+            {
+                "options": list(found.options),
+                "errors": found.errors,
+                "states_stored": found.stored,
+                "depth": found.depth,
+                "seconds": round(found.seconds, 3),
+                "hash_factor": found.hash_factor,
+                "estimated_coverage": found.coverage,
+                "stopped": found.truncated,
+            }
+            for found in report.runs
+        ],
+    }
+
+
+SPIN_MEMORY = 512 * 1024**2
+"""What the verifiers' hash arrays share by default: 2^31 bits each for two at once, a hash factor
+past 100 up to some 20 million states (more with --max-memory)."""
+
+SPIN_SEARCH_CANNOT_CHECK = (
+    "liveness (an approximate search checks the invariants, together), TABLE-WELL-FORMED and "
+    "cleanup_reachable_from_every_state"
+)
 
 
 def _report_spin(
@@ -256,15 +422,14 @@ def _run_requests(
 
 
 GIB = 1024**3
-MAX_MEMORY_CEILING = 4 * GIB
-"""The default memory bound, at most: 4 decode requests take about 0.5 GiB, 5 about five times that."""
-DEFAULT_MAX_STATES = 12_000_000
-"""About 3.5 GiB of stored states at ~280 bytes each (measured: 1,680,897 states in 456 MiB peak)."""
+MAX_MEMORY_CEILING = 2 * GIB
+"""The default memory bound, at most: 4 decode requests take about 0.5 GiB (1,680,897 states, 456 MiB
+peak), and a shared 24 GiB machine keeps room for others; about 8 million states fit."""
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 
 
 def default_max_memory() -> int:
-    """4 GiB, or less where the machine or the process's limit is smaller: a quarter of the
+    """2 GiB, or less where the machine or the process's limit is smaller: a quarter of the
     machine's memory, 60% of an address-space limit (a Python process maps more than it touches)."""
     bound = MAX_MEMORY_CEILING
     try:
@@ -310,9 +475,9 @@ def add_bound_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-states",
         type=state_count,
-        default=DEFAULT_MAX_STATES,
+        default=None,
         metavar="N",
-        help=f"with --requests: stop (exit 2) past N stored states (default {DEFAULT_MAX_STATES:,})",
+        help="with --requests: stop (exit 2) past N stored states (default: only the memory bound)",
     )
     parser.add_argument(
         "--max-memory",
@@ -320,7 +485,8 @@ def add_bound_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="SIZE",
         help="with --requests: stop (exit 2) before the search needs more memory than SIZE, e.g. 2G "
-        f"(default {describe_size(default_max_memory())} here: at most 4G, a quarter of the machine's memory)",
+        f"(default {describe_size(default_max_memory())} here: at most 2G, a quarter of the machine's memory); "
+        "with --engine spin: what the verifiers' hash arrays share",
     )
 
 
@@ -328,7 +494,7 @@ def add_bound_options(parser: argparse.ArgumentParser) -> None:
 class Bounds:
     """The explorer's bounds from the command line, and the live count on a terminal."""
 
-    max_states: int
+    max_states: int | None
     max_memory: int
     show_progress: bool
     started: float = 0.0
@@ -356,7 +522,7 @@ class Bounds:
             self.shown = False
 
     def reached(self, stopped: BoundReached, count: int, mode: Mode) -> str:
-        limit = f"--max-states {self.max_states:,}" if stopped.bound == "the state bound" else (
+        limit = f"--max-states {self.max_states or 0:,}" if stopped.bound == "the state bound" else (
             f"--max-memory {describe_size(self.max_memory)}"
         )
         return (
