@@ -266,3 +266,30 @@ def _verify(folder: Path, options: tuple[str, ...], minutes: int) -> VerifierRun
         hashes=hashes,
         truncated=truncated,
     )
+
+
+_MEMORY = re.compile(r"([0-9.]+)\s+total actual memory usage")
+
+
+@dataclass(frozen=True)
+class ExhaustiveRun:
+    stored: int
+    seconds: float
+    """pan's own elapsed time, not the compile."""
+    memory: int
+    """Bytes, as pan reports its total actual memory usage."""
+
+
+def spin_exhaustive_safety(composition: Composition, table: CompiledTable = DEFAULT_TABLE) -> ExhaustiveRun:
+    """SPIN's exact search of the composition's safety claims (their conjunction), for the bench."""
+    spin, compiler = spin_commands()
+    with tempfile.TemporaryDirectory(prefix="dbp-spin-") as name:
+        folder = Path(name)
+        (folder / "model.pml").write_text(engine_promela_body(composition, table))
+        _run([spin, "-a", "model.pml"], folder)
+        _run([compiler, "-w", "-O0", "-DSAFETY", "-o", "pan", "pan.c"], folder)
+        out = _run([str(folder / "pan"), "-N", ALL_SAFETY, "-n", f"-m{MAX_DEPTH}"], folder)
+    stored, seconds, memory = _STORED.search(out), _RATE.search(out), _MEMORY.search(out)
+    if stored is None or seconds is None or memory is None:
+        raise SpinUnavailable(f"pan gave no figures: {out.strip()[-300:]}")
+    return ExhaustiveRun(int(stored.group(1)), float(seconds.group(1)), int(float(memory.group(1)) * 1024**2))

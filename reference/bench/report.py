@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dynamo_backend_protocol.reference.adapter import EngineAdapter
-from dynamo_backend_protocol.reference.bench import adapter_cost, soak, trace_load
+from dynamo_backend_protocol.reference.bench import adapter_cost, checker, soak, trace_load
 from dynamo_backend_protocol.reference.bench.adapter_cost import AdapterSizes
 from dynamo_backend_protocol.reference.bench.engines import FLOOR_DESCRIPTION
 from dynamo_backend_protocol.reference.bench.profile import ProfileRow, attribution
@@ -17,7 +17,7 @@ from dynamo_backend_protocol.reference.bench.rounds import MIN_ROUNDS, Figure
 from dynamo_backend_protocol.reference.bench.soak import SoakSizes
 from dynamo_backend_protocol.reference.bench.targets import Figures, Target, Verdict, with_bounds
 
-SECTIONS = ("adapter", "explore", "conformance", "profile", "soak", "trace")
+SECTIONS = ("adapter", "explore", "conformance", "profile", "soak", "trace", "checker")
 CORE = ("adapter", "explore", "conformance")
 TARGETS: tuple[Target, ...] = (*adapter_cost.TARGETS, *soak.TARGETS, *trace_load.TARGETS)
 
@@ -119,5 +119,7 @@ async def run_bench(options: BenchOptions, conformance: Callable[[], Awaitable[N
         profile = Profile(chunks * slices, rows, bare, adapter)
     if "trace" in options.sections:
         sections["trace"] = trace_load.trace_figures(2_000 if options.quick else 500_000)
+    if "checker" in options.sections:
+        sections["checker"] = checker.checker_figures(options.quick)
     verdicts = [target.judge(sections[target.section]) for target in targets if target.section in sections]
     return BenchReport(machine_description(), options.rounds, sections, profile, verdicts)
