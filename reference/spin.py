@@ -20,6 +20,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -132,7 +133,7 @@ _STORED = re.compile(r"^\s*(\d+) states, stored", re.MULTILINE)
 _DEPTH = re.compile(r"depth reached (\d+)")
 _HASH_FACTOR = re.compile(r"hash factor: ([0-9.e+]+)")
 _RATE = re.compile(r"elapsed time ([0-9.e+]+) seconds")
-_TRUNCATED = ("Time limit", "max search depth too small", "out of memory")
+_TRUNCATED = ("max search depth too small", "out of memory")
 
 
 @dataclass(frozen=True)
@@ -151,12 +152,17 @@ class VerifierRun:
     """Why the search stopped before it ended (time limit, depth, memory), if it did."""
 
     @property
-    def coverage(self) -> float | None:
-        """The chance that a state this run met was not wrongly taken for one already seen:
-        with k hash functions and a hash factor of h bits per state, 1 - (1 - e^(-k/h))^k."""
-        if self.hash_factor is None or self.hash_factor <= 0:
+    def miss_chance(self) -> float | None:
+        """The chance that a state this run met was wrongly taken for one already seen, with k
+        hash functions and a hash factor of h bits per stored state: (1 - e^(-k/h))^k."""
+        if self.hash_factor is None or self.hash_factor <= 0 or self.hashes <= 0:
             return None
-        return 1.0 - (1.0 - math.exp(-self.hashes / self.hash_factor)) ** self.hashes
+        return (-math.expm1(-self.hashes / self.hash_factor)) ** self.hashes
+
+    @property
+    def coverage(self) -> float | None:
+        miss = self.miss_chance
+        return None if miss is None else 1.0 - miss
 
 
 @dataclass
@@ -181,10 +187,15 @@ class SearchReport:
         return max((run.stored for run in self.runs), default=0)
 
     @property
-    def coverage(self) -> float | None:
-        """The best single verifier's estimate (the union covers at least as much)."""
-        found = [run.coverage for run in self.runs if run.coverage is not None]
+    def miss_chance(self) -> float | None:
+        """The worst verifier's chance of taking a state it met for one already seen."""
+        found = [run.miss_chance for run in self.runs if run.miss_chance is not None]
         return max(found) if found else None
+
+    @property
+    def coverage(self) -> float | None:
+        miss = self.miss_chance
+        return None if miss is None else 1.0 - miss
 
 
 def spin_search(
@@ -200,7 +211,8 @@ def spin_search(
     """The composition's safety claims (their conjunction) under an approximate search:
     ``verifiers`` bitstate verifiers (a swarm: each its own seed, hash functions, bits per
     state and search order) or one hash-compact verifier.  ``memory`` is what all the
-    verifiers running at once may use for their hash arrays; each stops after ``minutes``."""
+    verifiers running at once may use for their hash arrays; each is interrupted after ``minutes``
+    on the wall clock and reports what it searched until then."""
     if search not in SEARCHES:
         raise ValueError(f"search is one of {', '.join(SEARCHES)}, not {search!r}")
     spin, compiler = spin_commands()
@@ -225,7 +237,7 @@ def _plan(search: str, index: int, seed: int, memory: int, minutes: int) -> tupl
     """Verifier ``index``'s options: the swarm's diversity is in the seed (which also randomises
     the order of transitions and processes), the hash polynomial, the bits per state and the
     direction in which each process's transitions are tried."""
-    common = ("-N", ALL_SAFETY, "-n", f"-m{MAX_DEPTH}", f"-Q{minutes}")
+    common = ("-N", ALL_SAFETY, "-n", f"-m{MAX_DEPTH}")
     if search == "hashcompact":
         slots = max(16, min(30, int(math.log2(max(memory, 1) // 16))))
         return (*common, f"-w{slots}")
@@ -239,15 +251,24 @@ def _plan(search: str, index: int, seed: int, memory: int, minutes: int) -> tupl
 
 
 def _verify(folder: Path, options: tuple[str, ...], minutes: int) -> VerifierRun:
+    """One verifier, interrupted at its time limit: pan checks its own limit (-Q) only now and
+    then, but on an interrupt it prints what it searched so far and ends, as on a finished search."""
     started = time.perf_counter()
+    pan = subprocess.Popen(
+        [str(folder / "pan"), *options], cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    interrupted = False
     try:
-        done = subprocess.run(
-            [str(folder / "pan"), *options], cwd=folder, capture_output=True, text=True,
-            timeout=60.0 * minutes + STEP_TIMEOUT, check=False,
-        )
+        out, _ = pan.communicate(timeout=60.0 * minutes)
     except subprocess.TimeoutExpired:
-        raise SpinUnavailable(f"pan {' '.join(options)} ran past its own time limit") from None
-    out = done.stdout + done.stderr
+        interrupted = True
+        pan.send_signal(signal.SIGINT)
+        try:
+            out, _ = pan.communicate(timeout=STEP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pan.kill()
+            pan.communicate()
+            raise SpinUnavailable(f"pan {' '.join(options)} did not stop when interrupted") from None
     errors = _ERRORS.search(out)
     stored = _STORED.search(out)
     if errors is None or stored is None:
@@ -255,7 +276,7 @@ def _verify(folder: Path, options: tuple[str, ...], minutes: int) -> VerifierRun
     depth = _DEPTH.search(out)
     factor = _HASH_FACTOR.search(out)
     hashes = next((int(option[2:]) for option in options if option.startswith("-k")), 0)
-    truncated = next((reason for reason in _TRUNCATED if reason in out), None)
+    truncated = "time limit" if interrupted else next((reason for reason in _TRUNCATED if reason in out), None)
     return VerifierRun(
         options=options,
         errors=int(errors.group(1)),

@@ -97,7 +97,8 @@ def register(subparsers: Subparsers) -> None:
         type=_minutes,
         default=DEFAULT_MINUTES,
         metavar="MINUTES",
-        help=f"with --search or --swarm: each verifier's CPU time, in whole minutes (default {DEFAULT_MINUTES})",
+        help=f"with --search or --swarm: each verifier's time on the wall clock, in whole minutes; at the limit it "
+        f"reports what it searched so far (default {DEFAULT_MINUTES})",
     )
     parser.set_defaults(run=run)
 
@@ -206,12 +207,12 @@ def _run_spin_search(modes: list[Mode], args: argparse.Namespace) -> int:
             "not_checked": SPIN_SEARCH_CANNOT_CHECK,
         }, indent=2))
         return 0 if ok else 1
-    kind = f"a swarm of {verifiers} bitstate verifiers" if args.swarm is not None else f"{search} search"
+    kind = f"a swarm of {verifiers} bitstate verifiers" if args.swarm is not None else f"a {search} search"
     lines: list[str] = []
     for mode, report in reports.items():
         lines.append(f"{count} {mode.value} request(s) sharing one engine (SPIN, {kind}, every invariant at once):")
         for index, found in enumerate(report.runs, 1):
-            lines.append(f"  verifier {index} ({' '.join(found.options[3:])}): {_run_line(found)}")
+            lines.append(f"  verifier {index} ({' '.join(found.options[4:])}): {_run_line(found)}")
         verdict = "VIOLATED: an invariant fails (export --format promela and run SPIN for the trail)" if (
             report.violated) else "no invariant violated in any state the search reached"
         lines.append(f"  {verdict}")
@@ -219,7 +220,7 @@ def _run_spin_search(modes: list[Mode], args: argparse.Namespace) -> int:
     lines.append(f"not checked by this search: {SPIN_SEARCH_CANNOT_CHECK}")
     lines.append(
         "PROPERTIES VIOLATED, according to SPIN" if not ok
-        else f"no violation found in {len(modes)} mode(s) by SPIN's {kind}"
+        else f"no violation found in {len(modes)} mode(s) by {kind} (SPIN)"
     )
     print("\n".join(lines))
     return 0 if ok else 1
@@ -229,8 +230,8 @@ def _run_line(found: VerifierRun) -> str:
     parts = [f"{found.stored:,} states stored", f"depth {found.depth}", f"{found.seconds:.0f} s"]
     if found.hash_factor is not None:
         parts.append(f"hash factor {found.hash_factor:,.1f} (SPIN: best if > 100)")
-    if found.coverage is not None:
-        parts.append(f"estimated chance to miss a state it met {1 - found.coverage:.1e}")
+    if found.miss_chance is not None:
+        parts.append(f"chance it took a state it met for one already seen {found.miss_chance:.1e}")
     parts.append(f"stopped: {found.truncated}" if found.truncated else "search ended")
     if found.errors:
         parts.append(f"{found.errors} error(s)")
@@ -238,13 +239,16 @@ def _run_line(found: VerifierRun) -> str:
 
 
 def _coverage_line(report: SearchReport) -> str:
-    if report.coverage is None:
-        coverage = "SPIN gives no estimate for hash compaction; compare the states stored with an exact run's"
+    if report.miss_chance is None:
+        coverage = (
+            f"at most {report.stored:,} states stored by one verifier; SPIN gives no estimate for hash "
+            "compaction, so compare that with an exact run's"
+        )
     else:
         coverage = (
-            f"the best verifier stored {report.stored:,} states and took a state it met for one already seen "
-            f"with probability at most {1 - report.coverage:.1e} ((1 - e^(-k/h))^k for k hash functions "
-            "and hash factor h)"
+            f"at most {report.stored:,} states stored by one verifier; each took a state it met for one "
+            f"already seen with probability at most {report.miss_chance:.1e} ((1 - e^(-k/h))^k for k hash "
+            "functions and hash factor h)"
         )
     if not report.complete:
         coverage += "; some verifiers stopped before their search ended, so parts of the space were not reached"
@@ -257,6 +261,7 @@ def _search_dict(report: SearchReport) -> dict[str, object]:
         "complete": report.complete,
         "states_stored": report.stored,
         "estimated_coverage": report.coverage,
+        "miss_chance": report.miss_chance,
         "verifiers": [
             {
                 "options": list(found.options),
@@ -266,6 +271,7 @@ def _search_dict(report: SearchReport) -> dict[str, object]:
                 "seconds": round(found.seconds, 3),
                 "hash_factor": found.hash_factor,
                 "estimated_coverage": found.coverage,
+                "miss_chance": found.miss_chance,
                 "stopped": found.truncated,
             }
             for found in report.runs
