@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 from dataclasses import replace
@@ -20,8 +21,9 @@ from dynamo_backend_protocol.model import (
     EventKind,
     Mode,
 )
+from dynamo_backend_protocol.model.engine import Composition
 from dynamo_backend_protocol.model.explore import ExplorationReport, explore_all
-from dynamo_backend_protocol.model.explore.compiled import explore_compiled
+from dynamo_backend_protocol.model.explore.compiled import CompiledReport, explore_compiled
 from dynamo_backend_protocol.model.explore.engine import explore_engine
 from dynamo_backend_protocol.model.faults import FAULT_INVARIANTS
 from dynamo_backend_protocol.model.invariants import DONE_REACHABLE, TABLE_WELL_FORMED, all_invariants
@@ -432,3 +434,32 @@ def test_check_requests_stops_at_its_bound_with_one_line(capsys: pytest.CaptureF
 def test_check_max_memory_refuses_what_is_not_a_size(capsys: pytest.CaptureFixture[str], value: str) -> None:
     code, out, err = run_cli(capsys, "check", "--requests", "2", "--max-memory", value)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+
+
+def test_check_requests_out_of_memory_is_one_line_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Under an address-space limit tighter than the bound, Python may raise MemoryError before
+    the bound is reached: still one line naming what to do, exit 2."""
+
+    def exhausted(composition: Composition, **options: object) -> CompiledReport:
+        raise MemoryError
+
+    monkeypatch.setattr(cli_check, "explore_compiled", exhausted)
+    code, out, err = run_cli(capsys, "check", "--requests", "8", "--mode", "agg")
+    assert code == 2 and out == ""
+    (line,) = err.strip().splitlines()
+    assert "ran out of memory" in line and "--engine spin" in line
+
+
+def test_the_default_memory_bound_fits_under_an_address_space_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process run under ulimit -v gets a bound well inside it (issue 28: 8 agg requests under
+    1.5 GiB ended in a MemoryError traceback); without one, at most 2 GiB."""
+    limit = 1536 * 1024**2
+    real = resource.getrlimit
+    monkeypatch.setattr(
+        resource, "getrlimit", lambda which: (limit, limit) if which == resource.RLIMIT_AS else real(which)
+    )
+    assert cli_check.default_max_memory() <= 0.6 * limit
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert 64 * 1024**2 < cli_check.default_max_memory() <= 2 * 1024**3
