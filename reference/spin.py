@@ -5,17 +5,27 @@ SPIN generates a verifier, a C compiler builds it, and the verifier checks
 each ``ltl`` claim (``pan -a -N claim``, acceptance cycles on, so liveness
 counts), as many claims at once as the machine has cores (at most
 ``MAX_VERIFIERS``).  Every step has a time limit; the folder is removed.
+
+Past what an exact search can store, :func:`spin_search` runs SPIN's
+approximate searches: bitstate hashing (a state is a few bits in a hash
+array, so some states may be missed: SPIN's *hash factor*, bits per stored
+state, says how likely) or hash compaction, and a *swarm*: several bitstate
+verifiers that differ in hash functions, seeds and search order, each under a
+time limit, whose union covers more than any one of them.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -50,7 +60,7 @@ class SpinVerdict:
 def spin_commands() -> tuple[str, str]:
     spin, compiler = shutil.which("spin"), shutil.which("cc") or shutil.which("gcc")
     if spin is None or compiler is None:
-        raise SpinUnavailable("check --engine spin needs spin and a C compiler (apt-get install -y spin gcc)")
+        raise SpinUnavailable("check --checker spin needs spin and a C compiler (apt-get install -y spin gcc)")
     return spin, compiler
 
 
@@ -114,3 +124,200 @@ def _verdicts(model: str, claims: tuple[tuple[str, str, str], ...]) -> tuple[Spi
                 one_by_one = sorted(safety)
                 decided.update(zip(one_by_one, pool.map(holds, one_by_one), strict=True))
         return tuple(SpinVerdict(rule, invariant, decided[claim]) for rule, invariant, claim in claims)
+
+
+# --------------------------------------------------------------------------- approximate searches
+
+SEARCHES = ("bitstate", "hashcompact")
+_COMPILE_FLAGS = {
+    # PERMUTED lets -rhash also vary the order in which processes are scheduled.
+    "bitstate": ["-DBITSTATE", "-DT_RAND", "-DP_RAND", "-DPERMUTED"],
+    "hashcompact": ["-DHC4"],
+}
+MAX_DEPTH = 100_000
+"""pan's depth bound (-m): far past the deepest run of eight requests' composition."""
+_STORED = re.compile(r"^\s*(\d+) states, stored", re.MULTILINE)
+_DEPTH = re.compile(r"depth reached (\d+)")
+_HASH_FACTOR = re.compile(r"hash factor: ([0-9.e+]+)")
+_RATE = re.compile(r"elapsed time ([0-9.e+]+) seconds")
+_TRUNCATED = ("max search depth too small", "out of memory")
+
+
+@dataclass(frozen=True)
+class VerifierRun:
+    """One verifier of an approximate search: its options and what pan reported."""
+
+    options: tuple[str, ...]
+    errors: int
+    stored: int
+    depth: int
+    seconds: float
+    hash_factor: float | None
+    """Bits of the hash array per stored state (bitstate): SPIN calls it good past 100."""
+    hashes: int
+    truncated: str | None
+    """Why the search stopped before it ended (time limit, depth, memory), if it did."""
+
+    @property
+    def miss_chance(self) -> float | None:
+        """The chance that a state this run met was wrongly taken for one already seen, with k
+        hash functions and a hash factor of h bits per stored state: (1 - e^(-k/h))^k."""
+        if self.hash_factor is None or self.hash_factor <= 0 or self.hashes <= 0:
+            return None
+        return (-math.expm1(-self.hashes / self.hash_factor)) ** self.hashes
+
+    @property
+    def coverage(self) -> float | None:
+        miss = self.miss_chance
+        return None if miss is None else 1.0 - miss
+
+
+@dataclass
+class SearchReport:
+    """An approximate search of the composition's invariants: one verifier, or a swarm."""
+
+    search: str
+    claim: str
+    runs: list[VerifierRun] = field(default_factory=list)
+
+    @property
+    def violated(self) -> bool:
+        return any(run.errors for run in self.runs)
+
+    @property
+    def complete(self) -> bool:
+        """Every verifier ran to the end of its search (each may still have missed states)."""
+        return all(run.truncated is None for run in self.runs)
+
+    @property
+    def stored(self) -> int:
+        return max((run.stored for run in self.runs), default=0)
+
+    @property
+    def miss_chance(self) -> float | None:
+        """The worst verifier's chance of taking a state it met for one already seen."""
+        found = [run.miss_chance for run in self.runs if run.miss_chance is not None]
+        return max(found) if found else None
+
+    @property
+    def coverage(self) -> float | None:
+        miss = self.miss_chance
+        return None if miss is None else 1.0 - miss
+
+
+def spin_search(
+    composition: Composition,
+    *,
+    search: str = "bitstate",
+    verifiers: int = 1,
+    memory: int = 256 * 1024**2,
+    minutes: int = 2,
+    seed: int = 1,
+    table: CompiledTable = DEFAULT_TABLE,
+) -> SearchReport:
+    """The composition's safety claims (their conjunction) under an approximate search:
+    ``verifiers`` bitstate verifiers (a swarm: each its own seed, hash functions, bits per
+    state and search order) or one hash-compact verifier.  ``memory`` is what all the
+    verifiers running at once may use for their hash arrays; each is interrupted after ``minutes``
+    on the wall clock and reports what it searched until then."""
+    if search not in SEARCHES:
+        raise ValueError(f"search is one of {', '.join(SEARCHES)}, not {search!r}")
+    spin, compiler = spin_commands()
+    model = engine_promela_body(composition, table)
+    at_once = max(1, min(verifiers, os.cpu_count() or 1, MAX_VERIFIERS))
+    with tempfile.TemporaryDirectory(prefix="dbp-spin-") as name:
+        folder = Path(name)
+        (folder / "model.pml").write_text(model)
+        _run([spin, "-a", "model.pml"], folder)
+        _run([compiler, "-w", "-O0", "-DSAFETY", *_COMPILE_FLAGS[search], "-o", "pan", "pan.c"], folder)
+        plans = [_plan(search, index, seed, memory // at_once, minutes) for index in range(verifiers)]
+
+        def verify(options: tuple[str, ...]) -> VerifierRun:
+            return _verify(folder, options, minutes)
+
+        with ThreadPoolExecutor(max_workers=at_once) as pool:
+            runs = list(pool.map(verify, plans))
+    return SearchReport(search, ALL_SAFETY, runs)
+
+
+def _plan(search: str, index: int, seed: int, memory: int, minutes: int) -> tuple[str, ...]:
+    """Verifier ``index``'s options: the swarm's diversity is in the seed (which also randomises
+    the order of transitions and processes), the hash polynomial, the bits per state and the
+    direction in which each process's transitions are tried."""
+    common = ("-N", ALL_SAFETY, "-n", f"-m{MAX_DEPTH}")
+    if search == "hashcompact":
+        slots = max(16, min(30, int(math.log2(max(memory, 1) // 16))))
+        return (*common, f"-w{slots}")
+    bits = max(20, min(35, int(math.log2(max(memory, 1) * 8))))
+    options = [*common, f"-w{bits}", f"-k{3 + index % 3}", f"-RS{seed + 7919 * index}"]
+    if index:
+        options.append("-rhash")
+    if index % 2:
+        options.append("-t_reverse")
+    return tuple(options)
+
+
+def _verify(folder: Path, options: tuple[str, ...], minutes: int) -> VerifierRun:
+    """One verifier, interrupted at its time limit: pan checks its own limit (-Q) only now and
+    then, but on an interrupt it prints what it searched so far and ends, as on a finished search."""
+    started = time.perf_counter()
+    pan = subprocess.Popen(
+        [str(folder / "pan"), *options], cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    interrupted = False
+    try:
+        out, _ = pan.communicate(timeout=60.0 * minutes)
+    except subprocess.TimeoutExpired:
+        interrupted = True
+        pan.send_signal(signal.SIGINT)
+        try:
+            out, _ = pan.communicate(timeout=STEP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pan.kill()
+            pan.communicate()
+            raise SpinUnavailable(f"pan {' '.join(options)} did not stop when interrupted") from None
+    errors = _ERRORS.search(out)
+    stored = _STORED.search(out)
+    if errors is None or stored is None:
+        raise SpinUnavailable(f"pan gave no verdict ({' '.join(options)}): {out.strip()[-300:]}")
+    depth = _DEPTH.search(out)
+    factor = _HASH_FACTOR.search(out)
+    hashes = next((int(option[2:]) for option in options if option.startswith("-k")), 0)
+    truncated = "time limit" if interrupted else next((reason for reason in _TRUNCATED if reason in out), None)
+    return VerifierRun(
+        options=options,
+        errors=int(errors.group(1)),
+        stored=int(stored.group(1)),
+        depth=int(depth.group(1)) if depth else 0,
+        seconds=time.perf_counter() - started,
+        hash_factor=float(factor.group(1)) if factor else None,
+        hashes=hashes,
+        truncated=truncated,
+    )
+
+
+_MEMORY = re.compile(r"([0-9.]+)\s+total actual memory usage")
+
+
+@dataclass(frozen=True)
+class ExhaustiveRun:
+    stored: int
+    seconds: float
+    """pan's own elapsed time, not the compile."""
+    memory: int
+    """Bytes, as pan reports its total actual memory usage."""
+
+
+def spin_exhaustive_safety(composition: Composition, table: CompiledTable = DEFAULT_TABLE) -> ExhaustiveRun:
+    """SPIN's exact search of the composition's safety claims (their conjunction), for the bench."""
+    spin, compiler = spin_commands()
+    with tempfile.TemporaryDirectory(prefix="dbp-spin-") as name:
+        folder = Path(name)
+        (folder / "model.pml").write_text(engine_promela_body(composition, table))
+        _run([spin, "-a", "model.pml"], folder)
+        _run([compiler, "-w", "-O0", "-DSAFETY", "-o", "pan", "pan.c"], folder)
+        out = _run([str(folder / "pan"), "-N", ALL_SAFETY, "-n", f"-m{MAX_DEPTH}"], folder)
+    stored, seconds, memory = _STORED.search(out), _RATE.search(out), _MEMORY.search(out)
+    if stored is None or seconds is None or memory is None:
+        raise SpinUnavailable(f"pan gave no figures: {out.strip()[-300:]}")
+    return ExhaustiveRun(int(stored.group(1)), float(seconds.group(1)), int(float(memory.group(1)) * 1024**2))

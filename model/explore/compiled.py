@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from array import array
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dynamo_backend_protocol.model.engine import (
@@ -189,6 +190,50 @@ def compile_lifecycle() -> CompiledLifecycle:
     return CompiledLifecycle(states, own, generate, abort, begun, done, broken, broken_steps)
 
 
+@dataclass(frozen=True)
+class ExplorationBounds:
+    """How far the explorer may go before it stops and says so (instead of being killed)."""
+
+    max_states: int | None = None
+    max_memory: int | None = None
+    """Bytes of memory, counted with what the search still allocates once the walk ends."""
+    memory: Callable[[], int] | None = None
+    """How much memory the process holds now, in bytes (the caller measures: the model does no I/O)."""
+    progress: Callable[[int], None] | None = None
+    """Called with the number of states stored so far, every :data:`CHECK_EVERY` states."""
+
+
+CHECK_EVERY = 1 << 15
+"""States between two looks at the bounds: measuring memory costs microseconds, a state about ten."""
+
+
+class BoundReached(Exception):
+    """The exploration stopped at one of its bounds, before it saw every reachable state."""
+
+    def __init__(self, bound: str, states: int, transitions: int, memory: int, seconds: float) -> None:
+        super().__init__(f"{bound} reached after {states:,} states")
+        self.bound = bound
+        self.states = states
+        self.transitions = transitions
+        self.memory = memory
+        self.seconds = seconds
+
+
+@dataclass
+class CompiledGraph:
+    """The explored quotient graph, kept for the liveness check (:mod:`.compiled_liveness`)."""
+
+    order: list[tuple[int, ...]]
+    """Every stored state, in breadth-first order: ``(lifecycle, r1, ..., rN)``."""
+    expanded: list[bool]
+    paths: _Paths
+    requests: CompiledRequests
+    lifecycle: CompiledLifecycle
+    symmetry: bool
+    table: CompiledTable
+    composition: Composition
+
+
 @dataclass
 class CompiledReport:
     requests: int
@@ -197,6 +242,8 @@ class CompiledReport:
     transitions: int
     seconds: float
     invariants: list[InvariantResult] = field(default_factory=list)
+    graph: CompiledGraph | None = None
+    """With ``keep_graph``: what the liveness check reads."""
 
     @property
     def ok(self) -> bool:
@@ -224,9 +271,12 @@ def explore_compiled(
     table: CompiledTable = DEFAULT_TABLE,
     symmetry: bool = True,
     explore_past_violations: bool = False,
+    bounds: ExplorationBounds = ExplorationBounds(),
+    keep_graph: bool = False,
 ) -> CompiledReport:
     """Breadth-first over the composed integer states; the first counterexample of each
-    invariant is a shortest one (of the quotient, with symmetry: as short as any)."""
+    invariant is a shortest one (of the quotient, with symmetry: as short as any).
+    Raises :class:`BoundReached` at the first of ``bounds`` it reaches."""
     started = time.perf_counter()
     req = compile_requests(table, composition)
     life = compile_lifecycle()
@@ -284,7 +334,11 @@ def explore_compiled(
 
     expand = [state_ok(initial, 0)]
     position = 0
+    next_look = CHECK_EVERY
     while position < len(order):
+        if len(order) >= next_look:
+            next_look = len(order) + CHECK_EVERY
+            _look_at_bounds(bounds, len(order), len(edges), transitions, started)
         state = order[position]
         here = position
         position += 1
@@ -367,6 +421,7 @@ def explore_compiled(
     if stuck is not None:
         pending.append((CLEANUP_REACHABLE, stuck, None, "cleanup is no longer reachable"))
 
+    _look_at_bounds(bounds, len(order), len(edges), transitions, started)
     paths = _Paths(order, parent, via, req, width, n)
     for name, state_index, move, detail in pending:
         result = can_finish if name == CLEANUP_REACHABLE else results.get(name, well_formed)
@@ -376,7 +431,25 @@ def explore_compiled(
             result.fail(paths.run(state_index, move), detail)
     # Violations were recorded in breadth-first order, so each result keeps a shortest one.
     invariants = [*results.values(), well_formed, can_finish]
-    return CompiledReport(n, symmetry, len(order), transitions, time.perf_counter() - started, invariants)
+    graph = CompiledGraph(order, expand, paths, req, life, symmetry, table, composition) if keep_graph else None
+    return CompiledReport(n, symmetry, len(order), transitions, time.perf_counter() - started, invariants, graph)
+
+
+BYTES_AFTER_PER_STATE = 24
+BYTES_AFTER_PER_EDGE = 4
+"""What the search allocates once the walk ends (its backward pass over the edges), per state and per edge."""
+
+
+def _look_at_bounds(bounds: ExplorationBounds, states: int, edges: int, transitions: int, started: float) -> None:
+    if bounds.progress is not None:
+        bounds.progress(states)
+    if bounds.max_states is not None and states > bounds.max_states:
+        memory = bounds.memory() if bounds.memory is not None else 0
+        raise BoundReached("the state bound", states, transitions, memory, time.perf_counter() - started)
+    if bounds.max_memory is not None and bounds.memory is not None:
+        memory = bounds.memory()
+        if memory + BYTES_AFTER_PER_STATE * states + BYTES_AFTER_PER_EDGE * edges > bounds.max_memory:
+            raise BoundReached("the memory bound", states, transitions, memory, time.perf_counter() - started)
 
 
 def _row(move: Move) -> tuple[int, int, bool, bool, tuple[str, ...]]:
@@ -446,6 +519,28 @@ class _Paths:
         for _, move in [*chain, *([] if then is None else [(state_index, then)])]:
             events.append(self._name(concrete, move))
         return events
+
+    def steps(self, state_index: int) -> tuple[list[tuple[int, int]], list[int]]:
+        """A shortest run to the state, as ``(request slot, event index in ALL_EVENTS)`` or, for
+        the engine's own events, ``(-1, index in ENGINE_OWN_EVENTS)``; with the concrete request
+        states it ends in, slot by slot (which request a symmetric state's value belongs to)."""
+        chain: list[int] = []
+        at = state_index
+        while self.parent[at] >= 0:
+            chain.append(self.via[at])
+            at = self.parent[at]
+        concrete = [0] * self.n
+        steps: list[tuple[int, int]] = []
+        for move in reversed(chain):
+            if move < 0:
+                steps.append((-1, -1 - move))
+                continue
+            source, k = divmod(move, self.width)
+            slot = concrete.index(source)
+            step = self.req.moves[source][k]
+            concrete[slot] = step.target
+            steps.append((slot, step.event))
+        return steps, concrete
 
     def _name(self, concrete: list[int], move: int) -> str:
         if move < 0:

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dynamo_backend_protocol.reference.adapter import EngineAdapter
-from dynamo_backend_protocol.reference.bench import adapter_cost, soak, trace_load
+from dynamo_backend_protocol.reference.bench import adapter_cost, checker, soak, trace_load
 from dynamo_backend_protocol.reference.bench.adapter_cost import AdapterSizes
 from dynamo_backend_protocol.reference.bench.engines import FLOOR_DESCRIPTION
 from dynamo_backend_protocol.reference.bench.profile import ProfileRow, attribution
@@ -18,7 +18,7 @@ from dynamo_backend_protocol.reference.bench.soak import SoakSizes
 from dynamo_backend_protocol.reference.bench.targets import Figures, Target, Verdict, with_bounds
 from dynamo_backend_protocol.reference.runtime import recorder_cost
 
-SECTIONS = ("adapter", "explore", "conformance", "profile", "soak", "trace", "recorder")
+SECTIONS = ("adapter", "explore", "conformance", "profile", "soak", "trace", "recorder", "checker")
 CORE = ("adapter", "explore", "conformance")
 TARGETS: tuple[Target, ...] = (*adapter_cost.TARGETS, *soak.TARGETS, *trace_load.TARGETS, *recorder_cost.TARGETS)
 
@@ -122,5 +122,7 @@ async def run_bench(options: BenchOptions, conformance: Callable[[], Awaitable[N
         sections["trace"] = trace_load.trace_figures(2_000 if options.quick else 500_000)
     if "recorder" in options.sections:
         sections["recorder"] = await recorder_cost.recorder_figures(options.quick, options.rounds)
+    if "checker" in options.sections:
+        sections["checker"] = checker.checker_figures(options.quick)
     verdicts = [target.judge(sections[target.section]) for target in targets if target.section in sections]
     return BenchReport(machine_description(), options.rounds, sections, profile, verdicts)

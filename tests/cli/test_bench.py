@@ -23,6 +23,7 @@ from dynamo_backend_protocol.reference.bench.rounds import MIN_ROUNDS, Figure, i
 from dynamo_backend_protocol.reference.bench.soak import SoakEngine, concurrent_requests
 from dynamo_backend_protocol.reference.cli import main
 from dynamo_backend_protocol.reference.context import Context
+from optional_tools import require_commands
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,19 @@ def _is_figure(value: object) -> bool:
         and value["q1"] <= value["median"] <= value["q3"]
         and value["spread"] == pytest.approx(value["q3"] - value["q1"], abs=1e-3)
     )
+
+
+def test_checker_section_sets_the_explorer_beside_spin_on_one_composition(everything: dict[str, Any]) -> None:
+    """bench --checker: states, states per second and bytes per state for the compiled explorer
+    and, where SPIN is installed, for SPIN's exhaustive search of the same composition."""
+    checker = everything["checker"]
+    assert "decode requests, one engine" in checker["composition"]
+    assert checker["explorer_states"] > 0 and checker["explorer_states_per_second"] > 0
+    assert checker["explorer_bytes_per_state"] >= 0
+    if "spin" in checker:
+        require_commands("spin", "cc", install="apt-get install -y spin gcc")
+    assert checker["spin_states"] > checker["explorer_states"], "SPIN stores every interleaving, no symmetry"
+    assert checker["spin_bytes_per_state"] > 0
 
 
 def test_every_timed_adapter_figure_carries_its_median_and_spread(everything: dict[str, Any]) -> None:

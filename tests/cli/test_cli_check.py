@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 from dataclasses import replace
@@ -20,8 +21,9 @@ from dynamo_backend_protocol.model import (
     EventKind,
     Mode,
 )
+from dynamo_backend_protocol.model.engine import Composition
 from dynamo_backend_protocol.model.explore import ExplorationReport, explore_all
-from dynamo_backend_protocol.model.explore.compiled import explore_compiled
+from dynamo_backend_protocol.model.explore.compiled import CompiledReport, explore_compiled
 from dynamo_backend_protocol.model.explore.engine import explore_engine
 from dynamo_backend_protocol.model.faults import FAULT_INVARIANTS
 from dynamo_backend_protocol.model.invariants import DONE_REACHABLE, TABLE_WELL_FORMED, all_invariants
@@ -392,16 +394,72 @@ def test_check_requests_reports_liveness_and_prints_the_lasso_when_it_fails(
     table, _ = _aborted_never_ends()
     monkeypatch.setattr(cli_check, "explore_engine", lambda composition, liveness: explore_engine(
         composition, table, liveness=liveness))
-    monkeypatch.setattr(cli_check, "explore_compiled", lambda composition: explore_compiled(composition, table))
+    monkeypatch.setattr(cli_check, "explore_compiled", lambda composition, **options: explore_compiled(
+        composition, table, **options))
     code, out, _ = run_cli(capsys, "check", "--requests", "2", "--mode", "agg")
     assert code == 1
     assert any("VIOLATED" in line and "ENGINE-CLEANUP-EVENTUALLY" in line for line in out.splitlines())
     assert "fair lasso: start_called -> start_ok -> r1:setup" in out
 
 
-def test_check_requests_beyond_two_says_liveness_is_not_checked(capsys: pytest.CaptureFixture[str]) -> None:
-    """Liveness of N requests needs the walk without symmetry; beyond two requests check says
-    it did not check it, rather than passing silently."""
-    code, out, _ = run_cli(capsys, "check", "--requests", "3", "--mode", "prefill")
-    assert code == 0
-    assert "liveness not checked: beyond 2 requests" in out
+def test_check_requests_beyond_two_reports_every_liveness_rule(capsys: pytest.CaptureFixture[str]) -> None:
+    """Liveness of N requests is checked on the compiled, symmetry-reduced graph: three requests
+    get each request's DONE-EVENTUALLY and the engine's cleanup, with what each one needs."""
+    code, data = check_json(capsys, "--requests", "3", "--mode", "prefill")
+    assert code == 0 and "liveness_not_checked" not in data
+    liveness = {item["name"]: item for item in data["modes"]["prefill"]["liveness"]}
+    assert list(liveness) == [
+        "request_1_in_flight_reaches_done",
+        "request_2_in_flight_reaches_done",
+        "request_3_in_flight_reaches_done",
+        "started_engine_cleanup_begins",
+    ]
+    assert all(item["holds"] for item in liveness.values())
+    assert liveness["request_3_in_flight_reaches_done"]["needs"] == ["r3-setup-returns", "r3-stream-ends"]
+    cleanup = liveness["started_engine_cleanup_begins"]
+    assert "owner-cleans-up" in cleanup["needs"] and "r2-engine-progresses" not in cleanup["needs"]
+    assert cleanup["lassos_without"]["r3-stream-ends"]["cycle"] == ["r3:token_chunk"]
+
+
+def test_check_requests_stops_at_its_bound_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """A composition past --max-states (or --max-memory) ends with one line saying how far the
+    search got and what to run instead, exit 2, nothing on standard output."""
+    code, out, err = run_cli(capsys, "check", "--requests", "3", "--mode", "agg", "--max-states", "40000")
+    assert code == 2 and out == ""
+    (line,) = err.strip().splitlines()
+    assert "--max-states 40,000" in line and "--engine spin" in line and "states" in line
+
+
+@pytest.mark.parametrize("value", ["lots", "12Q", "1K"], ids=["word", "unit", "too-small"])
+def test_check_max_memory_refuses_what_is_not_a_size(capsys: pytest.CaptureFixture[str], value: str) -> None:
+    code, out, err = run_cli(capsys, "check", "--requests", "2", "--max-memory", value)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+
+
+def test_check_requests_out_of_memory_is_one_line_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Under an address-space limit tighter than the bound, Python may raise MemoryError before
+    the bound is reached: still one line naming what to do, exit 2."""
+
+    def exhausted(composition: Composition, **options: object) -> CompiledReport:
+        raise MemoryError
+
+    monkeypatch.setattr(cli_check, "explore_compiled", exhausted)
+    code, out, err = run_cli(capsys, "check", "--requests", "8", "--mode", "agg")
+    assert code == 2 and out == ""
+    (line,) = err.strip().splitlines()
+    assert "ran out of memory" in line and "--engine spin" in line
+
+
+def test_the_default_memory_bound_fits_under_an_address_space_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process run under ulimit -v gets a bound well inside it (issue 28: 8 agg requests under
+    1.5 GiB ended in a MemoryError traceback); without one, at most 2 GiB."""
+    limit = 1536 * 1024**2
+    real = resource.getrlimit
+    monkeypatch.setattr(
+        resource, "getrlimit", lambda which: (limit, limit) if which == resource.RLIMIT_AS else real(which)
+    )
+    assert cli_check.default_max_memory() <= 0.6 * limit
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert 64 * 1024**2 < cli_check.default_max_memory() <= 2 * 1024**3

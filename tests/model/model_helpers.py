@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from dynamo_backend_protocol.model import (
     ALL_EVENTS,
     DEFAULT_TABLE,
+    FORBIDDEN,
+    REQUEST_TABLE,
     ActionKind,
     CompiledTable,
     ControlState,
+    EventKind,
     Mode,
     ProtocolViolation,
     RequestMachine,
@@ -66,3 +70,20 @@ def can_reach_done(table: CompiledTable, start: RequestState) -> bool:
                 seen.add(after)
                 frontier.append(after)
     return False
+
+
+def aborted_never_ends() -> tuple[CompiledTable, Mode]:
+    """The shipped table with one bug: Aborted refuses every way the stream could end, so an
+    aborted request never reaches Done (DONE-EVENTUALLY fails, and the engine's cleanup with it)."""
+    endings = {EventKind.TERMINAL, EventKind.ERROR, EventKind.END, EventKind.DROP}
+    rows = []
+    for row in REQUEST_TABLE:
+        if row.trigger in endings and ControlState.ABORTED in row.sources:
+            others = tuple(s for s in row.sources if s is not ControlState.ABORTED)
+            if others:
+                rows.append(replace(row, sources=others))
+        else:
+            rows.append(row)
+    forbidden = dict(FORBIDDEN)
+    forbidden.update({(ControlState.ABORTED, kind): "STREAM-EVENT-ORDER" for kind in endings})
+    return CompiledTable(tuple(rows), forbidden), Mode.AGGREGATED

@@ -20,7 +20,9 @@ from dynamo_backend_protocol.model.engine import (
 )
 from dynamo_backend_protocol.model.explore.checking import InvariantResult
 from dynamo_backend_protocol.model.explore.compiled import explore_compiled
+from dynamo_backend_protocol.model.explore.compiled_liveness import check_compiled_liveness
 from dynamo_backend_protocol.model.explore.engine import explore_engine
+from dynamo_backend_protocol.model.explore.liveness import LivenessResult
 from dynamo_backend_protocol.model.lifecycle import LifecycleEvent
 from dynamo_backend_protocol.model.machine import DEFAULT_TABLE
 from test_disagg import without_decode_deferral
@@ -31,6 +33,13 @@ RACING = Composition(2, Mode.AGGREGATED, cleanup_waits_for_requests=False)
 
 def broken(results: list[InvariantResult]) -> dict[str, list[str] | None]:
     return {result.name: result.counterexample for result in results if not result.holds}
+
+
+def compiled_liveness(composition: Composition) -> list[LivenessResult]:
+    """Liveness on the compiled graph (held to the generic search in test_compiled_liveness.py)."""
+    report = explore_compiled(composition, keep_graph=True)
+    assert report.graph is not None
+    return check_compiled_liveness(report.graph)
 
 
 def test_the_shipped_composition_holds_every_invariant() -> None:
@@ -117,8 +126,8 @@ def test_cleanup_eventually_begins_only_if_requests_end_and_the_owner_calls_it()
     """ENGINE-CLEANUP-EVENTUALLY holds for two requests under its fairness; it needs the
     owner to call cleanup and each request's stream to end, each shown by the loop that
     dropping it lets through."""
-    report = explore_engine(Composition(2, Mode.AGGREGATED), liveness=True)
-    [result] = [found for found in report.liveness if found.rule == CLEANUP_EVENTUALLY]
+    found = compiled_liveness(Composition(2, Mode.AGGREGATED))
+    [result] = [each for each in found if each.rule == CLEANUP_EVENTUALLY]
     assert result.holds
     assert {"owner-cleans-up", "r1-stream-ends", "r2-stream-ends"} <= set(result.needs)
     assert result.without["r1-stream-ends"].cycle == ["r1:token_chunk"]
@@ -127,7 +136,6 @@ def test_cleanup_eventually_begins_only_if_requests_end_and_the_owner_calls_it()
 def test_each_request_in_flight_reaches_done_on_a_shared_engine() -> None:
     """DONE-EVENTUALLY holds for each of two requests in the composition, fair on its own
     events only: the other request's progress is not assumed."""
-    report = explore_engine(Composition(2, Mode.DECODE), liveness=True)
-    done = [found for found in report.liveness if found.rule == "DONE-EVENTUALLY"]
+    done = [found for found in compiled_liveness(Composition(2, Mode.DECODE)) if found.rule == "DONE-EVENTUALLY"]
     assert [found.name for found in done] == ["request_1_in_flight_reaches_done", "request_2_in_flight_reaches_done"]
     assert all(found.holds for found in done)
