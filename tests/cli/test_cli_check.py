@@ -427,7 +427,7 @@ def test_check_requests_stops_at_its_bound_with_one_line(capsys: pytest.CaptureF
     code, out, err = run_cli(capsys, "check", "--requests", "3", "--mode", "agg", "--max-states", "40000")
     assert code == 2 and out == ""
     (line,) = err.strip().splitlines()
-    assert "--max-states 40,000" in line and "--engine spin" in line and "states" in line
+    assert "--max-states 40,000" in line and "--checker spin" in line and "states" in line
 
 
 @pytest.mark.parametrize("value", ["lots", "12Q", "1K"], ids=["word", "unit", "too-small"])
@@ -449,7 +449,7 @@ def test_check_requests_out_of_memory_is_one_line_not_a_traceback(
     code, out, err = run_cli(capsys, "check", "--requests", "8", "--mode", "agg")
     assert code == 2 and out == ""
     (line,) = err.strip().splitlines()
-    assert "ran out of memory" in line and "--engine spin" in line
+    assert "ran out of memory" in line and "--checker spin" in line
 
 
 def test_the_default_memory_bound_fits_under_an_address_space_limit(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,4 @@
-"""SPIN from the command line: ``check --engine spin`` and ``export --format promela``."""
+"""SPIN from the command line: ``check --checker spin`` and ``export --format promela``."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_check_engine_spin_outside_decode_with_disagg_is_refused(capsys: pytest.
 def test_check_engine_spin_reports_every_property_and_what_it_cannot_check(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """check --engine spin prints SPIN's verdict per property in the check table's
+    """check --checker spin prints SPIN's verdict per property in the check table's
     form (step invariants among them), names the two it cannot check and why, and
     exits 0 on the shipped table."""
     require_commands("spin", "cc", install=SPIN_INSTALL)
