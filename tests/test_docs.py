@@ -1,4 +1,7 @@
-"""The README and the guides are what a newcomer runs first: what they show must exist, and what they quote must say where it came from."""
+"""The README and the guides are what a newcomer runs first.
+
+What they show must exist, and what they quote must say where it came from.
+"""
 
 from __future__ import annotations
 
@@ -56,6 +59,10 @@ def _help(subcommand: str) -> str:
     return done.stdout
 
 
+def _lists(help_text: str, option: str) -> bool:
+    return re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", help_text) is not None
+
+
 def _options(words: list[str]) -> list[str]:
     options = []
     for word in words:
@@ -99,7 +106,7 @@ def test_every_command_and_option_the_docs_show_exists(where: str, line: str) ->
     words = shlex.split(line)[1:]
     subcommand = words[0] if words and not words[0].startswith("-") else ""
     listed = _help(subcommand)
-    missing = [option for option in _options(words) if not re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", listed)]
+    missing = [option for option in _options(words) if not _lists(listed, option)]
     assert not missing, f"{where}: `{line}` shows options that `{COMMAND} {subcommand} --help` does not list"
 
 
