@@ -14,8 +14,8 @@ import shutil
 import pytest
 
 DYNAMO_INSTALL = (
-    "pip install --no-deps ai-dynamo==1.6.1 ai-dynamo-runtime==1.6.1 && "
-    "pip install typing-extensions pydantic uvloop msgspec"
+    "pip install typing-extensions 'pydantic>=2.10.6,<=2.13.5' uvloop msgspec pyyaml && "
+    "pip install --no-deps ai-dynamo==1.6.1 ai-dynamo-runtime==1.6.1"
 )
 
 
