@@ -31,7 +31,9 @@ def _text(path: Path) -> str:
 
 
 def _shell_lines(text: str) -> list[str]:
-    return [line for block in re.findall(r"```sh\n(.*?)```", text, re.DOTALL) for line in block.splitlines()]
+    """The commands of every ``sh`` block, a command continued with a backslash joined into one line."""
+    blocks = re.findall(r"```sh\n(.*?)```", text, re.DOTALL)
+    return [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]
 
 
 def _inline_commands(text: str) -> list[str]:
@@ -66,7 +68,8 @@ def _lists(help_text: str, option: str) -> bool:
 def _options(words: list[str]) -> list[str]:
     options = []
     for word in words:
-        if word.startswith("-") and not re.fullmatch(r"-\d.*", word):
+        # A quoted value with a space ("--engine-args '--a b'") is an argument, as argparse reads it.
+        if word.startswith("-") and " " not in word and not re.fullmatch(r"-\d.*", word):
             options.append(word.split("=", 1)[0])
     return options
 
