@@ -26,7 +26,7 @@ has one (a raw engine declares one for the runtime's health check), else ``{}``.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import inspect
 import json
 import time
@@ -43,6 +43,7 @@ from dynamo_backend_protocol.reference.conformance.session import (
     describe_factory,
     make_engine,
 )
+from dynamo_backend_protocol.reference.conformance.watchdog import within
 from dynamo_backend_protocol.reference.context import Context
 
 CHECKS: tuple[tuple[str, str], ...] = (
@@ -134,11 +135,15 @@ async def _stream(engine: Any, request: dict[str, Any], context: Context) -> Asy
 async def _close(stream: AsyncIterator[Any]) -> None:
     aclose = getattr(stream, "aclose", None)
     if aclose is not None:
-        try:
-            async with asyncio.timeout(1.0):
-                await aclose()
-        except (Exception, TimeoutError):
-            pass
+        with contextlib.suppress(Exception):  # TimeoutError and EngineRaised included
+            await within(aclose(), 1.0, "closing the raw stream")
+
+
+async def _read(stream: AsyncIterator[Any], into: list[object], machine: RawMachine) -> None:
+    """Read ``stream`` to its end, each object kept (only its count matters after a stop) and told to the machine."""
+    async for item in stream:
+        into.append(item)
+        machine.fire(RawEvent.OBJECT)
 
 
 async def _request(engine: Any) -> dict[str, Any]:
@@ -170,7 +175,7 @@ async def _plain(engine: Any, request: dict[str, Any], timeout: float, verdicts:
     machine = RawMachine()
     context = Context("conformance-raw-plain")
     try:
-        stream = await _stream(engine, request, context)
+        stream = await within(_stream(engine, request, context), timeout, "generate()")
     except Exception as error:
         verdicts.judge("RawGenerateFailed", f"generate raised {describe_error(error)} for the request {request!r}")
         return False
@@ -179,10 +184,7 @@ async def _plain(engine: Any, request: dict[str, Any], timeout: float, verdicts:
     items: list[object] = []
     problem = None
     try:
-        async with asyncio.timeout(timeout):
-            async for item in stream:
-                items.append(item)
-                machine.fire(RawEvent.OBJECT)
+        await within(_read(stream, items, machine), timeout, "the raw stream")
         machine.fire(RawEvent.END)
     except TimeoutError:
         problem = f"the generator had not ended after {timeout:g} s ({len(items)} object(s)); its end is the terminal"
@@ -203,29 +205,30 @@ async def _stopped(engine: Any, request: dict[str, Any], deadline: float, verdic
     generator must then end within the deadline."""
     machine = RawMachine()
     context = Context("conformance-raw-stop")
-    stream = await _stream(engine, request, context)
+    try:
+        stream = await within(_stream(engine, request, context), deadline, "generate()")
+    except Exception as error:
+        verdicts.judge("AbortFailed", None)
+        verdicts.judge("RawStopIgnored", f"generate raised {describe_error(error)} for a request it served before")
+        return
     machine.fire(RawEvent.SETUP)
     context.stop_generating()
     abort_problem = None
     if RawAction.CALL_ABORT in machine.fire(RawEvent.STOP):
         try:
-            async with asyncio.timeout(deadline):
-                await engine.abort(context)
+            await within(engine.abort(context), deadline, "abort(context)")
         except TimeoutError:
             abort_problem = f"abort(context) did not return within {deadline:g} s"
         except Exception as error:
             abort_problem = f"abort(context) raised {describe_error(error)}"
     verdicts.judge("AbortFailed", abort_problem)
-    objects = 0
+    since: list[object] = []
     problem = None
     try:
-        async with asyncio.timeout(deadline):
-            async for _ in stream:
-                objects += 1
-                machine.fire(RawEvent.OBJECT)
+        await within(_read(stream, since, machine), deadline, "the stopped raw stream")
     except TimeoutError:
-        problem = (f"stopped and aborted, the generator was still running after {deadline:g} s ({objects} object(s) "
-                   "since): a raw engine must check context.is_stopped() or end at abort()")
+        problem = (f"stopped and aborted, the generator was still running after {deadline:g} s ({len(since)} "
+                   "object(s) since): a raw engine must check context.is_stopped() or end at abort()")
     except Exception:
         pass  # ending by raising is ending (RAW-END-IS-TERMINAL)
     finally:
@@ -235,8 +238,7 @@ async def _stopped(engine: Any, request: dict[str, Any], deadline: float, verdic
 
 async def _cleanup(engine: Any, timeout: float, name: str, verdicts: _Verdicts) -> None:
     try:
-        async with asyncio.timeout(timeout):
-            await engine.cleanup()
+        await within(engine.cleanup(), timeout, "cleanup()")
     except TimeoutError:
         verdicts.judge(name, f"cleanup did not return within {timeout:g} s")
     except Exception as error:
@@ -265,8 +267,7 @@ async def run_raw_conformance(
     engine = await make_engine(build, label)
     started = False
     try:
-        async with asyncio.timeout(start_timeout):
-            config = await engine.start(0)
+        config = await within(engine.start(0), start_timeout, "start()")
         started = True
         verdicts.judge("StartFailed", None)
         model = getattr(config, "model", None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -77,3 +78,28 @@ def test_a_mode_for_a_raw_engine_is_one_line_and_exit_2(capsys: pytest.CaptureFi
     assert main(["conform", SAMPLE, "--mode", "decode"]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert "is a raw engine" in line
+
+
+class CancellationSwallowingRawEngine(StopIgnoringRawEngine):
+    """Streams for ever and swallows the cancellation a bounded read sends it, as a wedged engine would."""
+
+    async def generate(self, request: dict[str, Any], context: Any) -> AsyncIterator[dict[str, Any]]:
+        step = 0
+        while True:
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                continue
+            step += 1
+            yield {"progress": step}
+
+
+def test_a_raw_engine_that_swallows_cancellation_still_fails_at_its_bound() -> None:
+    """FAULT-KIT-BOUNDED for raw engines: the read that reaches the deadline abandons work that will not be
+    cancelled, so the run ends with a verdict instead of waiting on the engine for ever."""
+    started = time.monotonic()
+    report = asyncio.run(asyncio.wait_for(
+        run_raw_conformance(CancellationSwallowingRawEngine, cancel_deadline=0.3, stream_timeout=0.5), 20))
+    assert time.monotonic() - started < 10
+    found = {check.name: check.passed for check in report.checks}
+    assert found["RawNoObjectYielded"] is False  # the plain request never ends: its end is the terminal
