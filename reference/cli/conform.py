@@ -45,30 +45,18 @@ BUNDLED = "dynamo_backend_protocol.reference.conformance.sample_engine:SampleEng
 
 DESCRIPTION = """\
 Check an engine against the protocol, with two kits in one run:
-  upstream's kit     its checks, under its failure names, on the raw engine (no adapter, never abort());
-  the runtime kit    checks upstream lacks, through the reference adapter, which calls abort() on a stop
-                     or kill as Dynamo's runtime does.
+  upstream's kit    its checks, under its failure names, on the raw engine
+                    (no adapter, never abort());
+  the runtime kit   checks upstream lacks, through the reference adapter, which
+                    calls abort() on a stop or kill as Dynamo's runtime does.
+
 A failure in one kit never skips a check of the other; a skip says why.  The report ends with a recap of
 the failed checks and one line per kit.  Every check, its kit, meaning and fix: --list-checks."""
-
-EPILOG = """\
-exit status:
-  0  every check passed or was skipped (skipped: not applicable to the mode, or nothing to judge)
-  1  at least one check failed, in either kit
-  2  bad input (engine not found or not an engine, bad option), before any check ran
-  130  interrupted (Ctrl-C)
-
-examples:
-  dynamo-backend-protocol conform
-  dynamo-backend-protocol conform my_pkg.engine:MyEngine --mode decode
-  dynamo-backend-protocol conform dynamo.common.backend.sample_engine:SampleLLMEngine \\
-      --engine-args="--disaggregation-mode prefill" --json"""
-
 
 def register(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "conform", help="check an engine against the protocol (default: the bundled SampleEngine)",
-        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=DESCRIPTION,
     )
     parser.add_argument(
         "engine",
