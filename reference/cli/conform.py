@@ -18,7 +18,9 @@ from dynamo_backend_protocol.reference.cli.support import (
     UsageError,
     absolute_path,
     add_mode_option,
+    error_line,
     parse_mode,
+    print_error,
     stdout_to_stderr,
 )
 from dynamo_backend_protocol.reference.conformance import DEFAULT_EXAMPLES, run_conformance
@@ -40,6 +42,8 @@ from dynamo_backend_protocol.reference.conformance.watchdog import MAX_SECONDS
 from dynamo_backend_protocol.reference.runtime import command as runtime_command
 from dynamo_backend_protocol.reference.traces.writer import JsonlTraceWriter
 
+ERROR_PREFIX = error_line("conform", "")
+"""How a line that ends the run early starts: the one error shape of every command."""
 BUNDLED = "dynamo_backend_protocol.reference.conformance.sample_engine:SampleEngine"
 
 
@@ -133,13 +137,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = outcome.result()
     except EngineFactoryError as error:
-        _end_now_if_abandoned(outcome, f"error: {error}", 2)
+        _end_now_if_abandoned(outcome, f"{ERROR_PREFIX}{error}", 2)
         raise UsageError(str(error)) from None
     except BaseException as error:  # Ctrl-C never lands here: run_abandoning takes it
         # The engine broke the run outside any check (or the kit has a bug): one line, exit 1.
-        line = f"error: the run could not go on: {describe_error(error)}"
-        _end_now_if_abandoned(outcome, line, 1)
-        print(line, file=sys.stderr)
+        message = f"the run could not go on: {describe_error(error)}"
+        _end_now_if_abandoned(outcome, f"{ERROR_PREFIX}{message}", 1)
+        print_error("conform", message)
         return 1
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
@@ -179,7 +183,7 @@ def _judge(args: argparse.Namespace) -> Outcome[ConformanceReport] | Outcome[Raw
                 factory, mode=mode, engine_args=args.engine_args, cancel_deadline=args.cancel_deadline,
                 examples=args.examples, start_timeout=args.start_timeout, cleanup_timeout=args.cleanup_timeout,
                 stream_timeout=args.stream_timeout, trace_sink=sink, label=label, events=events,
-            ), flush_at_exit=trace_files)
+            ), flush_at_exit=trace_files, error_prefix=ERROR_PREFIX)
 
 
 def _run_raw(factory: EngineFactory, label: str, args: argparse.Namespace) -> Outcome[RawReport]:
@@ -190,7 +194,7 @@ def _run_raw(factory: EngineFactory, label: str, args: argparse.Namespace) -> Ou
         factory, engine_args=args.engine_args, cancel_deadline=args.cancel_deadline,
         start_timeout=args.start_timeout, cleanup_timeout=args.cleanup_timeout,
         stream_timeout=args.stream_timeout, label=label,
-    ))
+    ), error_prefix=ERROR_PREFIX)
 
 
 def _end_now_if_abandoned(outcome: Outcome[ConformanceReport] | Outcome[RawReport], line: str | None,
