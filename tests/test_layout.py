@@ -62,8 +62,10 @@ def test_the_model_does_no_io(path: Path) -> None:
 
 
 def test_the_reference_top_level_holds_the_adapter_and_little_else() -> None:
+    # Ten plus loop_affinity.py, which states the FAULT-STREAM-LOOP refusal on its own so that both the
+    # adapter's context and its response stream share one definition of a foreign loop.
     modules = sorted(path.name for path in REFERENCE.glob("*.py"))
-    assert len(modules) <= 10, modules
+    assert len(modules) <= 11, modules
 
 
 @pytest.mark.parametrize(

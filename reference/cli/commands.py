@@ -68,6 +68,7 @@ COMMANDS: dict[str, Command] = {
     "conform": Command(
         "check an engine against the protocol (default: the bundled SampleEngine)",
         (
+            ("", "both kits on the bundled SampleEngine"),
             ("my_engine:MyEngine", "every check on your engine class, a line per check as it finishes"),
             ("my_engine:MyEngine --mode decode --json", "in decode mode, the report as one JSON object"),
             ("my_engine:MyEngine --engine-args=\"--model-path /models/tiny --disaggregation-mode decode\"",
@@ -75,8 +76,9 @@ COMMANDS: dict[str, Command] = {
             ("my_engine:MyEngine --examples 0 --cancel-deadline 5",
              "skip the property-based phase; let a cancelled stream take 5 s to end"),
         ),
-        ((0, "the engine conforms: every check passed or does not apply"),
-         (1, "some check failed (the report says which, and why)"),
+        ((0, "the engine conforms: every check passed or was skipped (not applicable to the mode, or "
+             "nothing to judge)"),
+         (1, "some check failed, in either kit (the report says which, and why)"),
          (2, "the engine could not be imported or built as named")),
     ),
     "diagram": Command(

@@ -18,7 +18,9 @@ from dynamo_backend_protocol.reference.cli.support import (
     UsageError,
     absolute_path,
     add_mode_option,
+    error_line,
     parse_mode,
+    print_error,
     stdout_to_stderr,
 )
 from dynamo_backend_protocol.reference.conformance import DEFAULT_EXAMPLES, run_conformance
@@ -40,35 +42,25 @@ from dynamo_backend_protocol.reference.conformance.watchdog import MAX_SECONDS
 from dynamo_backend_protocol.reference.runtime import command as runtime_command
 from dynamo_backend_protocol.reference.traces.writer import JsonlTraceWriter
 
+ERROR_PREFIX = error_line("conform", "")
+"""How a line that ends the run early starts: the one error shape of every command."""
 BUNDLED = "dynamo_backend_protocol.reference.conformance.sample_engine:SampleEngine"
 
 
 DESCRIPTION = """\
 Check an engine against the protocol, with two kits in one run:
-  upstream's kit     its checks, under its failure names, on the raw engine (no adapter, never abort());
-  the runtime kit    checks upstream lacks, through the reference adapter, which calls abort() on a stop
-                     or kill as Dynamo's runtime does.
+  upstream's kit    its checks, under its failure names, on the raw engine
+                    (no adapter, never abort());
+  the runtime kit   checks upstream lacks, through the reference adapter, which
+                    calls abort() on a stop or kill as Dynamo's runtime does.
+
 A failure in one kit never skips a check of the other; a skip says why.  The report ends with a recap of
 the failed checks and one line per kit.  Every check, its kit, meaning and fix: --list-checks."""
-
-EPILOG = """\
-exit status:
-  0  every check passed or was skipped (skipped: not applicable to the mode, or nothing to judge)
-  1  at least one check failed, in either kit
-  2  bad input (engine not found or not an engine, bad option), before any check ran
-  130  interrupted (Ctrl-C)
-
-examples:
-  dynamo-backend-protocol conform
-  dynamo-backend-protocol conform my_pkg.engine:MyEngine --mode decode
-  dynamo-backend-protocol conform dynamo.common.backend.sample_engine:SampleLLMEngine \\
-      --engine-args="--disaggregation-mode prefill" --json"""
-
 
 def register(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "conform", help="check an engine against the protocol (default: the bundled SampleEngine)",
-        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=DESCRIPTION,
     )
     parser.add_argument(
         "engine",
@@ -145,13 +137,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = outcome.result()
     except EngineFactoryError as error:
-        _end_now_if_abandoned(outcome, f"error: {error}", 2)
+        _end_now_if_abandoned(outcome, f"{ERROR_PREFIX}{error}", 2)
         raise UsageError(str(error)) from None
     except BaseException as error:  # Ctrl-C never lands here: run_abandoning takes it
         # The engine broke the run outside any check (or the kit has a bug): one line, exit 1.
-        line = f"error: the run could not go on: {describe_error(error)}"
-        _end_now_if_abandoned(outcome, line, 1)
-        print(line, file=sys.stderr)
+        message = f"the run could not go on: {describe_error(error)}"
+        _end_now_if_abandoned(outcome, f"{ERROR_PREFIX}{message}", 1)
+        print_error("conform", message)
         return 1
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
@@ -191,7 +183,7 @@ def _judge(args: argparse.Namespace) -> Outcome[ConformanceReport] | Outcome[Raw
                 factory, mode=mode, engine_args=args.engine_args, cancel_deadline=args.cancel_deadline,
                 examples=args.examples, start_timeout=args.start_timeout, cleanup_timeout=args.cleanup_timeout,
                 stream_timeout=args.stream_timeout, trace_sink=sink, label=label, events=events,
-            ), flush_at_exit=trace_files)
+            ), flush_at_exit=trace_files, error_prefix=ERROR_PREFIX)
 
 
 def _run_raw(factory: EngineFactory, label: str, args: argparse.Namespace) -> Outcome[RawReport]:
@@ -202,7 +194,7 @@ def _run_raw(factory: EngineFactory, label: str, args: argparse.Namespace) -> Ou
         factory, engine_args=args.engine_args, cancel_deadline=args.cancel_deadline,
         start_timeout=args.start_timeout, cleanup_timeout=args.cleanup_timeout,
         stream_timeout=args.stream_timeout, label=label,
-    ))
+    ), error_prefix=ERROR_PREFIX)
 
 
 def _end_now_if_abandoned(outcome: Outcome[ConformanceReport] | Outcome[RawReport], line: str | None,

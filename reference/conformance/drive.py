@@ -302,6 +302,12 @@ class _Client:
                         pending.cancel()
                         with contextlib.suppress(BaseException):
                             await pending
+                elif not self.plan.read_after_abort and self.plan.action is not Action.DROP:
+                    # A client reading on has asked for its next item when the stop lands.  Reads run as
+                    # tasks under the watchdog, so the read is started first: started after the stop, it
+                    # would run behind the abort the stop starts, turning every stop before the first
+                    # read into AbortBeforeFirstReadLost's window.
+                    pending = asyncio.ensure_future(self.stream.__anext__())
                 if await self.act():
                     return
                 if self.plan.read_after_abort:

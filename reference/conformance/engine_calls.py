@@ -16,6 +16,8 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
+from dynamo_backend_protocol.reference.context import cancelled_by_consumer
+
 T = TypeVar("T")
 
 
@@ -62,10 +64,8 @@ def safe_repr(value: object) -> str:
 def is_own_cancellation(error: BaseException) -> bool:
     """Whether ``error`` is the cancellation of the task running now (the kit's bound, or Ctrl-C), as
     opposed to a ``CancelledError`` the engine raised on its own."""
-    if not isinstance(error, asyncio.CancelledError):
-        return False
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
+    # Outside any task nobody can have cancelled us, so there the error is the engine's own.
+    return isinstance(error, asyncio.CancelledError) and asyncio.current_task() is not None and cancelled_by_consumer()
 
 
 def as_engine_failure(error: BaseException) -> BaseException:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -73,15 +74,17 @@ class Flushable(Protocol):
     def flush(self) -> None: ...
 
 
-def run_abandoning(main: Coroutine[Any, Any, T], flush_at_exit: Sequence[Flushable] = ()) -> Outcome[T]:
+def run_abandoning(main: Coroutine[Any, Any, T], flush_at_exit: Sequence[Flushable] = (),
+                   error_prefix: str = "error: ") -> Outcome[T]:
     """Run ``main`` on a fresh event loop, as ``asyncio.run`` would, without waiting for what the engine
-    will not end.  ``flush_at_exit``: files (a trace) to flush if the process has to end during the run."""
+    will not end.  ``flush_at_exit``: files (a trace) to flush if the process has to end during the run;
+    ``error_prefix`` starts the one line printed then (the command's error shape)."""
     loop = asyncio.new_event_loop()
     executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="conform-worker")
     loop.set_default_executor(executor)
     before = set(threading.enumerate())
     task = loop.create_task(main)
-    monitor = LoopMonitor(loop, _interrupt_blocked_call, _end_stuck_run)
+    monitor = LoopMonitor(loop, _interrupt_blocked_call, functools.partial(_end_stuck_run, error_prefix))
     interrupted = threading.Event()
     _flushed_at_exit[:] = flush_at_exit
     try:
@@ -175,10 +178,10 @@ def _interrupt_blocked_call(wait: ArmedWait) -> None:
         signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
 
 
-def _end_stuck_run(wait: ArmedWait) -> None:
+def _end_stuck_run(error_prefix: str, wait: ArmedWait) -> None:
     """From the monitor thread: the engine holds the loop and did not let go when interrupted."""
     _flush_quietly()
-    line = (f"error: the engine blocked the event loop in {wait.what} for more than {wait.seconds:g} s "
+    line = (f"{error_prefix}the engine blocked the event loop in {wait.what} for more than {wait.seconds:g} s "
             f"(+{2 * BLOCKED_GRACE:g} s grace) and kept it; the run cannot go on\n")
     os.write(2, line.encode("utf-8", "replace"))
     os._exit(STUCK_EXIT)

@@ -54,7 +54,7 @@ def test_a_terminal_gets_a_live_line_naming_the_phase_and_counting_examples() ->
     # Each phase has its own name, with the checks it runs, and its own total: 1 late stop, then 4 schedules.
     assert "late stops: MidStreamCancellationIgnored 1/1 examples" in text
     assert "random schedules: ScheduleFailed 4/4 examples" in text
-    assert "runtime kit: AbortFailed" in text and "/34] upstream's kit: StartFailed" in text
+    assert "runtime kit: AbortFailed" in text and "/35] upstream's kit: StartFailed" in text
     assert "[pass] ScheduleFailed" in text and "SampleEngine conforms" in text
     assert GREEN_PASS in raw
 

@@ -42,6 +42,7 @@ from misbehaving_engines import MARK
 
 HERE = Path(__file__).resolve().parent
 ENGINE = "misbehaving_engines:Engine"
+CONFORM_ERROR = "dynamo-backend-protocol conform: error: "  # the one error shape every subcommand uses
 BOUND = 1.0
 SHORT_BOUNDS = ["--start-timeout", "1", "--stream-timeout", "1", "--cleanup-timeout", "1", "--cancel-deadline", "1",
                 "--examples", "0"]
@@ -160,7 +161,7 @@ def test_an_engine_attribute_that_raises_while_building_is_one_line_and_exit_2(
     code = cli.main(["conform", reference, *SHORT_BOUNDS])
     captured = capsys.readouterr()
     assert code == 2
-    assert captured.err.count("\n") == 1 and captured.err.startswith("error: "), captured.err
+    assert captured.err.count("\n") == 1 and captured.err.startswith(CONFORM_ERROR), captured.err
     assert words in captured.err
 
 
@@ -172,7 +173,7 @@ def test_sys_exit_in_the_factory_is_one_line_and_exit_2(
     code = cli.main(["conform", ENGINE, *SHORT_BOUNDS])
     err = capsys.readouterr().err
     assert code == 2
-    assert err == "error: constructing the engine with misbehaving_engines:Engine() raised SystemExit: 4\n"
+    assert err == f"{CONFORM_ERROR}constructing the engine with misbehaving_engines:Engine() raised SystemExit: 4\n"
 
 
 @pytest.mark.parametrize(("source", "words"), [
@@ -308,7 +309,7 @@ def test_an_engine_that_keeps_the_loop_for_ever_ends_the_run_with_one_line() -> 
     """FAULT-KIT-BOUNDED: an engine that swallows even the interruption of its blocking call."""
     code, _out, err, seconds = run_child("start-blocks-and-swallows", SHORT_BOUNDS)
     assert code == 1
-    assert len(err.splitlines()) == 1, err
+    assert len(err.splitlines()) == 1 and err.startswith(CONFORM_ERROR), err
     assert "blocked the event loop in start" in err
     assert seconds < BOUND + 2 * SLACK + CHILD_START
 

@@ -13,8 +13,15 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def contract_example() -> str:
-    section = README.read_text().split("### The engine contract", 1)[1].split("\n## ", 1)[0]
-    blocks: list[str] = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    """The one Python block of the section headed "The engine contract", at whatever heading level the README
+    gives it; the section runs to the next heading of the same or a higher level."""
+    text = README.read_text()
+    heading = re.search(r"^(#{1,6}) The engine contract[ \t]*$", text, flags=re.MULTILINE)
+    assert heading is not None, "README.md has a section headed 'The engine contract'"
+    level = len(heading[1])
+    following = re.compile(rf"^#{{1,{level}}} ", flags=re.MULTILINE).search(text, heading.end())
+    section = text[heading.end():following.start() if following is not None else len(text)]
+    blocks: list[str] = re.findall(r"^```python\n(.*?)^```", section, flags=re.DOTALL | re.MULTILINE)
     assert len(blocks) == 1, "the engine contract section shows one example engine"
     return blocks[0]
 
