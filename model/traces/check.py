@@ -49,7 +49,6 @@ from dataclasses import dataclass, field
 
 import msgspec
 from dynamo_backend_protocol.model.errors import DynamoError
-from dynamo_backend_protocol.model.explore.reachability import allowed_events
 from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable, ProtocolViolation, TableError
 from dynamo_backend_protocol.model.state import RequestState
 from dynamo_backend_protocol.model.traces.engine_side import ENGINE_SIDE_ONLY, ENGINE_START, EngineSideRun
@@ -553,6 +552,9 @@ class TraceChecker:
         try:
             step = self._table.step(state, record.event)
         except ProtocolViolation as violation:
+            # Only a divergence lists what was allowed instead: the explorers stay out of a clean run's start-up.
+            from dynamo_backend_protocol.model.explore.reachability import allowed_events
+
             return Divergence(
                 line, record.event, state.control, *observed, None, None, violation.rule,
                 "not allowed here",
