@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import total_ordering
 
+from dynamo_backend_protocol.model.first_token_publish import PUBLISH_RULES
 from dynamo_backend_protocol.model.raw_engine import RAW_RULES
 from dynamo_backend_protocol.model.rules import RULES
 
@@ -86,7 +87,10 @@ HEALTH_PROBE_RELEASE = Release(1, 3, 1)
 FIRST_TOKEN_PUBLISH_RELEASE = Release(1, 5, 1)
 """The first-token notifier also publishes prefill completion."""
 
-ADDED_SINCE: dict[str, Release] = dict.fromkeys(RAW_RULES, RAW_ENGINE_RELEASE)
+ADDED_SINCE: dict[str, Release] = {
+    **dict.fromkeys(RAW_RULES, RAW_ENGINE_RELEASE),
+    **dict.fromkeys(PUBLISH_RULES, FIRST_TOKEN_PUBLISH_RELEASE),
+}
 """Rules of protocol added after the seed, by rule ID, and the release each appeared in;
 every other rule holds from the seed's release."""
 
@@ -96,6 +100,12 @@ def holds(rule: str) -> Holds:
     if rule not in RULES:
         raise KeyError(f"{rule} is not a rule ID")
     return Holds(ADDED_SINCE.get(rule, SEED_RELEASE))
+
+
+def notifier_publishes(release: Release) -> bool:
+    """Whether ``release``'s first-token notifier publishes prefill completion
+    (``PublishSetup.notifier_publishes``); up to 1.4.2 it only releases a deferred abort."""
+    return release >= FIRST_TOKEN_PUBLISH_RELEASE
 
 
 def holds_text(rule: str) -> str:

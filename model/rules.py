@@ -84,6 +84,14 @@ RULES: dict[str, str] = {
     ),
     "RAW-DROP": "a raw stream that goes away without a stop or kill ends the request and is never aborted",
     "RAW-SETUP-FAILURE": "a raw engine's setup failure is returned as that error: no stream, no abort",
+    # The first-token notifier's publish of prefill completion (section 15.4; from Dynamo 1.5.1).
+    "FIRST-TOKEN-PUBLISH": (
+        "prefill completion is published once per request, at its first first-token signal, whatever its cancellation"
+    ),
+    "FIRST-TOKEN-PUBLISH-WHERE": (
+        "only agg and decode workers with a publisher publish, for requests carrying a DP rank, from 1.5.1"
+    ),
+    "FIRST-TOKEN-PUBLISH-NEEDS-TOKEN": "a request whose stream ends before any first-token signal publishes nothing",
     # N requests sharing one engine (section 12.1).
     "ENGINE-CLEANUP-WAITS": (
         "the Worker begins cleanup only once no request on the engine is in flight (generate called, not Done)"
