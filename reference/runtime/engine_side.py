@@ -47,7 +47,6 @@ class EngineRequest:
                 return None
         return None
 
-
     def items_after_cancel(self) -> int:
         """Items the engine yielded after its context first showed a stop or kill, the last one included."""
         cancel = self.cancel()
@@ -71,6 +70,29 @@ class EngineRequest:
                     return line
                 asked = False
         return None
+
+    def answers_after_cancel(self) -> int:
+        """Items the engine gave in answer to reads the runtime began after the stop or kill showed."""
+        cancel = self.cancel()
+        if cancel is None:
+            return 0
+        answers, asked = 0, False
+        for line in self.lines[self.lines.index(cancel) + 1 :]:
+            if line["obs"] == "engine.read":
+                asked = True
+            elif line["obs"] == "engine.item":
+                answers += asked
+                asked = False
+        return answers
+
+    def shows_after_cancel(self) -> bool:
+        """Whether what the engine does once stopped or killed shows: the stream ended, or the runtime read it
+        again after the stop or kill showed (so its answer, or its silence, is what the engine did)."""
+        if self.ending() is not None:
+            return True
+        cancel = self.cancel()
+        return cancel is not None and any(line["obs"] == "engine.read"
+                                          for line in self.lines[self.lines.index(cancel) + 1 :])
 
     def ended_cancelled(self) -> bool:
         ending = self.ending()
