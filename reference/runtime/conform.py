@@ -158,9 +158,11 @@ async def run_runtime_conformance(factory: EngineFactory, options: RuntimeOption
             shape = dataclasses.replace(shape, model=_served_model(worker) or shape.model)
             runs, took = await _probe(worker, client, session.core, shape, options)
             await _settle(worker, _names(runs), options)
+            # Judged as the probes left the engine: the shutdown then cancels whatever still runs.
+            served = by_request(worker.request_lines())
             worker.stop(options.cleanup_timeout)  # the Worker's shutdown runs the engine's cleanup
             lines = worker.request_lines()
-            judged.serving(worker, runs, by_request(lines), shape, options)
+            judged.serving(worker, runs, served, by_request(lines), shape, options)
             judged.took = {failure: took.get(probe, 0.0) for failure, probe in PROBE_OF.items()}
         # The worker's start: the process, Dynamo's runtime, the engine's build and start(), its registration.
         judged.took[F.START_FAILED] = judged.took[F.EMPTY_MODEL_IN_CONFIG] = start_seconds
@@ -245,16 +247,16 @@ async def _until_shown(worker: RuntimeWorker, attempt: Callable[[str], Awaitable
 
 
 async def _shown(worker: RuntimeWorker, name: str) -> bool:
-    """Whether the engine's side of ``name`` shows (within SHOW_TIMEOUT) how the engine answers a stop: its
-    stream ended, or the runtime read it again after the stop."""
+    """Whether the engine's side of ``name`` shows how the engine answers a stop: its stream ended, or the
+    runtime read it again after the stop, or (by SHOW_TIMEOUT) a read under way at the stop is still unanswered."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + SHOW_TIMEOUT
     while True:
         engine = by_request(worker.request_lines()).get(name)
-        if engine is not None and engine.shows_after_cancel():
+        if engine is not None and (engine.ending() is not None or engine.read_after_cancel()):
             return True
         if loop.time() >= deadline or worker.exit_status() is not None:
-            return False
+            return engine is not None and engine.shows_after_cancel()
         await asyncio.sleep(0.02)
 
 
@@ -333,8 +335,10 @@ class _Judged:
     def start_failed(self, why: str) -> None:
         self.verdicts[F.START_FAILED] = why
 
-    def serving(self, worker: RuntimeWorker, runs: Runs, engine: dict[str, EngineRequest], shape: RequestShape,
-                options: RuntimeOptions) -> None:
+    def serving(self, worker: RuntimeWorker, runs: Runs, engine: dict[str, EngineRequest],
+                whole_run: dict[str, EngineRequest], shape: RequestShape, options: RuntimeOptions) -> None:
+        """The verdicts on the probes, from the engine's side as they left it (``engine``) and as the run ended,
+        the Worker's shutdown included (``whole_run``: for the lifecycle order)."""
         verdicts = self.verdicts
         started = next((r for r in worker.lifecycle() if r.get("event") == "started"), None)
         verdicts[F.START_FAILED] = None
@@ -346,22 +350,26 @@ class _Judged:
         side = _Sides(runs, engine)
         verdicts.update(_plain(side, shape))
         verdicts[F.CONCURRENT_GENERATE_FAILED] = _concurrent(side)
-        verdicts.update(_cancellation(side, options.cancel_deadline))
-        if F.CANCELLATION_IGNORED not in verdicts:
-            self.not_judged(F.CANCELLATION_IGNORED, "the stream ended before the engine could act on the client's "
-                                                    "stop (it was making its last item)")
+        if _outcome(side, "cancel", self.mode) is AfterStop.STRANDED:
+            for failure in (F.CANCELLATION_NOT_OBSERVED, F.CANCELLATION_IGNORED):
+                self.not_judged(failure, SILENT_AFTER_ABORT)
+        else:
+            verdicts.update(_cancellation(side, options.cancel_deadline))
+            if F.CANCELLATION_NOT_OBSERVED not in verdicts:
+                for failure in (F.CANCELLATION_NOT_OBSERVED, F.CANCELLATION_IGNORED):
+                    self.not_judged(failure, UNREAD.format("stop"))
+            elif F.CANCELLATION_IGNORED not in verdicts:
+                self.not_judged(F.CANCELLATION_IGNORED, "the stream ended before the engine could act on the "
+                                                        "client's stop (it was making its last item)")
         verdicts[F.ABORT_FAILED] = _abort_failed(engine)
         verdicts[F.MALFORMED_CHUNK] = _malformed(engine)
         judged, unjudged = _stops(side, self.mode)
         verdicts.update(judged)
         for failure, why in unjudged.items():
             self.not_judged(failure, why)
-        if F.CANCELLATION_NOT_OBSERVED not in verdicts:
-            self.not_judged(F.CANCELLATION_NOT_OBSERVED, UNREAD.format("stop"))
-            self.not_judged(F.CANCELLATION_IGNORED, UNREAD.format("stop"))
         verdicts.update(_abort_rules(worker.request_lines()))
         verdicts[F.CANCELLATION_LEAKED] = _leak(side)
-        verdicts[F.LIFECYCLE_ORDER_VIOLATED] = _lifecycle_order(worker, engine)
+        verdicts[F.LIFECYCLE_ORDER_VIOLATED] = _lifecycle_order(worker, whole_run)
 
     def cleanup(self, worker: RuntimeWorker) -> None:
         events = [r.get("event") for r in worker.lifecycle()]
@@ -587,6 +595,9 @@ def _stops(side: _Sides, mode: Mode) -> tuple[Verdicts, dict[Failure, str]]:
     return verdicts, unjudged
 
 
+SILENT_AFTER_ABORT = ("the stopped stream went silent once the runtime called abort(), and upstream's kit never "
+                      "calls abort(), so whether the engine ends a stopped stream by itself is not shown (a stream "
+                      "left silent after abort() is AbortedStreamNotEnded's to name)")
 UNREAD = "the runtime stopped reading the stream after the {} before it ended, so how it ends is not shown"
 
 
@@ -663,14 +674,20 @@ def _leak(side: _Sides) -> str | None:
     return None
 
 
+CALLS = ("engine.generate", "engine.abort")
+"""The lines that are calls into the engine (the kit's lifecycle order judges calls, not the runtime
+finishing off a stream it already has: the Worker's shutdown cancels those)."""
+
+
 def _lifecycle_order(worker: RuntimeWorker, engine: dict[str, EngineRequest]) -> str | None:
     life = worker.lifecycle()
     started = next((r["t"] for r in life if r.get("event") == "started"), None)
     cleanup = next((r["t"] for r in life if r.get("event") == "cleanup"), None)
-    first = min((request.lines[0]["t"] for request in engine.values() if request.lines), default=None)
-    last = max((line["t"] for request in engine.values() for line in request.lines), default=None)
+    calls = [line for request in engine.values() for line in request.lines if line["obs"] in CALLS]
+    first = min((line["t"] for line in calls), default=None)
+    last = max((line["t"] for line in calls), default=None)
     if first is not None and (started is None or first < started):
         return "a request reached generate before start() returned"
     if cleanup is not None and last is not None and last > cleanup:
-        return "the engine was still called after cleanup() began"
+        return "the engine was still called (generate or abort) after cleanup() began"
     return None

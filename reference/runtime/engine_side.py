@@ -86,10 +86,17 @@ class EngineRequest:
         return answers
 
     def shows_after_cancel(self) -> bool:
-        """Whether what the engine does once stopped or killed shows: the stream ended, or the runtime read it
-        again after the stop or kill showed (so its answer, or its silence, is what the engine did)."""
-        if self.ending() is not None:
+        """Whether what the engine does once stopped or killed shows: its stream ended, the runtime read it again
+        after the stop or kill (so the answer, or the silence, is the engine's), or a read under way when the
+        stop showed was never answered (silent since)."""
+        if self.ending() is not None or self.read_after_cancel():
             return True
+        cancel = self.cancel()
+        return cancel is not None and bool(cancel.get("reading")) and not any(
+            line["obs"] == "engine.item" for line in self.lines[self.lines.index(cancel) + 1 :])
+
+    def read_after_cancel(self) -> bool:
+        """Whether the runtime began a read after the stop or kill showed."""
         cancel = self.cancel()
         return cancel is not None and any(line["obs"] == "engine.read"
                                           for line in self.lines[self.lines.index(cancel) + 1 :])

@@ -95,3 +95,42 @@ class NoTerminal(TinyEngine):
                 break
             await asyncio.sleep(STEP)
             yield {"token_ids": [produced], "index": 0}  # BUG: the last chunk carries no finish_reason
+
+
+class StrandedByAbort(TinyEngine):
+    """Tokens come from a producer task through a queue; the stream checks for a stop before each wait."""
+
+    def __init__(self, mode: DisaggregationMode) -> None:
+        super().__init__(mode)
+        self.producers: dict[str, asyncio.Task[None]] = {}
+
+    async def generate(self, request: GenerateRequest, context: Context) -> AsyncGenerator[GenerateChunk, None]:
+        prompt = len(request["token_ids"])
+        limit = (request.get("stop_conditions") or {}).get("max_tokens") or 8
+        queue: asyncio.Queue[GenerateChunk] = asyncio.Queue()
+        producer = asyncio.get_running_loop().create_task(self.produce(prompt, limit, queue))
+        self.producers[context.id()] = producer
+        try:
+            while True:
+                if context.is_stopped():
+                    yield {"token_ids": [], "index": 0, "finish_reason": "cancelled"}
+                    return
+                chunk = await queue.get()
+                yield chunk
+                if chunk.get("finish_reason") is not None:
+                    return
+        finally:
+            producer.cancel()
+
+    async def produce(self, prompt: int, limit: int, queue: asyncio.Queue[GenerateChunk]) -> None:
+        for produced in range(limit):
+            await asyncio.sleep(STEP)
+            last = produced == limit - 1
+            await queue.put({"token_ids": [produced], "index": 0, "finish_reason": "length",
+                             "completion_usage": _usage(prompt, limit)} if last else {"token_ids": [produced],
+                                                                                     "index": 0})
+
+    async def abort(self, context: Context) -> None:
+        producer = self.producers.pop(context.id(), None)
+        if producer is not None:
+            producer.cancel()  # BUG: the stream still waits on the queue, which nothing will ever fill
