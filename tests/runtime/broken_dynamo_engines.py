@@ -77,6 +77,11 @@ class IgnoresStops(TinyEngine):
         return False  # BUG: never looks at the context, so a stopped request runs to its end
 
 
+class IgnoresKills(TinyEngine):
+    def notices_stop(self, context: Context) -> bool:
+        return context.is_stopped() and not context.is_killed()  # BUG: a kill is a stop too
+
+
 class AbortRaises(TinyEngine):
     async def abort(self, context: Context) -> None:
         raise RuntimeError("abort: lost track of the request")  # BUG: abort must not raise
