@@ -7,14 +7,17 @@ deployment recorder; the probes are sent by a real Dynamo client
 engine's stream, its context's signals and the abort calls from the
 recording, what the client received from the client, and the abort rules by
 ``trace``'s engine-side inference (:mod:`model.traces.engine_side`).  The
-checks keep their names, titles and prerequisites (``conformance.checks``),
-so a broken engine fails the same checks with and without ``--runtime``.
+checks keep their names, titles, kits and prerequisites (``conformance.checks``),
+and a stopped or killed stream is classified by the kit's own function
+(:mod:`.stops`), so a broken engine fails the same checks with and without
+``--runtime``.
 
 What the runtime does not offer is skipped, saying so: the Python client has
 no kill (kill probes are a client that leaves, RUNTIME-DISCONNECT-KILLS), and
 no stream drop the worker would not hear as a kill; Dynamo's Worker calls
 ``cleanup`` once, after ``start``; the loopback worker runs without KV
-routing; the property-based phase is not run.  A decode run starts two
+routing; the property-based phase is not run; Dynamo aborts a finished request only
+after an error item.  A decode run starts two
 workers (the prefill one first, for a real hand-off, ended before the decode
 one starts); every other run starts one.  Each start is bounded by
 ``start_timeout``.

@@ -9,9 +9,9 @@ yielded (``engine.item``, classified by the model's own reading of items),
 how the stream ended (``engine.end``, ``engine.raise``, ``engine.close``,
 ``engine.cancel``, ``engine.interrupt``), each ``engine.abort`` call (and
 ``engine.abort_raised`` if it raised), the stop and kill the context
-showed (``context.stop``, ``context.kill``), and after those each read the
-runtime made of the stream (``engine.read``), each line with its wall-clock
-time ``t``.
+showed (``context.stop``, ``context.kill``, with ``reading: true`` when a read
+of the stream was under way then), and after those each read the runtime made
+of the stream (``engine.read``), each line with its wall-clock time ``t``.
 
 It never changes what the engine does or returns: the engine gets the same
 request and the same context object, its items and errors pass through
