@@ -171,7 +171,7 @@ def test_each_check_line_is_printed_before_the_summary(capsys: pytest.CaptureFix
     # Then what the requests carried, one line per kit, and the summary.
     assert lines[-4].startswith("requests:") and "conforms" in lines[-1]
     assert lines[-3] == "upstream's kit: nothing fails (16 checks passed)"
-    assert lines[-2] == "as Dynamo's runtime drives the engine: nothing fails (11 checks passed)"
+    assert lines[-2] == "as Dynamo's runtime drives the engine: nothing fails (12 checks passed)"
 
 
 def test_quiet_prints_the_whole_table_only_at_the_end(capsys: pytest.CaptureFixture[str]) -> None:
