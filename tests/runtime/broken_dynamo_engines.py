@@ -20,6 +20,8 @@ from dynamo.common.constants import DisaggregationMode
 MODEL = "tiny-model"
 STEP = 0.002
 """Seconds per token."""
+DRAIN = 0.2
+"""Seconds StrandedByAbort takes to wind a stopped request down: the runtime's abort() always comes within it."""
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
@@ -103,23 +105,19 @@ class NoTerminal(TinyEngine):
 
 
 class StrandedByAbort(TinyEngine):
-    """Tokens come from a producer task through a queue; the stream checks for a stop before each wait."""
+    """Tokens come from a producer task through a queue; the producer winds a stopped request down (a short
+    drain) and then sends the 'cancelled' terminal."""
 
     def __init__(self, mode: DisaggregationMode) -> None:
         super().__init__(mode)
         self.producers: dict[str, asyncio.Task[None]] = {}
 
     async def generate(self, request: GenerateRequest, context: Context) -> AsyncGenerator[GenerateChunk, None]:
-        prompt = len(request["token_ids"])
-        limit = (request.get("stop_conditions") or {}).get("max_tokens") or 8
         queue: asyncio.Queue[GenerateChunk] = asyncio.Queue()
-        producer = asyncio.get_running_loop().create_task(self.produce(prompt, limit, queue))
+        producer = asyncio.get_running_loop().create_task(self.produce(request, context, queue))
         self.producers[context.id()] = producer
         try:
             while True:
-                if context.is_stopped():
-                    yield {"token_ids": [], "index": 0, "finish_reason": "cancelled"}
-                    return
                 chunk = await queue.get()
                 yield chunk
                 if chunk.get("finish_reason") is not None:
@@ -127,8 +125,15 @@ class StrandedByAbort(TinyEngine):
         finally:
             producer.cancel()
 
-    async def produce(self, prompt: int, limit: int, queue: asyncio.Queue[GenerateChunk]) -> None:
+    async def produce(self, request: GenerateRequest, context: Context, queue: asyncio.Queue[GenerateChunk]) -> None:
+        prompt = len(request["token_ids"])
+        limit = (request.get("stop_conditions") or {}).get("max_tokens") or 8
         for produced in range(limit):
+            if context.is_stopped():
+                await asyncio.sleep(DRAIN)
+                await queue.put({"token_ids": [], "index": 0, "finish_reason": "cancelled",
+                                 "completion_usage": _usage(prompt, produced)})
+                return
             await asyncio.sleep(STEP)
             last = produced == limit - 1
             await queue.put({"token_ids": [produced], "index": 0, "finish_reason": "length",
