@@ -32,10 +32,12 @@ from dynamo_backend_protocol.reference.conformance.rules import (
     AfterStop,
     Judge,
     abort_at_most_once,
+    abort_before_first_read_lost,
     after_stop,
     chunks_well_formed,
     describe_after_stop,
     dropped_stream_closed,
+    kill_handled_worse,
     no_abort_before_first_token,
     no_abort_without_cancel,
 )
@@ -187,7 +189,7 @@ async def probe_abort_before_first_read(settings: KitSettings) -> Verdicts:
             return {F.ABORT_BEFORE_FIRST_READ_LOST: None}
         read_at_once = await session.drive(RequestPlan(Action.STOP, 0, STOPPABLE), "conformance-stop-read-at-once")
         await session.settle()
-    if not after_stop(read_at_once, settings.mode).honoured:
+    if not abort_before_first_read_lost(outcome, after_stop(read_at_once, settings.mode)):
         return {F.ABORT_BEFORE_FIRST_READ_LOST: None}
     lost = "the stream was left waiting for ever" if outcome is AfterStop.STRANDED else (
         "the abort was lost and the request ran on")
@@ -209,7 +211,7 @@ async def probe_kill(settings: KitSettings) -> Verdicts:
             return {F.KILL_NOT_HANDLED_LIKE_STOP: None}
         stopped = await session.drive(RequestPlan(Action.STOP, 0, STOPPABLE), "conformance-stop-like-kill")
         await session.settle()
-    if not after_stop(stopped, settings.mode).honoured:
+    if not kill_handled_worse(after_stop(killed, settings.mode), after_stop(stopped, settings.mode)):
         return {F.KILL_NOT_HANDLED_LIKE_STOP: None}
     return {
         F.KILL_NOT_HANDLED_LIKE_STOP: f"{describe_after_stop(killed, settings.cancel_deadline)}, whereas after a "

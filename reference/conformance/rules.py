@@ -50,29 +50,79 @@ class AfterStop(enum.Enum):
         return self in (AfterStop.CANCELLED, AfterStop.FINISHED_FIRST)
 
 
-def after_stop(run: RequestRun, mode: Mode) -> AfterStop:
+@dataclass(frozen=True)
+class StoppedStream:
+    """What was seen of a stream once its stop or kill reached the engine: all :func:`classify_stopped` reads.
+    The default run takes it from a :class:`RequestRun` (:func:`stopped_stream`); ``conform --runtime dynamo``
+    from the engine's side of Dynamo's real Worker, so both runs classify a stop the same way."""
+
+    ending: Ending
+    """How the stream ended (TIMED_OUT: it had not ended by the deadline)."""
+    finish_reason: object = None
+    """The terminal's finish_reason, when it ended with one."""
+    items_after_stop: int = 0
+    """Items the engine yielded once the stop showed, the terminal included."""
+    at_token_limit: bool = False
+    """The stream had already delivered the tokens the request asked for."""
+    yielded_since_abort: int | None = None
+    """For a stream that had not ended: items yielded since abort() returned (since the stop, with no abort);
+    None when nothing of the request reached the engine."""
+    abort_hung: bool = False
+    """An abort() for the request had not returned."""
+
+
+def classify_stopped(stream: StoppedStream, mode: Mode) -> AfterStop:
     """Classify how a stopped stream ended.  A normal terminal that was the very next item after the stop
     is the stream's own finish racing it, allowed when that finish was due anyway: in a short-stream mode,
     or at the request's token limit."""
-    if run.cancelled():
-        return AfterStop.CANCELLED
-    log = run.log
-    stopped_at = run.stop_seq()
-    if run.ending is Ending.TERMINAL:
-        reason = finish_reason_meaning(run.finish_reason())
+    if stream.ending is Ending.TERMINAL:
+        reason = finish_reason_meaning(stream.finish_reason)
+        if reason is FinishReason.CANCELLED:
+            return AfterStop.CANCELLED
         if reason is FinishReason.ERROR:
             return AfterStop.OTHER
-        after = log.items_after(stopped_at) if log is not None and stopped_at is not None else len(run.received)
-        due = mode in SHORT_STREAM_MODES or run.tokens_received() >= run.plan.max_tokens
-        return AfterStop.FINISHED_FIRST if after <= 1 and due else AfterStop.FINISHED_AS_IF_NOT_STOPPED
-    if run.ending is not Ending.TIMED_OUT:
+        due = mode in SHORT_STREAM_MODES or stream.at_token_limit
+        return AfterStop.FINISHED_FIRST if stream.items_after_stop <= 1 and due else (
+            AfterStop.FINISHED_AS_IF_NOT_STOPPED)
+    if stream.ending is not Ending.TIMED_OUT:
         return AfterStop.OTHER
-    if log is None or stopped_at is None:
+    if stream.yielded_since_abort is None:
         return AfterStop.STRANDED
     # Silent since the abort returned (or since the stop, when the runtime made no abort): stranded.
+    return AfterStop.STRANDED if stream.abort_hung or not stream.yielded_since_abort else AfterStop.KEPT_STREAMING
+
+
+def stopped_stream(run: RequestRun) -> StoppedStream:
+    """What the kit's client and recorder saw of a stopped request, for :func:`classify_stopped`."""
+    log = run.log
+    stopped_at = run.stop_seq()
+    if log is None or stopped_at is None:
+        return StoppedStream(run.ending, run.finish_reason(), len(run.received), _at_limit(run))
     quiet_since = max((call.returned_seq or call.seq for call in log.aborts), default=stopped_at)
-    hung_abort = any(call.returned_seq is None for call in log.aborts)
-    return AfterStop.STRANDED if hung_abort or not log.items_after(quiet_since) else AfterStop.KEPT_STREAMING
+    return StoppedStream(
+        run.ending, run.finish_reason(), log.items_after(stopped_at), _at_limit(run), log.items_after(quiet_since),
+        any(call.returned_seq is None for call in log.aborts),
+    )
+
+
+def _at_limit(run: RequestRun) -> bool:
+    return run.tokens_received() >= run.plan.max_tokens
+
+
+def after_stop(run: RequestRun, mode: Mode) -> AfterStop:
+    """How a stopped stream of the kit's ended (:func:`classify_stopped`)."""
+    return classify_stopped(stopped_stream(run), mode)
+
+
+def kill_handled_worse(killed: AfterStop, stopped: AfterStop) -> bool:
+    """KillNotHandledLikeStop: a kill not honoured where a stop at the same point was."""
+    return not killed.honoured and stopped.honoured
+
+
+def abort_before_first_read_lost(early: AfterStop, read_at_once: AfterStop) -> bool:
+    """AbortBeforeFirstReadLost: a stop whose abort() came before the first read was not honoured (nor ended
+    otherwise) where a stop read at once was; an engine that honours no stop at all is the other checks' bug."""
+    return not early.honoured and early is not AfterStop.OTHER and read_at_once.honoured
 
 
 def describe_after_stop(run: RequestRun, deadline: float | None = None) -> str:

@@ -7,14 +7,17 @@ deployment recorder; the probes are sent by a real Dynamo client
 engine's stream, its context's signals and the abort calls from the
 recording, what the client received from the client, and the abort rules by
 ``trace``'s engine-side inference (:mod:`model.traces.engine_side`).  The
-checks keep their names, titles and prerequisites (``conformance.checks``),
-so a broken engine fails the same checks with and without ``--runtime``.
+checks keep their names, titles, kits and prerequisites (``conformance.checks``),
+and a stopped or killed stream is classified by the kit's own function
+(:mod:`.stops`), so a broken engine fails the same checks with and without
+``--runtime``.
 
 What the runtime does not offer is skipped, saying so: the Python client has
 no kill (kill probes are a client that leaves, RUNTIME-DISCONNECT-KILLS), and
 no stream drop the worker would not hear as a kill; Dynamo's Worker calls
 ``cleanup`` once, after ``start``; the loopback worker runs without KV
-routing; the property-based phase is not run.  A decode run starts two
+routing; the property-based phase is not run; Dynamo aborts a finished request only
+after an error item.  A decode run starts two
 workers (the prefill one first, for a real hand-off, ended before the decode
 one starts); every other run starts one.  Each start is bounded by
 ``start_timeout``.
@@ -26,12 +29,13 @@ import asyncio
 import dataclasses
 import shlex
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from dynamo_backend_protocol.model import Mode
 from dynamo_backend_protocol.model.traces.check import RequestSummary, TraceChecker
+from dynamo_backend_protocol.reference.conformance.adapter_checks import IGNORED
 from dynamo_backend_protocol.reference.conformance.checks import CHECKS, SPECS, CheckSpec, Failure, Verdicts
 from dynamo_backend_protocol.reference.conformance.construction import (
     declared_mode,
@@ -42,11 +46,17 @@ from dynamo_backend_protocol.reference.conformance.construction import (
 from dynamo_backend_protocol.reference.conformance.drive import CANCEL_MAX_TOKENS, PLAIN_MAX_TOKENS, RequestShape
 from dynamo_backend_protocol.reference.conformance.encode_checks import encode_verdicts
 from dynamo_backend_protocol.reference.conformance.report import CheckResult, CheckStatus, ConformanceReport, one_line
+from dynamo_backend_protocol.reference.conformance.rules import (
+    AfterStop,
+    abort_before_first_read_lost,
+    kill_handled_worse,
+)
 from dynamo_backend_protocol.reference.conformance.session import EngineFactory, make_engine
 from dynamo_backend_protocol.reference.conformance.upstream import completion_tokens_problem
 from dynamo_backend_protocol.reference.runtime.engine_side import EngineRequest, by_request, describe_ending
 from dynamo_backend_protocol.reference.runtime.launcher import RuntimeSession, RuntimeUnavailable, RuntimeWorker
 from dynamo_backend_protocol.reference.runtime.probes import ClientRun, Plan, send, send_all
+from dynamo_backend_protocol.reference.runtime.stops import after_stop
 
 F = Failure
 T = TypeVar("T")
@@ -56,6 +66,10 @@ SETTLE_GRACE = 2.0
 DISAGGREGATION_MODE_FLAG = "--disaggregation-mode"
 REACH_TIMEOUT = 1.0
 """Seconds a request may take to reach the engine, once sent, before the kit takes it as dropped."""
+SHOW_ATTEMPTS = 3
+"""Times a stopped or killed probe is sent while the runtime stops reading it before the engine shows its answer."""
+SHOW_TIMEOUT = 1.0
+"""Seconds the engine's side of a stopped or killed probe may take to show its answer to the stop."""
 
 NOT_OFFERED: dict[Failure, str] = {
     F.SECOND_CLEANUP_FAILED: "Dynamo's Worker calls cleanup once per start",
@@ -65,7 +79,8 @@ NOT_OFFERED: dict[Failure, str] = {
     "called",
     F.DROPPED_STREAM_NOT_CLOSED: "a client of the runtime cannot drop a stream without the worker hearing a kill "
     "(RUNTIME-DISCONNECT-KILLS)",
-    F.MID_STREAM_CANCELLATION_IGNORED: "the property-based phase is not run under the real runtime",
+    F.ABORT_AFTER_TERMINAL_RAISED: "Dynamo's Worker aborts a finished request only after an error item, which "
+    "a conforming engine's requests do not provoke",
     F.SCHEDULE_FAILED: "the property-based phase is not run under the real runtime",
 }
 """Checks the real runtime does not let the kit make, and why."""
@@ -85,6 +100,8 @@ PROBE_OF: dict[Failure, str] = {
     F.KILL_NOT_HANDLED_LIKE_STOP: "leave",
     F.CANCELLATION_LEAKED: "leak",
     F.ABORT_BEFORE_FIRST_TOKEN: "early-stop",
+    F.MID_STREAM_CANCELLATION_IGNORED: "stop",
+    F.ABORT_BEFORE_FIRST_READ_LOST: "cancel",
 }
 """The probe whose time a check reports (checks judged from the whole run or the lifecycle report none)."""
 
@@ -144,9 +161,11 @@ async def run_runtime_conformance(factory: EngineFactory, options: RuntimeOption
             shape = dataclasses.replace(shape, model=_served_model(worker) or shape.model)
             runs, took = await _probe(worker, client, session.core, shape, options)
             await _settle(worker, _names(runs), options)
+            # Judged as the probes left the engine: the shutdown then cancels whatever still runs.
+            served = by_request(worker.request_lines())
             worker.stop(options.cleanup_timeout)  # the Worker's shutdown runs the engine's cleanup
             lines = worker.request_lines()
-            judged.serving(worker, runs, by_request(lines), shape, options)
+            judged.serving(worker, runs, served, by_request(lines), shape, options)
             judged.took = {failure: took.get(probe, 0.0) for failure, probe in PROBE_OF.items()}
         # The worker's start: the process, Dynamo's runtime, the engine's build and start(), its registration.
         judged.took[F.START_FAILED] = judged.took[F.EMPTY_MODEL_IN_CONFIG] = start_seconds
@@ -202,21 +221,46 @@ Runs = dict[str, Any]
 """Probe name -> its ClientRun, or a list of them for the concurrent probes."""
 
 
-async def _cancel_probe(worker: RuntimeWorker, client: Any, core: Any, shape: RequestShape,
-                        timeout: float) -> ClientRun:
+async def _cancel_probe(worker: RuntimeWorker, client: Any, core: Any, shape: RequestShape, timeout: float,
+                        name: str) -> ClientRun:
     """A request stopped before any item, as the kit stops it before its first read (a stop sent once the
     stream is open could reach a one-chunk engine after it finished).  The runtime may drop a request
     stopped before it was sent without calling the engine; then one stopped right after its stream opened."""
-    early = await send(client, core, Plan("conform-cancel", shape.request(CANCEL_MAX_TOKENS), "stop", -1),
-                       timeout)
+    early = await send(client, core, Plan(name, shape.request(CANCEL_MAX_TOKENS), "stop", -1), timeout)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + REACH_TIMEOUT
     while loop.time() < deadline:
         if early.name in by_request(worker.request_lines()):
             return early
         await asyncio.sleep(0.02)
-    return await send(client, core, Plan("conform-cancel-open", shape.request(CANCEL_MAX_TOKENS), "stop", 0),
-                      timeout)
+    return await send(client, core, Plan(f"{name}-open", shape.request(CANCEL_MAX_TOKENS), "stop", 0), timeout)
+
+
+async def _until_shown(worker: RuntimeWorker, attempt: Callable[[str], Awaitable[ClientRun]],
+                       name: str) -> ClientRun:
+    """A stopped or killed request, sent again (as ``name-2``, ``name-3``) while the runtime stops reading it
+    before the engine shows what it does once stopped: Dynamo stops reading a cancelled stream after the item
+    the engine was making when the stop came, so whether a later read shows anything is a race."""
+    run = await attempt(name)
+    for again in range(2, SHOW_ATTEMPTS + 1):
+        if await _shown(worker, run.name):
+            break
+        run = await attempt(f"{name}-{again}")
+    return run
+
+
+async def _shown(worker: RuntimeWorker, name: str) -> bool:
+    """Whether the engine's side of ``name`` shows how the engine answers a stop: its stream ended, or the
+    runtime read it again after the stop, or (by SHOW_TIMEOUT) a read under way at the stop is still unanswered."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SHOW_TIMEOUT
+    while True:
+        engine = by_request(worker.request_lines()).get(name)
+        if engine is not None and (engine.ending() is not None or engine.read_after_cancel()):
+            return True
+        if loop.time() >= deadline or worker.exit_status() is not None:
+            return engine is not None and engine.shows_after_cancel()
+        await asyncio.sleep(0.02)
 
 
 async def _probe(worker: RuntimeWorker, client: Any, core: Any, shape: RequestShape,
@@ -242,11 +286,14 @@ async def _probe(worker: RuntimeWorker, client: Any, core: Any, shape: RequestSh
         "concurrent": await timed("concurrent", send_all(client, core, [
             Plan(f"conform-concurrent-{n}", shape.request(PLAIN_MAX_TOKENS)) for n in range(1, CONCURRENT + 1)
         ], timeout)),
-        "cancel": await timed("cancel", _cancel_probe(worker, client, core, shape, timeout)),
-        "stop": await timed("stop", send(client, core, Plan("conform-stop", shape.request(CANCEL_MAX_TOKENS),
-                                                            "stop", live), timeout)),
-        "leave": await timed("leave", send(client, core, Plan("conform-leave", shape.request(CANCEL_MAX_TOKENS),
-                                                              "leave", live), timeout)),
+        "cancel": await timed("cancel", _until_shown(
+            worker, lambda name: _cancel_probe(worker, client, core, shape, timeout, name), "conform-cancel")),
+        "stop": await timed("stop", _until_shown(
+            worker, lambda name: send(client, core, Plan(name, shape.request(CANCEL_MAX_TOKENS), "stop", live),
+                                      timeout), "conform-stop")),
+        "leave": await timed("leave", _until_shown(
+            worker, lambda name: send(client, core, Plan(name, shape.request(CANCEL_MAX_TOKENS), "leave", live),
+                                      timeout), "conform-leave")),
         "leak": await timed("leak", send_all(client, core, [
             Plan("conform-leak-1", shape.request(CANCEL_MAX_TOKENS), "stop", live),
             *(Plan(f"conform-leak-{n}", shape.request(PLAIN_MAX_TOKENS)) for n in range(2, CONCURRENT + 1)),
@@ -291,8 +338,10 @@ class _Judged:
     def start_failed(self, why: str) -> None:
         self.verdicts[F.START_FAILED] = why
 
-    def serving(self, worker: RuntimeWorker, runs: Runs, engine: dict[str, EngineRequest], shape: RequestShape,
-                options: RuntimeOptions) -> None:
+    def serving(self, worker: RuntimeWorker, runs: Runs, engine: dict[str, EngineRequest],
+                whole_run: dict[str, EngineRequest], shape: RequestShape, options: RuntimeOptions) -> None:
+        """The verdicts on the probes, from the engine's side as they left it (``engine``) and as the run ended,
+        the Worker's shutdown included (``whole_run``: for the lifecycle order)."""
         verdicts = self.verdicts
         started = next((r for r in worker.lifecycle() if r.get("event") == "started"), None)
         verdicts[F.START_FAILED] = None
@@ -304,26 +353,26 @@ class _Judged:
         side = _Sides(runs, engine)
         verdicts.update(_plain(side, shape))
         verdicts[F.CONCURRENT_GENERATE_FAILED] = _concurrent(side)
-        verdicts.update(_cancellation(side, options.cancel_deadline))
-        if F.CANCELLATION_IGNORED not in verdicts:
-            self.not_judged(F.CANCELLATION_IGNORED, "the stream ended before the engine could act on the client's "
-                                                    "stop (it was making its last item)")
+        if _outcome(side, "cancel", self.mode) is AfterStop.STRANDED:
+            for failure in (F.CANCELLATION_NOT_OBSERVED, F.CANCELLATION_IGNORED):
+                self.not_judged(failure, SILENT_AFTER_ABORT)
+        else:
+            verdicts.update(_cancellation(side, options.cancel_deadline))
+            if F.CANCELLATION_NOT_OBSERVED not in verdicts:
+                for failure in (F.CANCELLATION_NOT_OBSERVED, F.CANCELLATION_IGNORED):
+                    self.not_judged(failure, UNREAD.format("stop"))
+            elif F.CANCELLATION_IGNORED not in verdicts:
+                self.not_judged(F.CANCELLATION_IGNORED, "the stream ended before the engine could act on the "
+                                                        "client's stop (it was making its last item)")
         verdicts[F.ABORT_FAILED] = _abort_failed(engine)
         verdicts[F.MALFORMED_CHUNK] = _malformed(engine)
-        unread = "the runtime stopped reading the stream after the {} before it ended, so how it ends is not shown"
-        for failure, probe, how in ((F.ABORTED_STREAM_NOT_ENDED, "stop", "stopped and aborted"),
-                                    (F.KILL_NOT_HANDLED_LIKE_STOP, "leave", "killed (its client left)")):
-            stream = side.engine(probe)
-            if _left_unread(stream) and stream.token_after_cancel() is None:
-                self.not_judged(failure, unread.format("kill" if probe == "leave" else "stop"))
-            else:
-                verdicts[failure] = _ends_cancelled(stream, how)
-        if F.CANCELLATION_NOT_OBSERVED not in verdicts:
-            self.not_judged(F.CANCELLATION_NOT_OBSERVED, unread.format("stop"))
-            self.not_judged(F.CANCELLATION_IGNORED, unread.format("stop"))
+        judged, unjudged = _stops(side, self.mode)
+        verdicts.update(judged)
+        for failure, why in unjudged.items():
+            self.not_judged(failure, why)
         verdicts.update(_abort_rules(worker.request_lines()))
         verdicts[F.CANCELLATION_LEAKED] = _leak(side)
-        verdicts[F.LIFECYCLE_ORDER_VIOLATED] = _lifecycle_order(worker, engine)
+        verdicts[F.LIFECYCLE_ORDER_VIOLATED] = _lifecycle_order(worker, whole_run)
 
     def cleanup(self, worker: RuntimeWorker) -> None:
         events = [r.get("event") for r in worker.lifecycle()]
@@ -494,13 +543,85 @@ def _went_on(signal: str, item: dict[str, Any]) -> str:
             "check context.is_stopped() before every token")
 
 
-def _ends_cancelled(engine: EngineRequest, how: str) -> str | None:
-    went_on = engine.token_after_cancel()
-    if went_on is not None:
-        return _went_on("kill" if "killed" in how else "stop", went_on)
-    if engine.ended_cancelled() or _cancel_raced(engine):
-        return None
-    return f"a stream {how} {describe_ending(engine.ending())} instead of ending with a 'cancelled' terminal"
+def _stops(side: _Sides, mode: Mode) -> tuple[Verdicts, dict[Failure, str]]:
+    """The checks of a stopped or killed stream, decided as the default run decides them, on the kit's own
+    classification of each stream (:func:`.stops.after_stop`): MidStreamCancellationIgnored for a stream that
+    kept going or finished as if not stopped, AbortedStreamNotEnded only for one left silent after abort(),
+    KillNotHandledLikeStop only for a kill handled worse than the stop at the same point, and
+    AbortBeforeFirstReadLost only for a stop aborted before the first read that was not honoured where the stop
+    after the stream was live was.  Returns the verdicts, and why each check left out was not judged."""
+    verdicts: Verdicts = {}
+    unjudged: dict[Failure, str] = {}
+    stopped = _outcome(side, "stop", mode)
+    if stopped is None:
+        for failure in (F.MID_STREAM_CANCELLATION_IGNORED, F.ABORTED_STREAM_NOT_ENDED):
+            unjudged[failure] = UNREAD.format("stop")
+    else:
+        said = _said(side, "stop", "context.stop_generating()", stopped)
+        verdicts[F.MID_STREAM_CANCELLATION_IGNORED] = None if stopped not in IGNORED else (
+            f"{said}: the stop was ignored; check context.is_stopped() before every token, or make abort() end the "
+            "request, and end with a 'cancelled' terminal")
+        verdicts[F.ABORTED_STREAM_NOT_ENDED] = None if stopped is not AfterStop.STRANDED else (
+            f"{said}: after abort() the stream was left waiting for ever (Dynamo's runtime reads on with no "
+            "timeout); wake whatever the stream waits on and end it with a 'cancelled' terminal")
+    killed = _outcome(side, "leave", mode)
+    if killed is None:
+        unjudged[F.KILL_NOT_HANDLED_LIKE_STOP] = UNREAD.format("kill")
+    elif stopped is None and not killed.honoured:
+        unjudged[F.KILL_NOT_HANDLED_LIKE_STOP] = "how a stop at the same point ends is not shown (" + (
+            UNREAD.format("stop") + ")")
+    else:
+        verdicts[F.KILL_NOT_HANDLED_LIKE_STOP] = None if stopped is None or not kill_handled_worse(killed, stopped) \
+            else (f"{_said(side, 'leave', 'a kill (its client left)', killed)}, whereas after a stop at the same "
+                  "point it ended 'cancelled'; a kill is also a stop (context.is_stopped() is true): handle it "
+                  "like one")
+    early_engine = side.engine("cancel")
+    if not _aborted_before_first_item(early_engine):
+        unjudged[F.ABORT_BEFORE_FIRST_READ_LOST] = (
+            "Dynamo's runtime called abort() for the request stopped before it was sent only after the engine's "
+            "first item in this run, so no abort came before the first read"
+            + (" (in decode it defers the abort to the first token)" if mode is Mode.DECODE else ""))
+        return verdicts, unjudged
+    early = _outcome(side, "cancel", mode)
+    if early is None:
+        unjudged[F.ABORT_BEFORE_FIRST_READ_LOST] = UNREAD.format("stop")
+    elif stopped is None and not early.honoured:
+        unjudged[F.ABORT_BEFORE_FIRST_READ_LOST] = "how a stop on a live stream ends is not shown (" + (
+            UNREAD.format("stop") + ")")
+    else:
+        lost = stopped is not None and abort_before_first_read_lost(early, stopped)
+        verdicts[F.ABORT_BEFORE_FIRST_READ_LOST] = None if not lost else (
+            f"{_said(side, 'cancel', 'a stop sent with the request, aborted before its first item', early)}, "
+            "whereas a stop on the live stream ended it; an abort() may come before the generator body runs: "
+            "remember it (note the request in generate() itself, or check context.is_stopped() before "
+            "submitting the request)")
+    return verdicts, unjudged
+
+
+SILENT_AFTER_ABORT = ("the stopped stream went silent once the runtime called abort(), and upstream's kit never "
+                      "calls abort(), so whether the engine ends a stopped stream by itself is not shown (a stream "
+                      "left silent after abort() is AbortedStreamNotEnded's to name)")
+UNREAD = "the runtime stopped reading the stream after the {} before it ended, so how it ends is not shown"
+
+
+def _outcome(side: _Sides, probe: str, mode: Mode) -> AfterStop | None:
+    return after_stop(side.engine(probe), side.client(probe), mode, CANCEL_MAX_TOKENS)
+
+
+def _said(side: _Sides, probe: str, signal: str, outcome: AfterStop) -> str:
+    """What the engine did once stopped: its answers to the runtime's reads, and how its stream ended."""
+    engine = side.engine(probe)
+    return (f"request {engine.name!r}: after {signal} the engine answered {engine.answers_after_cancel()} more "
+            f"read(s) of the runtime and its stream {describe_ending(engine.ending())} (it {outcome.value})")
+
+
+def _aborted_before_first_item(engine: EngineRequest) -> bool:
+    for line in engine.lines:
+        if line["obs"] == "engine.abort":
+            return True
+        if line["obs"] == "engine.item":
+            return False
+    return False
 
 
 def _abort_failed(engine: dict[str, EngineRequest]) -> str | None:
@@ -539,24 +660,37 @@ def _abort_rules(lines: list[str]) -> Verdicts:
 
 
 def _leak(side: _Sides) -> str | None:
+    """As the default run judges it: a neighbour leaked into is one aborted or ended 'cancelled'; one failing on
+    its own (an error, no terminal) is another check's business, and one whose context showed a stop was stopped
+    by the engine itself (AbortOnCleanCompletion's to name)."""
     runs: list[ClientRun] = side.runs["leak"]
     for run in runs[1:]:
         engine = side.engine(run.name)
-        if run.end != "terminal":
-            return f"{run.name}, never stopped, {run.error or 'ended without a terminal'} while another was stopped"
-        if engine.count("engine.abort"):
-            return f"{run.name}, never stopped, was aborted when another request was stopped"
+        if any(line["obs"] in ("context.stop", "context.kill") for line in engine.lines):
+            continue
+        aborts = engine.count("engine.abort")
+        if engine.ended_cancelled() or aborts:
+            what = f"was aborted {aborts} time(s) and " if aborts else ""
+            return (f"{run.name}, never stopped, {what}{describe_ending(engine.ending())} while "
+                    f"{runs[0].name} was stopped; keep the stop with its own request (check its "
+                    "context.is_stopped(), not an engine-wide flag)")
     return None
+
+
+CALLS = ("engine.generate", "engine.abort")
+"""The lines that are calls into the engine (the kit's lifecycle order judges calls, not the runtime
+finishing off a stream it already has: the Worker's shutdown cancels those)."""
 
 
 def _lifecycle_order(worker: RuntimeWorker, engine: dict[str, EngineRequest]) -> str | None:
     life = worker.lifecycle()
     started = next((r["t"] for r in life if r.get("event") == "started"), None)
     cleanup = next((r["t"] for r in life if r.get("event") == "cleanup"), None)
-    first = min((request.lines[0]["t"] for request in engine.values() if request.lines), default=None)
-    last = max((line["t"] for request in engine.values() for line in request.lines), default=None)
+    calls = [line for request in engine.values() for line in request.lines if line["obs"] in CALLS]
+    first = min((line["t"] for line in calls), default=None)
+    last = max((line["t"] for line in calls), default=None)
     if first is not None and (started is None or first < started):
         return "a request reached generate before start() returned"
     if cleanup is not None and last is not None and last > cleanup:
-        return "the engine was still called after cleanup() began"
+        return "the engine was still called (generate or abort) after cleanup() began"
     return None

@@ -47,7 +47,6 @@ class EngineRequest:
                 return None
         return None
 
-
     def items_after_cancel(self) -> int:
         """Items the engine yielded after its context first showed a stop or kill, the last one included."""
         cancel = self.cancel()
@@ -71,6 +70,36 @@ class EngineRequest:
                     return line
                 asked = False
         return None
+
+    def answers_after_cancel(self) -> int:
+        """Items the engine gave in answer to reads the runtime began after the stop or kill showed."""
+        cancel = self.cancel()
+        if cancel is None:
+            return 0
+        answers, asked = 0, False
+        for line in self.lines[self.lines.index(cancel) + 1 :]:
+            if line["obs"] == "engine.read":
+                asked = True
+            elif line["obs"] == "engine.item":
+                answers += asked
+                asked = False
+        return answers
+
+    def shows_after_cancel(self) -> bool:
+        """Whether what the engine does once stopped or killed shows: its stream ended, the runtime read it again
+        after the stop or kill (so the answer, or the silence, is the engine's), or a read under way when the
+        stop showed was never answered (silent since)."""
+        if self.ending() is not None or self.read_after_cancel():
+            return True
+        cancel = self.cancel()
+        return cancel is not None and bool(cancel.get("reading")) and not any(
+            line["obs"] == "engine.item" for line in self.lines[self.lines.index(cancel) + 1 :])
+
+    def read_after_cancel(self) -> bool:
+        """Whether the runtime began a read after the stop or kill showed."""
+        cancel = self.cancel()
+        return cancel is not None and any(line["obs"] == "engine.read"
+                                          for line in self.lines[self.lines.index(cancel) + 1 :])
 
     def ended_cancelled(self) -> bool:
         ending = self.ending()

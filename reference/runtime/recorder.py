@@ -9,9 +9,9 @@ yielded (``engine.item``, classified by the model's own reading of items),
 how the stream ended (``engine.end``, ``engine.raise``, ``engine.close``,
 ``engine.cancel``, ``engine.interrupt``), each ``engine.abort`` call (and
 ``engine.abort_raised`` if it raised), the stop and kill the context
-showed (``context.stop``, ``context.kill``), and after those each read the
-runtime made of the stream (``engine.read``), each line with its wall-clock
-time ``t``.
+showed (``context.stop``, ``context.kill``, with ``reading: true`` when a read
+of the stream was under way then), and after those each read the runtime made
+of the stream (``engine.read``), each line with its wall-clock time ``t``.
 
 It never changes what the engine does or returns: the engine gets the same
 request and the same context object, its items and errors pass through
@@ -137,7 +137,7 @@ _ENCODER = msgspec.json.Encoder()
 class RequestLog:
     """One request's lines; signals already noted; failure isolation."""
 
-    __slots__ = ("_failed", "_recorder", "killed", "name", "position", "stopped")
+    __slots__ = ("_failed", "_recorder", "killed", "name", "position", "reading", "stopped")
 
     def __init__(self, recorder: RecordedEngine, name: str) -> None:
         self._recorder = recorder
@@ -146,6 +146,8 @@ class RequestLog:
         self.position = 0
         self.stopped = False
         self.killed = False
+        self.reading = False
+        """A read of the stream is under way (the runtime awaits the engine's next item)."""
 
     def note(self, obs: str, **fields: object) -> None:
         if self._failed:
@@ -165,12 +167,15 @@ class RequestLog:
             stopped = killed or bool(context.is_stopped())
         except Exception:
             return  # a context without these members shows nothing to record
+        # A read under way when the signal shows is noted with it: an engine that never answers that read went
+        # silent after the stop, whereas one that answers it (with the item it was making) has not shown anything.
+        pending = {"reading": True} if self.reading else {}
         if killed:
             self.stopped = self.killed = True
-            self.note("context.kill")
+            self.note("context.kill", **pending)
         elif stopped and not self.stopped:
             self.stopped = True
-            self.note("context.stop")
+            self.note("context.stop", **pending)
 
 
 class RecordedEngine:
@@ -289,6 +294,7 @@ class RecordedStream:
             # Once cancelled, each read is noted too (a stream ends within an item or two of a stop): a
             # stream left unread by the runtime and an engine that does not answer look alike otherwise.
             log.note("engine.read")
+        log.reading = True
         try:
             item = await self._inner.__anext__()
         except StopAsyncIteration:
@@ -305,6 +311,8 @@ class RecordedStream:
         except BaseException as exc:
             log.note("engine.interrupt", error=type(exc).__name__)
             raise
+        finally:
+            log.reading = False
         # A signal visible now was visible before the item was handed on to the runtime (one look per
         # item: a signal that came between two items is noted before the second, in the same order).
         log.signals(self._context)

@@ -20,6 +20,8 @@ from dynamo.common.constants import DisaggregationMode
 MODEL = "tiny-model"
 STEP = 0.002
 """Seconds per token."""
+DRAIN = 0.2
+"""Seconds StrandedByAbort takes to wind a stopped request down: the runtime's abort() always comes within it."""
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
@@ -77,6 +79,11 @@ class IgnoresStops(TinyEngine):
         return False  # BUG: never looks at the context, so a stopped request runs to its end
 
 
+class IgnoresKills(TinyEngine):
+    def notices_stop(self, context: Context) -> bool:
+        return context.is_stopped() and not context.is_killed()  # BUG: a kill is a stop too
+
+
 class AbortRaises(TinyEngine):
     async def abort(self, context: Context) -> None:
         raise RuntimeError("abort: lost track of the request")  # BUG: abort must not raise
@@ -95,3 +102,45 @@ class NoTerminal(TinyEngine):
                 break
             await asyncio.sleep(STEP)
             yield {"token_ids": [produced], "index": 0}  # BUG: the last chunk carries no finish_reason
+
+
+class StrandedByAbort(TinyEngine):
+    """Tokens come from a producer task through a queue; the producer winds a stopped request down (a short
+    drain) and then sends the 'cancelled' terminal."""
+
+    def __init__(self, mode: DisaggregationMode) -> None:
+        super().__init__(mode)
+        self.producers: dict[str, asyncio.Task[None]] = {}
+
+    async def generate(self, request: GenerateRequest, context: Context) -> AsyncGenerator[GenerateChunk, None]:
+        queue: asyncio.Queue[GenerateChunk] = asyncio.Queue()
+        producer = asyncio.get_running_loop().create_task(self.produce(request, context, queue))
+        self.producers[context.id()] = producer
+        try:
+            while True:
+                chunk = await queue.get()
+                yield chunk
+                if chunk.get("finish_reason") is not None:
+                    return
+        finally:
+            producer.cancel()
+
+    async def produce(self, request: GenerateRequest, context: Context, queue: asyncio.Queue[GenerateChunk]) -> None:
+        prompt = len(request["token_ids"])
+        limit = (request.get("stop_conditions") or {}).get("max_tokens") or 8
+        for produced in range(limit):
+            if context.is_stopped():
+                await asyncio.sleep(DRAIN)
+                await queue.put({"token_ids": [], "index": 0, "finish_reason": "cancelled",
+                                 "completion_usage": _usage(prompt, produced)})
+                return
+            await asyncio.sleep(STEP)
+            last = produced == limit - 1
+            await queue.put({"token_ids": [produced], "index": 0, "finish_reason": "length",
+                             "completion_usage": _usage(prompt, limit)} if last else {"token_ids": [produced],
+                                                                                     "index": 0})
+
+    async def abort(self, context: Context) -> None:
+        producer = self.producers.pop(context.id(), None)
+        if producer is not None:
+            producer.cancel()  # BUG: the stream still waits on the queue, which nothing will ever fill
