@@ -99,7 +99,7 @@ def write_model_directory(folder: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _environment(settings: dict[str, str]) -> Iterator[None]:
+def environment(settings: dict[str, str]) -> Iterator[None]:
     """The client runtime reads these settings from this process's environment when it is made."""
     saved = {name: os.environ.get(name) for name in settings}
     os.environ.update(settings)
@@ -119,9 +119,6 @@ def end_with_parent() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
-
-_end_with_parent = end_with_parent
-"""The name other modules may already import."""
 
 
 _PR_SET_PDEATHSIG = 1
@@ -232,7 +229,7 @@ class UpstreamSession:
     async def __aenter__(self) -> UpstreamSession:
         if self.runtime_log is not None:
             self._stderr = _StderrRedirect(self.runtime_log)
-        with _environment(self.settings):
+        with environment(self.settings):
             self._core = importlib.import_module("dynamo._core")
             self._runtime = self._core.DistributedRuntime(asyncio.get_running_loop(), "file", "tcp")
         return self

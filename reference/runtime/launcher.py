@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import importlib
 import json
 import os
@@ -32,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -41,6 +39,8 @@ from dynamo_backend_protocol.model import Mode
 from dynamo_backend_protocol.reference.differential.upstream import (
     UpstreamUnavailable,
     dynamo_installed,
+    end_with_parent,
+    environment,
     worker_environment,
     write_model_directory,
 )
@@ -49,7 +49,6 @@ from dynamo_backend_protocol.reference.runtime.worker_entry import COMPONENT, EN
 EXIT_TIMEOUT = 10.0
 """Seconds a worker may take to shut down (its cleanup included) after SIGTERM before it is killed."""
 _MODULE = "dynamo_backend_protocol.reference.runtime.worker_entry"
-_PR_SET_PDEATHSIG = 1
 
 
 class RuntimeUnavailable(UpstreamUnavailable):
@@ -65,12 +64,6 @@ def default_log_path() -> Path:
     """Where the runtime's logs go when the user names no file: kept after the run, in the temp folder."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path(tempfile.gettempdir()) / f"dbp-runtime-{stamp}-{os.getpid()}.log"
-
-
-def _end_with_parent() -> None:
-    """In the child, before exec: Linux sends it SIGTERM if this process dies without ending it."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class RuntimeWorker:
@@ -96,7 +89,7 @@ class RuntimeWorker:
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=output,
-            preexec_fn=_end_with_parent if sys.platform == "linux" else None,
+            preexec_fn=end_with_parent if sys.platform == "linux" else None,
             # Its own session: a terminal's Ctrl-C reaches only this command, which ends it by pid.
             start_new_session=True,
         )
@@ -134,21 +127,6 @@ def _lines(path: Path) -> list[str]:
     if not path.exists():
         return []
     return [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-
-
-@contextlib.contextmanager
-def _environment(settings: dict[str, str]) -> Iterator[None]:
-    """The client runtime reads its settings from this process's environment when it is made."""
-    saved = {name: os.environ.get(name) for name in settings}
-    os.environ.update(settings)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 class _Descriptors:
@@ -203,7 +181,7 @@ class RuntimeSession:
                 self._descriptors = _Descriptors(self.log)
             # Not the workers' log level: the runtime here reads DYN_LOG when it loads (quiet_client_runtime).
             client_settings = {name: value for name, value in self.settings.items() if name != "DYN_LOG"}
-            with _environment(client_settings):
+            with environment(client_settings):
                 self.core = importlib.import_module("dynamo._core")
                 self._runtime = self.core.DistributedRuntime(asyncio.get_running_loop(), "file", "tcp")
         except BaseException:
