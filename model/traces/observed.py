@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dynamo_backend_protocol.model.chunks import classify_item
 from dynamo_backend_protocol.model.machine import CompiledTable, ProtocolViolation, TableError
 from dynamo_backend_protocol.model.state import RequestState
 from dynamo_backend_protocol.model.vocabulary import (
@@ -39,6 +40,7 @@ from dynamo_backend_protocol.model.vocabulary import (
     ControlState,
     Event,
     EventKind,
+    Mode,
     UnknownEvent,
     event,
     parse_event,
@@ -246,6 +248,25 @@ class ObservedRun:
         owed_at: int | None = None,
     ) -> ObservationDivergence:
         return ObservationDivergence(line, obs, self.state.control, reason, expected, observed, rule, owed_at)
+
+
+def item_name(item: object, position: int, mode: Mode, validate: bool = True) -> str:
+    """How an engine item is written in an observation trace: the event the protocol's own reading of
+    items makes of it (:func:`item_event` reads it back), or ``malformed``."""
+    try:
+        classified = classify_item(item, position, mode, validate)
+    except Exception:
+        return MALFORMED_ITEM
+    if not isinstance(classified, Event):
+        return MALFORMED_ITEM
+    name = _NAMES.get(classified)
+    if name is None:
+        # Events are canonical singletons, a handful per run: each one's name is worked out once.
+        name = _NAMES[classified] = classified.name
+    return name
+
+
+_NAMES: dict[Event, str] = {}
 
 
 def item_event(item: str | None) -> Event:

@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
-from dynamo_backend_protocol.model import DynamoError, Event, Mode
-from dynamo_backend_protocol.model.chunks import classify_item
+from dynamo_backend_protocol.model import DynamoError, Mode
+from dynamo_backend_protocol.model.traces.observed import item_name
 
 Sink = Callable[[dict[str, Any]], None]
 """Takes one observation line as a JSON-able dict."""
@@ -317,7 +317,7 @@ class RecordedStream:
         # item: a signal that came between two items is noted before the second, in the same order).
         log.signals(self._context)
         log.position += 1
-        log.note("engine.item", item=_item_name(item, log.position, self._mode), n=log.position)
+        log.note("engine.item", item=item_name(item, log.position, self._mode), n=log.position)
         return item
 
     async def aclose(self) -> None:
@@ -327,21 +327,6 @@ class RecordedStream:
             await aclose()
 
 
-def _item_name(item: object, position: int, mode: Mode) -> str:
-    try:
-        classified = classify_item(item, position, mode, True)
-    except Exception:
-        return "malformed"
-    if not isinstance(classified, Event):
-        return "malformed"
-    name = _NAMES.get(classified)
-    if name is None:
-        # Events are canonical singletons, a handful per run: each one's name is worked out once.
-        name = _NAMES[classified] = classified.name
-    return name
-
-
-_NAMES: dict[Event, str] = {}
 
 
 def _context_id(context: Any) -> str:

@@ -18,9 +18,9 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from dynamo_backend_protocol.model import Event, Mode
-from dynamo_backend_protocol.model.chunks import classify_item
+from dynamo_backend_protocol.model import Mode
 from dynamo_backend_protocol.model.faults import error_name, stream_fault
+from dynamo_backend_protocol.model.traces.observed import item_name
 from dynamo_backend_protocol.reference.annotated import Annotated
 from dynamo_backend_protocol.reference.context import Context, Signal, cancelled_by_consumer
 from dynamo_backend_protocol.reference.engine import call_optional
@@ -206,7 +206,7 @@ class ObservedEngineStream:
             raise
         log.position += 1
         log.last_item = item
-        log.note("engine.item", item=_item_name(item, log.position, self), n=log.position)
+        log.note("engine.item", item=item_name(item, log.position, self.mode, self.validate), n=log.position)
         return item
 
     async def aclose(self) -> None:
@@ -214,16 +214,6 @@ class ObservedEngineStream:
         aclose = getattr(self._inner, "aclose", None)
         if aclose is not None:
             await aclose()
-
-
-def _item_name(item: object, position: int, stream: ObservedEngineStream) -> str:
-    """The event the item stands for, by the protocol's own reading of items; ``malformed`` otherwise."""
-    try:
-        classified = classify_item(item, position, stream.mode, stream.validate)
-    except Exception:
-        return "malformed"
-    return classified.name if isinstance(classified, Event) else "malformed"
-
 
 
 class ObservedResponse:
