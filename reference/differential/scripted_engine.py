@@ -22,9 +22,11 @@ from dynamo_backend_protocol.reference.differential.plays import (
 Record = dict[str, Any]
 Sink = Callable[[Record], None]
 
-GATE_TIMEOUT = 1.0
-"""Seconds a gate waits before it gives up and records the timeout (only a divergence ever waits this long)."""
-BARRIER_TIMEOUT = 2.0
+GATE_TIMEOUT = 4.0
+"""Seconds a gate waits before it gives up and records the timeout.  Only a divergence ever
+waits this long, so the bound is set for a loaded CI machine, where a stop sent before the
+request can take over a second to reach the worker, not for speed."""
+BARRIER_TIMEOUT = 6.0
 """Seconds a barrier request waits for a play's engine stream to end."""
 _RESEND = 0.05
 """Seconds between the undeliverable chunks a probe sends to a client that left."""

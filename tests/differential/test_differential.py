@@ -255,7 +255,8 @@ def test_dynamo_raw_adapter_agrees_with_the_raw_machine_and_a_wrong_one_is_caugh
     report = asyncio.run(run_raw())
     assert report.not_in_release is None and report.unavailable is None
     assert len(report.verdicts) == len(RAW_SCENARIOS)
-    assert [v.play.name for v in report.verdicts if not v.agreed and not v.explained] == []
+    diverged = [(v.play.name, v.upstream_differences) for v in report.verdicts if not v.agreed and not v.explained]
+    assert diverged == []
     broken = asyncio.run(run_raw(table=_raw_without_abort_at_stop()))
     assert "raw-stop" in [v.play.name for v in broken.verdicts if not v.agreed and not v.explained]
 
