@@ -9,14 +9,8 @@ never import the readers of the table (:mod:`.explore`, :mod:`.teach`,
 """
 
 from dynamo_backend_protocol.model.errors import BackendError, DynamoError
-from dynamo_backend_protocol.model.machine import (
-    DEFAULT_TABLE,
-    CompiledTable,
-    ProtocolViolation,
-    RequestMachine,
-    Step,
-    TableError,
-)
+from dynamo_backend_protocol.model.exceptions import ProtocolViolation, TableError
+from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable, RequestMachine, Step
 from dynamo_backend_protocol.model.rules import RULES
 from dynamo_backend_protocol.model.state import RequestState, initial_state
 from dynamo_backend_protocol.model.table import FORBIDDEN, REQUEST_TABLE, Transition

@@ -22,8 +22,12 @@ Pure: no I/O, no clocks.  Explored by :mod:`.explore.disagg`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TypeAlias
 
+from dynamo_backend_protocol.model import guarded
+from dynamo_backend_protocol.model.exceptions import NotEnabled, ProtocolViolation
+from dynamo_backend_protocol.model.guarded import ALWAYS, GuardedTable, forbid_the_rest
 from dynamo_backend_protocol.model.invariants import LIVE, Invariant
 from dynamo_backend_protocol.model.liveness import (
     DECODE_WAIT_ENDS,
@@ -62,21 +66,6 @@ class TransferEvent(Slug):
     FAILED = "transfer_failed"
 
 
-@dataclass(frozen=True)
-class TransferRow:
-    source: TransferPhase
-    event: TransferEvent
-    target: TransferPhase
-    needs_live_request: bool = False
-    """The transfer is pulled by the decode engine, so it starts only once the request's stream exists."""
-
-
-TRANSFER_TABLE: tuple[TransferRow, ...] = (
-    TransferRow(TransferPhase.PENDING, TransferEvent.STARTED, TransferPhase.IN_FLIGHT, needs_live_request=True),
-    TransferRow(TransferPhase.IN_FLIGHT, TransferEvent.COMPLETED, TransferPhase.COMPLETED),
-    TransferRow(TransferPhase.IN_FLIGHT, TransferEvent.FAILED, TransferPhase.FAILED),
-)
-
 FIRST_TOKEN_NEEDS = TransferPhase.COMPLETED
 """A request event that signals first-token can only happen in this transfer phase."""
 
@@ -109,13 +98,51 @@ class DisaggStep:
         return () if self.request_step is None else self.request_step.actions
 
 
-class NotEnabled(Exception):
-    """The composition does not offer this event here (for example a first token before the
-    cache arrived); ``rule`` is the rule of the composition that says so."""
+TransferRow: TypeAlias = guarded.Row[TransferPhase, TransferEvent, None, DisaggState, TransferEvent]
 
-    def __init__(self, message: str, rule: str) -> None:
-        super().__init__(f"{message} (rule {rule})")
-        self.rule = rule
+# The transfer is pulled by the decode engine, so it starts only once the request's stream exists.
+REQUEST_STREAM_EXISTS: guarded.Guard[DisaggState, TransferEvent] = guarded.Guard.on_state(
+    "the request's stream exists", lambda state: state.request.control in LIVE
+)
+_P, _T = TransferPhase, TransferEvent
+
+TRANSFER_TABLE: tuple[TransferRow, ...] = (
+    TransferRow((_P.PENDING,), _T.STARTED, REQUEST_STREAM_EXISTS, _P.IN_FLIGHT, (), NO_ORPHANED_TRANSFER),
+    TransferRow((_P.IN_FLIGHT,), _T.COMPLETED, ALWAYS, _P.COMPLETED, (), TRANSFER_ENDS),
+    TransferRow((_P.IN_FLIGHT,), _T.FAILED, ALWAYS, _P.FAILED, (), TRANSFER_ENDS),
+)
+
+
+def _transfer_phase(state: DisaggState) -> TransferPhase:
+    return state.transfer
+
+
+def _same_event(event: TransferEvent) -> TransferEvent:
+    return event
+
+
+def _event_name(event: TransferEvent) -> str:
+    return event.value
+
+
+def _move_transfer(state: DisaggState, event: TransferEvent, row: TransferRow) -> DisaggState:
+    return state if row.target is None else replace(state, transfer=row.target)
+
+
+TRANSFER: GuardedTable[TransferPhase, TransferEvent, None, DisaggState, TransferEvent] = GuardedTable(
+    "KV transfer",
+    TRANSFER_TABLE,
+    (
+        guarded.Prohibition((_P.PENDING,), _T.STARTED, NO_ORPHANED_TRANSFER),
+        *forbid_the_rest(TRANSFER_TABLE, tuple(TransferPhase), tuple(TransferEvent), lambda phase: TRANSFER_ENDS),
+    ),
+    phase=_transfer_phase,
+    trigger=_same_event,
+    apply=_move_transfer,
+    describe=DisaggState.describe,
+    event_name=_event_name,
+)
+"""The KV transfer as a guarded table over the composed state (its guard reads the request)."""
 
 
 def initial_disagg_state(table: CompiledTable) -> DisaggState:
@@ -126,12 +153,11 @@ def disagg_step(table: CompiledTable, state: DisaggState, ev: DisaggEvent) -> Di
     """Fire ``ev``: a transfer event moves the transfer; a request event steps the request
     machine (raising its ProtocolViolation when forbidden) and may orphan the transfer."""
     if isinstance(ev, TransferEvent):
-        for row in TRANSFER_TABLE:
-            if row.source is state.transfer and row.event is ev:
-                if row.needs_live_request and state.request.control not in LIVE:
-                    break
-                return DisaggStep(state, ev, DisaggState(state.request, row.target), None)
-        raise NotEnabled(f"{ev.value} in transfer phase {state.transfer.value}", NO_ORPHANED_TRANSFER)
+        try:
+            moved = TRANSFER.step(state, ev)
+        except ProtocolViolation:
+            raise NotEnabled(f"{ev.value} in transfer phase {state.transfer.value}", NO_ORPHANED_TRANSFER) from None
+        return DisaggStep(state, ev, moved.after, None)
     if ev.signals_first_token and state.transfer is not FIRST_TOKEN_NEEDS:
         raise NotEnabled(f"{ev.name} before the KV transfer completed", NO_ORPHANED_TRANSFER)
     step = table.step(state.request, ev)

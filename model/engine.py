@@ -28,15 +28,9 @@ from __future__ import annotations
 from contextlib import suppress
 from dataclasses import dataclass
 
+from dynamo_backend_protocol.model.exceptions import NotEnabled, ProtocolViolation
 from dynamo_backend_protocol.model.invariants import Invariant
-from dynamo_backend_protocol.model.lifecycle import (
-    LifecycleEvent,
-    LifecycleState,
-    LifecycleViolation,
-    Phase,
-    StartOutcome,
-    lifecycle_step,
-)
+from dynamo_backend_protocol.model.lifecycle import LifecycleEvent, LifecycleState, Phase, StartOutcome, lifecycle_step
 from dynamo_backend_protocol.model.liveness import (
     DONE_EVENTUALLY,
     ENGINE_PROGRESSES,
@@ -110,15 +104,6 @@ class EngineStep:
         return self.request_step is not None and ActionKind.CALL_ABORT in self.request_step.actions
 
 
-class NotEnabled(Exception):
-    """The composition does not offer this event here (a generate the engine does not serve,
-    a cleanup that must wait); ``rule`` is the rule that says so."""
-
-    def __init__(self, message: str, rule: str) -> None:
-        super().__init__(f"{message} (rule {rule})")
-        self.rule = rule
-
-
 def initial_engine_state(table: CompiledTable, composition: Composition) -> EngineState:
     return EngineState(LifecycleState(), (table.initial(composition.mode),) * composition.requests)
 
@@ -134,7 +119,7 @@ def any_in_flight(requests: tuple[RequestState, ...]) -> bool:
 
 def engine_step(table: CompiledTable, composition: Composition, state: EngineState, ev: EngineEvent) -> EngineStep:
     """Fire ``ev``; raises the request machine's ProtocolViolation, the lifecycle's
-    LifecycleViolation, or :class:`NotEnabled` when the composition forbids it."""
+    ProtocolViolation, or :class:`NotEnabled` when the composition forbids it."""
     if isinstance(ev, LifecycleEvent):
         waits = composition.cleanup_waits_for_requests
         if ev is LifecycleEvent.CLEANUP_CALLED and waits and any_in_flight(state.requests):
@@ -147,13 +132,12 @@ def engine_step(table: CompiledTable, composition: Composition, state: EngineSta
     if step.after != request and request == initial_state(composition.mode):
         try:
             lifecycle = lifecycle_step(lifecycle, LifecycleEvent.GENERATE).after
-        except LifecycleViolation as violation:
-            raise NotEnabled(
-                f"{ev.name()}: the engine does not serve generate in {lifecycle.phase.value}", violation.rule
-            ) from None
+        except ProtocolViolation as violation:
+            served = f"{ev.name()}: the engine does not serve generate in {violation.where}"
+            raise NotEnabled(served, violation.rule) from None
     if ActionKind.CALL_ABORT in step.actions:
         # Refused or not, the request has called abort; ENGINE-NO-ABORT-AFTER-CLEANUP says when that is wrong.
-        with suppress(LifecycleViolation):
+        with suppress(ProtocolViolation):
             lifecycle = lifecycle_step(lifecycle, LifecycleEvent.ABORT).after
     requests = (*state.requests[: ev.index], step.after, *state.requests[ev.index + 1 :])
     return EngineStep(state, ev, EngineState(lifecycle, requests), step)

@@ -16,19 +16,20 @@ clocks.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TypeAlias
 
+from dynamo_backend_protocol.model import guarded
+from dynamo_backend_protocol.model.exceptions import TABLE_WELL_FORMED, ProtocolViolation
+from dynamo_backend_protocol.model.guarded import GuardedTable
 from dynamo_backend_protocol.model.invariants import Invariant
-from dynamo_backend_protocol.model.rules import summary
 from dynamo_backend_protocol.model.vocabulary import Slug
 
 START_FIRST = "LIFECYCLE-START-FIRST"
 CLEANUP_AFTER_START = "LIFECYCLE-CLEANUP-AFTER-START"
 CLEANUP_IDEMPOTENT = "LIFECYCLE-CLEANUP-IDEMPOTENT"
 NO_CLEANUP_WITHOUT_START = "LIFECYCLE-NO-CLEANUP-WITHOUT-START"
-LIFECYCLE_TABLE_WELL_FORMED = "TABLE-WELL-FORMED"
+LIFECYCLE_TABLE_WELL_FORMED = TABLE_WELL_FORMED
 
 
 class Phase(Slug):
@@ -89,39 +90,20 @@ class LifecycleState:
         return " ".join(parts)
 
 
-@dataclass(frozen=True)
-class LifecycleGuard:
-    name: str
-    test: Callable[[LifecycleState], bool]
+LifecycleGuard: TypeAlias = guarded.Guard[LifecycleState, LifecycleEvent]
+LifecycleTransition: TypeAlias = guarded.Row[Phase, LifecycleEvent, None, LifecycleState, LifecycleEvent]
+"""One row of the lifecycle table: it performs no actions (the engine's calls are its events)."""
+Prohibition: TypeAlias = guarded.Prohibition[Phase, LifecycleEvent, LifecycleState, LifecycleEvent]
+LifecycleStep: TypeAlias = guarded.Step[LifecycleState, LifecycleEvent, None]
 
-    def __call__(self, state: LifecycleState) -> bool:
-        return self.test(state)
-
-
-ALWAYS = LifecycleGuard("always", lambda s: True)
-FIRST_CLEANUP_AFTER_START = LifecycleGuard(
+ALWAYS: LifecycleGuard = guarded.ALWAYS
+FIRST_CLEANUP_AFTER_START = LifecycleGuard.on_state(
     "first cleanup, start was called", lambda s: not s.cleaned and s.start is not StartOutcome.NOT_CALLED
 )
-FIRST_CLEANUP_WITHOUT_START = LifecycleGuard(
+FIRST_CLEANUP_WITHOUT_START = LifecycleGuard.on_state(
     "first cleanup, start never called", lambda s: not s.cleaned and s.start is StartOutcome.NOT_CALLED
 )
-REPEATED_CLEANUP = LifecycleGuard("a cleanup already completed", lambda s: s.cleaned)
-
-
-@dataclass(frozen=True)
-class LifecycleTransition:
-    sources: tuple[Phase, ...]
-    trigger: LifecycleEvent
-    guard: LifecycleGuard
-    target: Phase | None
-    """None means: stay in the source phase."""
-    rule: str
-
-    def label(self) -> str:
-        text = self.trigger.value
-        if self.guard is not ALWAYS:
-            text += f" [{self.guard.name}]"
-        return text
+REPEATED_CLEANUP = LifecycleGuard.on_state("a cleanup already completed", lambda s: s.cleaned)
 
 
 _C, _S, _R, _F, _D, _CU, _DONE = (
@@ -136,33 +118,20 @@ _C, _S, _R, _F, _D, _CU, _DONE = (
 _E = LifecycleEvent
 
 LIFECYCLE_TABLE: tuple[LifecycleTransition, ...] = (
-    LifecycleTransition((_C,), _E.START_CALLED, ALWAYS, _S, START_FIRST),
-    LifecycleTransition((_S,), _E.START_OK, ALWAYS, _R, START_FIRST),
-    LifecycleTransition((_S,), _E.START_RAISED, ALWAYS, _F, CLEANUP_AFTER_START),
-    LifecycleTransition((_R,), _E.GENERATE, ALWAYS, None, START_FIRST),
+    LifecycleTransition((_C,), _E.START_CALLED, ALWAYS, _S, (), START_FIRST),
+    LifecycleTransition((_S,), _E.START_OK, ALWAYS, _R, (), START_FIRST),
+    LifecycleTransition((_S,), _E.START_RAISED, ALWAYS, _F, (), CLEANUP_AFTER_START),
+    LifecycleTransition((_R,), _E.GENERATE, ALWAYS, None, (), START_FIRST),
     # In-flight requests may still be cancelled while the engine drains.
-    LifecycleTransition((_R, _D), _E.ABORT, ALWAYS, None, START_FIRST),
-    LifecycleTransition((_R,), _E.DRAIN, ALWAYS, _D, START_FIRST),
-    LifecycleTransition((_R, _D, _F), _E.CLEANUP_CALLED, ALWAYS, _CU, CLEANUP_AFTER_START),
-    LifecycleTransition((_C,), _E.CLEANUP_CALLED, ALWAYS, _CU, NO_CLEANUP_WITHOUT_START),
-    LifecycleTransition((_DONE,), _E.CLEANUP_CALLED, ALWAYS, _CU, CLEANUP_IDEMPOTENT),
-    LifecycleTransition((_CU,), _E.CLEANUP_OK, FIRST_CLEANUP_AFTER_START, _DONE, CLEANUP_AFTER_START),
-    LifecycleTransition((_CU,), _E.CLEANUP_OK, FIRST_CLEANUP_WITHOUT_START, _DONE, NO_CLEANUP_WITHOUT_START),
-    LifecycleTransition((_CU,), _E.CLEANUP_OK, REPEATED_CLEANUP, _DONE, CLEANUP_IDEMPOTENT),
+    LifecycleTransition((_R, _D), _E.ABORT, ALWAYS, None, (), START_FIRST),
+    LifecycleTransition((_R,), _E.DRAIN, ALWAYS, _D, (), START_FIRST),
+    LifecycleTransition((_R, _D, _F), _E.CLEANUP_CALLED, ALWAYS, _CU, (), CLEANUP_AFTER_START),
+    LifecycleTransition((_C,), _E.CLEANUP_CALLED, ALWAYS, _CU, (), NO_CLEANUP_WITHOUT_START),
+    LifecycleTransition((_DONE,), _E.CLEANUP_CALLED, ALWAYS, _CU, (), CLEANUP_IDEMPOTENT),
+    LifecycleTransition((_CU,), _E.CLEANUP_OK, FIRST_CLEANUP_AFTER_START, _DONE, (), CLEANUP_AFTER_START),
+    LifecycleTransition((_CU,), _E.CLEANUP_OK, FIRST_CLEANUP_WITHOUT_START, _DONE, (), NO_CLEANUP_WITHOUT_START),
+    LifecycleTransition((_CU,), _E.CLEANUP_OK, REPEATED_CLEANUP, _DONE, (), CLEANUP_IDEMPOTENT),
 )
-
-
-@dataclass(frozen=True)
-class Prohibition:
-    """An event the lifecycle forbids in these phases (when the guard holds), and the rule that forbids it."""
-
-    sources: tuple[Phase, ...]
-    trigger: LifecycleEvent
-    guard: LifecycleGuard
-    rule: str
-    then: Phase | None = None
-    """For a forbidden *outcome*: the call is over all the same, so a monitor that keeps
-    watching continues from this phase (a cleanup that raised has still ended)."""
 
 
 _ALL = tuple(Phase)
@@ -173,47 +142,20 @@ def _except(*allowed: Phase) -> tuple[Phase, ...]:
 
 
 LIFECYCLE_FORBIDDEN: tuple[Prohibition, ...] = (
-    Prohibition(_except(_C), _E.START_CALLED, ALWAYS, START_FIRST),
-    Prohibition(_except(_S), _E.START_OK, ALWAYS, START_FIRST),
-    Prohibition(_except(_S), _E.START_RAISED, ALWAYS, START_FIRST),
-    Prohibition(_except(_R), _E.GENERATE, ALWAYS, START_FIRST),
-    Prohibition(_except(_R, _D), _E.ABORT, ALWAYS, START_FIRST),
-    Prohibition(_except(_R), _E.DRAIN, ALWAYS, START_FIRST),
-    Prohibition((_S, _CU), _E.CLEANUP_CALLED, ALWAYS, CLEANUP_AFTER_START),
-    Prohibition(_except(_CU), _E.CLEANUP_OK, ALWAYS, CLEANUP_AFTER_START),
+    Prohibition(_except(_C), _E.START_CALLED, START_FIRST),
+    Prohibition(_except(_S), _E.START_OK, START_FIRST),
+    Prohibition(_except(_S), _E.START_RAISED, START_FIRST),
+    Prohibition(_except(_R), _E.GENERATE, START_FIRST),
+    Prohibition(_except(_R, _D), _E.ABORT, START_FIRST),
+    Prohibition(_except(_R), _E.DRAIN, START_FIRST),
+    Prohibition((_S, _CU), _E.CLEANUP_CALLED, CLEANUP_AFTER_START),
+    Prohibition(_except(_CU), _E.CLEANUP_OK, CLEANUP_AFTER_START),
     # A cleanup that raises breaks whichever rule promised it would succeed.
-    Prohibition((_CU,), _E.CLEANUP_RAISED, REPEATED_CLEANUP, CLEANUP_IDEMPOTENT, then=_DONE),
-    Prohibition((_CU,), _E.CLEANUP_RAISED, FIRST_CLEANUP_WITHOUT_START, NO_CLEANUP_WITHOUT_START, then=_DONE),
-    Prohibition((_CU,), _E.CLEANUP_RAISED, FIRST_CLEANUP_AFTER_START, CLEANUP_AFTER_START, then=_DONE),
-    Prohibition(_except(_CU), _E.CLEANUP_RAISED, ALWAYS, CLEANUP_AFTER_START),
+    Prohibition((_CU,), _E.CLEANUP_RAISED, CLEANUP_IDEMPOTENT, REPEATED_CLEANUP, then=_DONE),
+    Prohibition((_CU,), _E.CLEANUP_RAISED, NO_CLEANUP_WITHOUT_START, FIRST_CLEANUP_WITHOUT_START, then=_DONE),
+    Prohibition((_CU,), _E.CLEANUP_RAISED, CLEANUP_AFTER_START, FIRST_CLEANUP_AFTER_START, then=_DONE),
+    Prohibition(_except(_CU), _E.CLEANUP_RAISED, CLEANUP_AFTER_START),
 )
-
-
-class LifecycleViolation(Exception):
-    """An engine call (or outcome) the lifecycle does not allow in the current state."""
-
-    def __init__(
-        self, state: LifecycleState, event: LifecycleEvent, rule: str, resume: LifecycleState | None = None
-    ) -> None:
-        self.state = state
-        self.event = event
-        self.rule = rule
-        self.resume = resume
-        """Where a monitor continues from, if the prohibition says (else: unchanged)."""
-        super().__init__(f"{event.value} is not allowed in {state.phase.value} (rule {rule}: {summary(rule)})")
-
-
-class LifecycleTableError(Exception):
-    """The lifecycle table itself is faulty: no row, or several rows, match."""
-
-
-@dataclass(frozen=True, slots=True)
-class LifecycleStep:
-    before: LifecycleState
-    event: LifecycleEvent
-    after: LifecycleState
-    rule: str
-    row: LifecycleTransition
 
 
 _START_OUTCOMES = {
@@ -223,27 +165,61 @@ _START_OUTCOMES = {
 }
 
 
+def lifecycle_table(
+    rows: tuple[LifecycleTransition, ...] = LIFECYCLE_TABLE, forbidden: tuple[Prohibition, ...] = LIFECYCLE_FORBIDDEN
+) -> LifecycleTable:
+    """The lifecycle as a guarded table (``rows`` and ``forbidden`` replaceable, so tests can break it)."""
+    key = (id(rows), id(forbidden))
+    built = _BUILT.get(key)
+    if built is None or built[0] is not rows or built[1] is not forbidden:
+        built = _BUILT[key] = (rows, forbidden, _build(rows, forbidden))
+    return built[2]
+
+
+LifecycleTable: TypeAlias = GuardedTable[Phase, LifecycleEvent, None, LifecycleState, LifecycleEvent]
+_BUILT: dict[tuple[int, int], tuple[object, object, LifecycleTable]] = {}
+"""Tables built so far, by the identity of their rows and prohibitions (kept alive with them, so an
+identity is never reused): a step then costs no hashing of the rows."""
+
+
+def _build(rows: tuple[LifecycleTransition, ...], forbidden: tuple[Prohibition, ...]) -> LifecycleTable:
+    return GuardedTable(
+        "lifecycle",
+        rows,
+        forbidden,
+        phase=_phase,
+        trigger=_same_event,
+        apply=_apply,
+        describe=LifecycleState.describe,
+        event_name=_event_name,
+        with_phase=_with_phase,
+    )
+
+
 def lifecycle_step(
     state: LifecycleState,
     event: LifecycleEvent,
     table: tuple[LifecycleTransition, ...] = LIFECYCLE_TABLE,
     forbidden: tuple[Prohibition, ...] = LIFECYCLE_FORBIDDEN,
 ) -> LifecycleStep:
-    """Fire ``event`` in ``state``; raises :class:`LifecycleViolation` if the lifecycle forbids it."""
-    candidates = [row for row in table if row.trigger is event and state.phase in row.sources]
-    matching = [row for row in candidates if row.guard(state)]
-    if not matching:
-        for prohibition in forbidden:
-            if prohibition.trigger is event and state.phase in prohibition.sources and prohibition.guard(state):
-                resume = None if prohibition.then is None else replace(state, phase=prohibition.then)
-                raise LifecycleViolation(state, event, prohibition.rule, resume)
-        problem = "has no row" if not candidates else "has no row whose guard holds"
-        raise LifecycleTableError(f"lifecycle table {problem} for {event.value} in {state.describe()}")
-    if len(matching) > 1:
-        names = ", ".join(f"[{row.guard.name}]" for row in matching)
-        raise LifecycleTableError(f"lifecycle table has several rows for {event.value} in {state.describe()}: {names}")
-    row = matching[0]
-    return LifecycleStep(state, event, _apply(state, event, row), row.rule, row)
+    """Fire ``event`` in ``state``; raises :class:`ProtocolViolation` if the lifecycle forbids it."""
+    return lifecycle_table(table, forbidden).step(state, event)
+
+
+def _phase(state: LifecycleState) -> Phase:
+    return state.phase
+
+
+def _same_event(event: LifecycleEvent) -> LifecycleEvent:
+    return event
+
+
+def _event_name(event: LifecycleEvent) -> str:
+    return event.value
+
+
+def _with_phase(state: LifecycleState, phase: Phase) -> LifecycleState:
+    return replace(state, phase=phase)
 
 
 def _apply(state: LifecycleState, event: LifecycleEvent, row: LifecycleTransition) -> LifecycleState:
@@ -272,8 +248,8 @@ class LifecycleMachine:
     def fire(self, event: LifecycleEvent) -> LifecycleStep:
         try:
             step = lifecycle_step(self.state, event)
-        except LifecycleViolation as violation:
-            if violation.resume is not None:
+        except ProtocolViolation as violation:
+            if isinstance(violation.resume, LifecycleState):
                 self.state = violation.resume
             raise
         self.state = step.after

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import TypeAlias
 
-from dynamo_backend_protocol.model.rules import summary
+from dynamo_backend_protocol.model import guarded
+from dynamo_backend_protocol.model.exceptions import ProtocolViolation
+from dynamo_backend_protocol.model.guarded import GuardedTable, Prohibition
 from dynamo_backend_protocol.model.state import RequestState, initial_state
-from dynamo_backend_protocol.model.table import (
-    FORBIDDEN,
-    REQUEST_TABLE,
-    Effect,
-    Transition,
-    rows_for,
-)
+from dynamo_backend_protocol.model.table import FORBIDDEN, REQUEST_TABLE, Effect, Transition
 from dynamo_backend_protocol.model.vocabulary import (
     FORWARDS,
     ActionKind,
@@ -25,52 +21,21 @@ from dynamo_backend_protocol.model.vocabulary import (
     StreamEnd,
 )
 
-
-class ProtocolViolation(Exception):
-    """An event arrived that the protocol does not allow in the current state."""
-
-    def __init__(self, state: RequestState, event: Event, rule: str) -> None:
-        self.state = state
-        self.event = event
-        self.rule = rule
-        super().__init__(
-            f"event {event.name!r} is not allowed in state {state.control.value} "
-            f"(rule {rule}: {summary(rule)})"
-        )
+Step: TypeAlias = guarded.Step[RequestState, Event, ActionKind]
+"""One fired event of a request."""
 
 
-class TableError(Exception):
-    """The table itself is faulty: no row or several rows match a state and event."""
-
-    def __init__(self, state: RequestState, event: Event, problem: str) -> None:
-        self.state = state
-        self.event = event
-        super().__init__(f"table {problem} for event {event.name!r} in state {state.describe()}")
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """One fired event: where it started, what it did, where it ended, and why."""
-
-    before: RequestState
-    event: Event
-    after: RequestState
-    actions: tuple[ActionKind, ...]
-    rule: str
-    ignored: bool
-    row: Transition
-
-    def as_record(self, request: str) -> dict[str, object]:
-        """The JSON Lines trace record of this step."""
-        return {
-            "request": request,
-            "mode": self.before.mode.value,
-            "event": self.event.name,
-            "state": self.after.control.value,
-            "actions": [a.value for a in self.actions],
-            "rule": self.rule,
-            "ignored": self.ignored,
-        }
+def step_record(step: Step, request: str) -> dict[str, object]:
+    """The JSON Lines trace record of ``step``."""
+    return {
+        "request": request,
+        "mode": step.before.mode.value,
+        "event": step.event.name,
+        "state": step.after.control.value,
+        "actions": [a.value for a in step.actions],
+        "rule": step.rule,
+        "ignored": step.ignored,
+    }
 
 
 FORWARD_ONLY: tuple[ActionKind, ...] = (ActionKind.FORWARD_DATA,)
@@ -98,11 +63,17 @@ class CompiledTable:
     ) -> None:
         self.table = table
         self.forbidden = FORBIDDEN if forbidden is None else forbidden
+        self.guarded: GuardedTable[ControlState, EventKind, ActionKind, RequestState, Event] = GuardedTable(
+            "request",
+            table,
+            tuple(Prohibition((state,), kind, rule) for (state, kind), rule in self.forbidden.items()),
+            phase=_control,
+            trigger=_kind,
+            apply=_apply,
+            describe=RequestState.describe,
+            event_name=_event_name,
+        )
         self._interned: dict[RequestState, RequestState] = {}
-        self._rows: dict[tuple[ControlState, EventKind], list[Transition]] = {}
-        for state in ControlState:
-            for kind in EventKind:
-                self._rows[(state, kind)] = rows_for(table, state, kind)
 
     def intern(self, state: RequestState) -> RequestState:
         """This table's own object for ``state``; a state made by another table is
@@ -127,26 +98,25 @@ class CompiledTable:
         return result
 
     def _compute(self, state: RequestState, ev: Event) -> Step:
-        candidates = self._rows[(state.control, ev.kind)]
-        matching = [row for row in candidates if row.guard(state, ev)]
-        if not matching:
-            rule = self.forbidden.get((state.control, ev.kind))
-            if rule is not None:
-                raise ProtocolViolation(state, ev, rule)
-            problem = "has no row" if not candidates else "has no row whose guard holds"
-            raise TableError(state, ev, problem)
-        if len(matching) > 1:
-            names = ", ".join(f"[{row.guard.name}]" for row in matching)
-            raise TableError(state, ev, f"has several rows that match ({names})")
-        row = matching[0]
-        after = self.intern(_apply(state, ev, row))
-        actions = FORWARD_ONLY if row.actions == FORWARD_ONLY else row.actions
-        return Step(state, ev, after, actions, row.rule, row.ignored, row)
+        step = self.guarded.step(state, ev)
+        after = self.intern(step.after)
+        actions = FORWARD_ONLY if step.actions == FORWARD_ONLY else step.actions
+        return guarded.Step(state, ev, after, actions, step.rule, step.ignored, step.row)
+
+
+def _control(state: RequestState) -> ControlState:
+    return state.control
+
+
+def _kind(ev: Event) -> EventKind:
+    return ev.kind
+
+
+def _event_name(ev: Event) -> str:
+    return ev.name
 
 
 def _apply(state: RequestState, ev: Event, row: Transition) -> RequestState:
-    if row.ignored:
-        return state
     changes: dict[str, object] = {}
     if row.target is not None and row.target is not state.control:
         changes["control"] = row.target

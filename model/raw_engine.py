@@ -16,12 +16,12 @@ rule IDs judge from the event and the actions, never from the row.  Pure.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TypeAlias
 
+from dynamo_backend_protocol.model import guarded
+from dynamo_backend_protocol.model.guarded import GuardedTable, forbid_the_rest
 from dynamo_backend_protocol.model.invariants import Invariant
-from dynamo_backend_protocol.model.rules import summary
 from dynamo_backend_protocol.model.vocabulary import Slug
 
 RAW_FORWARD = "RAW-FORWARD"
@@ -86,37 +86,13 @@ class RawState:
         return " ".join(parts)
 
 
-@dataclass(frozen=True)
-class RawGuard:
-    name: str
-    test: Callable[[RawState], bool]
+RawGuard: TypeAlias = guarded.Guard[RawState, RawEvent]
+RawTransition: TypeAlias = guarded.Row[RawPhase, RawEvent, RawAction, RawState, RawEvent]
+RawStep: TypeAlias = guarded.Step[RawState, RawEvent, RawAction]
 
-    def __call__(self, state: RawState) -> bool:
-        return self.test(state)
-
-
-ALWAYS = RawGuard("always", lambda s: True)
-NOT_CANCELLED = RawGuard("no stop or kill yet", lambda s: not s.cancelled)
-CANCELLED = RawGuard("stop or kill observed", lambda s: s.cancelled)
-
-
-@dataclass(frozen=True)
-class RawTransition:
-    sources: tuple[RawPhase, ...]
-    trigger: RawEvent
-    guard: RawGuard
-    target: RawPhase | None
-    """None: stay."""
-    actions: tuple[RawAction, ...]
-    rule: str
-
-    def label(self) -> str:
-        text = self.trigger.value
-        if self.guard is not ALWAYS:
-            text += f" [{self.guard.name}]"
-        if self.actions:
-            text += " / " + ", ".join(action.value for action in self.actions)
-        return text
+ALWAYS: RawGuard = guarded.ALWAYS
+NOT_CANCELLED = RawGuard.on_state("no stop or kill yet", lambda s: not s.cancelled)
+CANCELLED = RawGuard.on_state("stop or kill observed", lambda s: s.cancelled)
 
 
 _I, _S, _A, _D = RawPhase.IDLE, RawPhase.STREAMING, RawPhase.ABORTED, RawPhase.DONE
@@ -145,46 +121,56 @@ RAW_TABLE: tuple[RawTransition, ...] = (
 )
 
 
-class RawViolation(Exception):
-    """An event the raw adapter's table has no row for in this state."""
+def raw_table(rows: tuple[RawTransition, ...] = RAW_TABLE) -> RawTable:
+    """The raw adapter as a guarded table: whatever ``rows`` do not allow is forbidden, by
+    RAW-END-IS-TERMINAL once the stream ended, else by RAW-FORWARD (``rows`` replaceable,
+    so tests can break it)."""
+    built = _BUILT.get(id(rows))
+    if built is None or built[0] is not rows:
+        forbidden = forbid_the_rest(rows, tuple(RawPhase), tuple(RawEvent), _forbidding_rule)
+        table: RawTable = GuardedTable(
+            "raw", rows, forbidden, phase=_phase, trigger=_same_event, apply=_apply,
+            describe=RawState.describe, event_name=_event_name,
+        )
+        built = _BUILT[id(rows)] = (rows, table)
+    return built[1]
 
-    def __init__(self, state: RawState, event: RawEvent) -> None:
-        self.state = state
-        self.event = event
-        rule = RAW_END_IS_TERMINAL if state.phase is RawPhase.DONE else RAW_FORWARD
-        self.rule = rule
-        super().__init__(f"{event.value} cannot happen in {state.describe()} (rule {rule}: {summary(rule)})")
 
-
-class RawTableError(Exception):
-    """Several rows match one event in one state."""
-
-
-@dataclass(frozen=True, slots=True)
-class RawStep:
-    before: RawState
-    event: RawEvent
-    actions: tuple[RawAction, ...]
-    after: RawState
-    rule: str
+RawTable: TypeAlias = GuardedTable[RawPhase, RawEvent, RawAction, RawState, RawEvent]
+_BUILT: dict[int, tuple[object, RawTable]] = {}
+"""Tables built so far, by the identity of their rows (kept alive with them)."""
 
 
 def raw_step(state: RawState, event: RawEvent, table: tuple[RawTransition, ...] = RAW_TABLE) -> RawStep:
-    """Fire ``event`` in ``state``; :class:`RawViolation` if no row allows it."""
-    matching = [row for row in table if row.trigger is event and state.phase in row.sources and row.guard(state)]
-    if not matching:
-        raise RawViolation(state, event)
-    if len(matching) > 1:
-        raise RawTableError(f"raw table has {len(matching)} rows for {event.value} in {state.describe()}")
-    row = matching[0]
-    after = replace(
+    """Fire ``event`` in ``state``; :class:`~.exceptions.ProtocolViolation` if no row allows it."""
+    return raw_table(table).step(state, event)
+
+
+def _forbidding_rule(phase: RawPhase) -> str:
+    return RAW_END_IS_TERMINAL if phase is RawPhase.DONE else RAW_FORWARD
+
+
+def _phase(state: RawState) -> RawPhase:
+    return state.phase
+
+
+def _same_event(event: RawEvent) -> RawEvent:
+    return event
+
+
+def _event_name(event: RawEvent) -> str:
+    return event.value
+
+
+def _apply(state: RawState, event: RawEvent, row: RawTransition) -> RawState:
+    # The extended variables are derived from the event and the actions, never set by a row.
+    return replace(
         state,
         phase=row.target if row.target is not None else state.phase,
         cancelled=state.cancelled or event in CANCELS,
         aborts=state.aborts + row.actions.count(RawAction.CALL_ABORT),
         forwarded=state.forwarded + row.actions.count(RawAction.FORWARD_OBJECT),
     )
-    return RawStep(state, event, row.actions, after, row.rule)
 
 
 class RawMachine:

@@ -14,9 +14,10 @@ never by copying rows per mode.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from typing import TypeAlias
 
+from dynamo_backend_protocol.model import guarded
+from dynamo_backend_protocol.model.guarded import Row
 from dynamo_backend_protocol.model.state import RequestState
 from dynamo_backend_protocol.model.vocabulary import (
     ActionKind,
@@ -26,110 +27,17 @@ from dynamo_backend_protocol.model.vocabulary import (
     Mode,
 )
 
-
-@dataclass(frozen=True)
-class Condition:
-    """One named fact about the state (or event) that guards are built from."""
-
-    name: str
-    opposite: str
-    """How the condition reads when it does not hold."""
-    test: Callable[[RequestState, Event], bool]
-
-    @property
-    def holds(self) -> Literal:
-        return Literal(self, True)
-
-    @property
-    def fails(self) -> Literal:
-        return Literal(self, False)
-
-
-@dataclass(frozen=True)
-class Literal:
-    """A condition, or its negation, as one term of a guard."""
-
-    condition: Condition
-    positive: bool
-
-    @property
-    def text(self) -> str:
-        return self.condition.name if self.positive else self.condition.opposite
-
-    def __call__(self, state: RequestState, ev: Event) -> bool:
-        return self.condition.test(state, ev) is self.positive
-
-
-Clause = tuple[Literal, ...]
-"""Literals joined by "or"."""
-
-
-@dataclass(frozen=True)
-class Guard:
-    """A named condition on the state (and event) that selects a row.
-
-    A guard built with :meth:`of` is a conjunction of clauses over named
-    conditions, so a reader can tell which of its conditions are constant in a
-    mode and read the guard without them (:meth:`specialised`).  A guard built
-    directly from a test is one opaque condition.
-    """
-
-    name: str
-    test: Callable[[RequestState, Event], bool]
-    clauses: tuple[Clause, ...] = ()
-
-    @classmethod
-    def of(cls, *clauses: Literal | Clause) -> Guard:
-        """The conjunction of ``clauses``; a tuple of literals is their disjunction."""
-        normal = tuple(clause if isinstance(clause, tuple) else (clause,) for clause in clauses)
-        joiner = "; " if any(len(clause) > 1 for clause in normal) else ", "
-        name = joiner.join(" or ".join(lit.text for lit in clause) for clause in normal)
-
-        def test(state: RequestState, ev: Event) -> bool:
-            return all(any(lit(state, ev) for lit in clause) for clause in normal)
-
-        return cls(name, test, normal)
-
-    def __call__(self, state: RequestState, ev: Event) -> bool:
-        return self.test(state, ev)
-
-    def __str__(self) -> str:
-        return self.name
-
-    def conjunction(self) -> tuple[Clause, ...]:
-        if self.clauses:
-            return self.clauses
-        return ((Condition(self.name, f"not {self.name}", self.test).holds,),)
-
-    def specialised(self, points: Collection[tuple[RequestState, Event]]) -> str | None:
-        """The guard as it reads where it is only ever tested at ``points``: a
-        condition constant there is replaced by its value.  None when the guard
-        then always holds (it decides nothing there)."""
-        kept: list[Clause] = []
-        for clause in self.conjunction():
-            remaining: list[Literal] = []
-            satisfied = False
-            for lit in clause:
-                values = {lit(state, ev) for state, ev in points}
-                if values == {True}:
-                    satisfied = True
-                    break
-                if values != {False}:
-                    remaining.append(lit)
-            if not satisfied:
-                kept.append(tuple(remaining))
-        if not kept:
-            return None
-        joiner = "; " if any(len(clause) > 1 for clause in kept) else ", "
-        return joiner.join(" or ".join(lit.text for lit in clause) for clause in kept)
-
+Condition: TypeAlias = guarded.Condition[RequestState, Event]
+Guard: TypeAlias = guarded.Guard[RequestState, Event]
+ALWAYS: Guard = guarded.ALWAYS
+Transition: TypeAlias = Row[ControlState, EventKind, ActionKind, RequestState, Event]
+"""One row of the request table."""
 
 DECODE = Condition("decode", "not decode", lambda s, e: s.mode is Mode.DECODE)
 FIRST_TOKEN_SEEN = Condition("first-token seen", "before first-token", lambda s, e: s.first_token)
 CANCELLED = Condition("cancelled", "not cancelled", lambda s, e: s.cancel is not None)
 CARRIES_TOKENS_NOW = Condition("carries tokens", "no tokens", lambda s, e: e.with_tokens)
 
-ALWAYS = Guard("always", lambda s, e: True)
 NOT_CANCELLED = Guard.of(CANCELLED.fails)
 ALREADY_CANCELLED = Guard.of(CANCELLED.holds)
 ABORT_NOW = Guard.of((DECODE.fails, FIRST_TOKEN_SEEN.holds))
@@ -149,31 +57,6 @@ class Effect(enum.Enum):
     NOTE_FIRST_TOKEN = "note first-token"
     """Records first-token if the event signals it (a tokenless item does not)."""
     RECORD_CANCEL = "record cancellation"
-
-
-@dataclass(frozen=True)
-class Transition:
-    sources: tuple[ControlState, ...]
-    trigger: EventKind
-    guard: Guard
-    target: ControlState | None
-    """None means: stay in the source state."""
-    actions: tuple[ActionKind, ...]
-    rule: str
-    effects: tuple[Effect, ...] = ()
-    ends: str | None = None
-    """The StreamEnd value this row ends the stream with, if any."""
-    ignored: bool = False
-    """A recorded no-op: the protocol allows the event here and it changes nothing."""
-
-    def label(self) -> str:
-        """``event [guard] / actions`` as drawn on a diagram edge."""
-        text = self.trigger.value
-        if self.guard is not ALWAYS:
-            text += f" [{self.guard.name}]"
-        if self.actions:
-            text += " / " + ", ".join(a.value for a in self.actions)
-        return text
 
 
 _I, _S, _CP, _A, _D = (
@@ -281,6 +164,3 @@ def _forbidden() -> dict[tuple[ControlState, EventKind], str]:
 FORBIDDEN: dict[tuple[ControlState, EventKind], str] = _forbidden()
 """(state, event kind) pairs the protocol does not allow, with the rule that forbids them."""
 
-
-def rows_for(table: tuple[Transition, ...], state: ControlState, kind: EventKind) -> list[Transition]:
-    return [row for row in table if row.trigger is kind and state in row.sources]

@@ -32,6 +32,7 @@ from dynamo_backend_protocol.model.engine import (
     NO_LIVE_AFTER_CLEANUP,
     Composition,
 )
+from dynamo_backend_protocol.model.exceptions import ProtocolViolation, TableError
 from dynamo_backend_protocol.model.explore.checking import InvariantResult
 from dynamo_backend_protocol.model.invariants import STATE_INVARIANTS, STEP_INVARIANTS, TABLE_WELL_FORMED
 from dynamo_backend_protocol.model.lifecycle import (
@@ -41,12 +42,10 @@ from dynamo_backend_protocol.model.lifecycle import (
     LIFECYCLE_STEP_INVARIANTS,
     LifecycleEvent,
     LifecycleState,
-    LifecycleTableError,
-    LifecycleViolation,
     Phase,
     lifecycle_step,
 )
-from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable, ProtocolViolation, TableError
+from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable
 from dynamo_backend_protocol.model.state import RequestState
 from dynamo_backend_protocol.model.vocabulary import ALL_EVENTS, ActionKind, ControlState
 
@@ -162,7 +161,7 @@ def compile_lifecycle() -> CompiledLifecycle:
     def target(state: LifecycleState, ev: LifecycleEvent) -> int:
         try:
             taken = lifecycle_step(state, ev)
-        except (LifecycleViolation, LifecycleTableError):
+        except (ProtocolViolation, TableError):
             return -1
         bad = [inv.name for inv in LIFECYCLE_STEP_INVARIANTS if not inv.holds(taken)]
         if bad:

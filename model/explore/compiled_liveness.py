@@ -48,11 +48,12 @@ from dynamo_backend_protocol.model.engine import (
     RequestMove,
     engine_liveness,
 )
+from dynamo_backend_protocol.model.exceptions import ProtocolViolation, TableError
 from dynamo_backend_protocol.model.explore.compiled import CompiledGraph
 from dynamo_backend_protocol.model.explore.liveness import Lasso, LivenessResult
 from dynamo_backend_protocol.model.lifecycle import LifecycleEvent
 from dynamo_backend_protocol.model.liveness import Fairness
-from dynamo_backend_protocol.model.machine import CompiledTable, ProtocolViolation, TableError
+from dynamo_backend_protocol.model.machine import CompiledTable
 from dynamo_backend_protocol.model.vocabulary import ALL_EVENTS
 
 

@@ -16,11 +16,11 @@ from dynamo_backend_protocol.model.disagg import (
     DisaggEvent,
     DisaggState,
     DisaggStep,
-    NotEnabled,
     TransferEvent,
     disagg_step,
     initial_disagg_state,
 )
+from dynamo_backend_protocol.model.exceptions import NotEnabled, ProtocolViolation, TableError
 from dynamo_backend_protocol.model.explore.checking import MachineReport, MachineSpec, timed_check
 from dynamo_backend_protocol.model.faults import FAULT_INVARIANTS
 from dynamo_backend_protocol.model.invariants import (
@@ -32,7 +32,7 @@ from dynamo_backend_protocol.model.invariants import (
     StateInvariant,
     StepInvariant,
 )
-from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable, ProtocolViolation, TableError
+from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable
 from dynamo_backend_protocol.model.vocabulary import ALL_EVENTS, ControlState
 
 DISAGG_EVENTS: tuple[DisaggEvent, ...] = (*ALL_EVENTS, *TransferEvent)

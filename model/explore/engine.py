@@ -18,12 +18,12 @@ from dynamo_backend_protocol.model.engine import (
     EngineEvent,
     EngineState,
     EngineStep,
-    NotEnabled,
     RequestMove,
     engine_liveness,
     engine_step,
     initial_engine_state,
 )
+from dynamo_backend_protocol.model.exceptions import NotEnabled, ProtocolViolation, TableError
 from dynamo_backend_protocol.model.explore.checking import MachineReport, MachineSpec, timed_check
 from dynamo_backend_protocol.model.invariants import (
     STATE_INVARIANTS,
@@ -33,8 +33,8 @@ from dynamo_backend_protocol.model.invariants import (
     StateInvariant,
     StepInvariant,
 )
-from dynamo_backend_protocol.model.lifecycle import CLEANUP_AFTER_START, CLEANUP_REACHABLE, LifecycleViolation, Phase
-from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable, ProtocolViolation, TableError
+from dynamo_backend_protocol.model.lifecycle import CLEANUP_AFTER_START, CLEANUP_REACHABLE, Phase
+from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable
 from dynamo_backend_protocol.model.vocabulary import ALL_EVENTS
 
 
@@ -83,7 +83,7 @@ def explore_engine(
             describe_step=_describe,
             state_invariants=[*map(_on_every_request, STATE_INVARIANTS), *ENGINE_STATE_INVARIANTS],
             step_invariants=[*map(_on_request_step, STEP_INVARIANTS), *ENGINE_STEP_INVARIANTS],
-            forbidden=(ProtocolViolation, LifecycleViolation, NotEnabled),
+            forbidden=(ProtocolViolation, NotEnabled),
             malformed=(TableError,),
             well_formed=(TABLE_WELL_FORMED, "table_is_deterministic_and_complete"),
             finished=lambda state: state.lifecycle.phase is Phase.CLEANED_UP,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from dynamo_backend_protocol.model.exceptions import ProtocolViolation, TableError
 from dynamo_backend_protocol.model.explore.checking import MachineReport, MachineSpec, timed_check
 from dynamo_backend_protocol.model.lifecycle import (
     CLEANUP_AFTER_START,
@@ -15,8 +16,6 @@ from dynamo_backend_protocol.model.lifecycle import (
     LifecycleEvent,
     LifecycleState,
     LifecycleStep,
-    LifecycleTableError,
-    LifecycleViolation,
     Phase,
     lifecycle_step,
 )
@@ -49,8 +48,8 @@ def explore_lifecycle(step: _Step = lifecycle_step) -> LifecycleReport:
             describe_step=lambda taken: f"{taken.event.value} in {taken.before.describe()} -> {taken.after.describe()}",
             state_invariants=LIFECYCLE_STATE_INVARIANTS,
             step_invariants=LIFECYCLE_STEP_INVARIANTS,
-            forbidden=(LifecycleViolation,),
-            malformed=(LifecycleTableError,),
+            forbidden=(ProtocolViolation,),
+            malformed=(TableError,),
             well_formed=(LIFECYCLE_TABLE_WELL_FORMED, "lifecycle_table_is_deterministic_and_complete"),
             finished=lambda state: state.phase is Phase.CLEANED_UP,
             can_finish=(CLEANUP_AFTER_START, CLEANUP_REACHABLE),

@@ -18,9 +18,10 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
+from dynamo_backend_protocol.model.exceptions import ProtocolViolation, TableError
 from dynamo_backend_protocol.model.explore.request import MAX_STATES, explore
 from dynamo_backend_protocol.model.invariants import SPEC_ACTION_ORDER
-from dynamo_backend_protocol.model.machine import CompiledTable, ProtocolViolation, TableError
+from dynamo_backend_protocol.model.machine import CompiledTable
 from dynamo_backend_protocol.model.state import RequestState
 from dynamo_backend_protocol.model.table import ALWAYS, FORBIDDEN, REQUEST_TABLE, Guard, Transition
 from dynamo_backend_protocol.model.vocabulary import ALL_EVENTS, ActionKind, ControlState, EventKind, Mode

@@ -28,6 +28,7 @@ from dynamo_backend_protocol.model.disagg import (
     DISAGG_LIVENESS,
     DISAGG_STATE_INVARIANTS,
     FIRST_TOKEN_NEEDS,
+    REQUEST_STREAM_EXISTS,
     TRANSFER_TABLE,
     DisaggEvent,
     DisaggState,
@@ -99,12 +100,14 @@ def _transfer_commands() -> list[Guarded[DisaggEvent]]:
     live = any_of([f"control == {CONTROLS.index(state)}" for state in CONTROLS if state in LIVE])
     found: list[Guarded[DisaggEvent]] = []
     for index, row in enumerate(TRANSFER_TABLE):
-        enabled = f"transfer == {TRANSFER.code(row.source)}"
-        if row.needs_live_request:
+        (source,) = row.sources
+        enabled = f"transfer == {TRANSFER.code(source)}"
+        if row.guard is REQUEST_STREAM_EXISTS:
             enabled = f"({enabled} && {live})"
-        code = len(ALL_EVENTS) + list(TransferEvent).index(row.event)
-        steps = (f"transfer = {TRANSFER.code(row.target)}",)
-        found.append(Guarded(enabled, code, row.event, steps, f"{row.event.value}, transfer row {index}"))
+        code = len(ALL_EVENTS) + list(TransferEvent).index(row.trigger)
+        target = source if row.target is None else row.target
+        steps = (f"transfer = {TRANSFER.code(target)}",)
+        found.append(Guarded(enabled, code, row.trigger, steps, f"{row.trigger.value}, transfer row {index}"))
     return found
 
 

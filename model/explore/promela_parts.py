@@ -15,6 +15,7 @@ reachable.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -467,7 +468,7 @@ def lifecycle_commands(rows: Sequence[LifecycleTransition]) -> list[LifecycleCom
     for row in rows:
         for source in row.sources:
             fixed: dict[str, object] = {"lc_phase": source}
-            guard = lifecycle_expression(row.guard, fixed)
+            guard = lifecycle_expression(functools.partial(row.guard, ev=row.trigger), fixed)
             if guard == "false":
                 continue
             monitors = _lifecycle_monitors(row, source, fixed)
@@ -482,7 +483,7 @@ def _lifecycle_monitors(
 
     def step_from(values: dict[str, object]) -> LifecycleStep | None:
         state = lifecycle_state(values)
-        return lifecycle_step(state, row.trigger, alone, ()) if row.guard(state) else None
+        return lifecycle_step(state, row.trigger, alone, ()) if row.guard(state, row.trigger) else None
 
     def breaks(inv: Invariant[LifecycleStep]) -> Callable[[LifecycleStep | None], bool]:
         return lambda taken: taken is not None and not inv.holds(taken)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from itertools import product
 
+from dynamo_backend_protocol.model.exceptions import ProtocolViolation
 from dynamo_backend_protocol.model.raw_engine import (
     RAW_STATE_INVARIANTS,
     RAW_STEP_INVARIANTS,
@@ -25,7 +26,6 @@ from dynamo_backend_protocol.model.raw_engine import (
     RawPhase,
     RawState,
     RawTransition,
-    RawViolation,
     raw_step,
 )
 
@@ -73,7 +73,7 @@ def raw_promela(table: tuple[RawTransition, ...] = RAW_TABLE) -> str:
         for event in _EVENTS:
             try:
                 step = raw_step(before, event, table)
-            except RawViolation:
+            except ProtocolViolation:
                 continue
             after = _capped(step.after)
             updates = [

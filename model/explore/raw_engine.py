@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from dynamo_backend_protocol.model.exceptions import ProtocolViolation
 from dynamo_backend_protocol.model.raw_engine import (
     RAW_STATE_INVARIANTS,
     RAW_STEP_INVARIANTS,
@@ -18,7 +19,6 @@ from dynamo_backend_protocol.model.raw_engine import (
     RawPhase,
     RawState,
     RawTransition,
-    RawViolation,
     raw_step,
 )
 
@@ -49,7 +49,7 @@ def explore_raw(table: tuple[RawTransition, ...] = RAW_TABLE, depth: int = 2) ->
         for event in RawEvent:
             try:
                 step = raw_step(state, event, table)
-            except RawViolation:
+            except ProtocolViolation:
                 continue
             steps += 1
             path = (*paths[state], event)

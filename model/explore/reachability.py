@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from dynamo_backend_protocol.model.exceptions import ProtocolViolation
 from dynamo_backend_protocol.model.explore.request import MAX_STATES
 from dynamo_backend_protocol.model.explore.walk import Walk
-from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable, ProtocolViolation, Step
+from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable, Step
 from dynamo_backend_protocol.model.state import RequestState
 from dynamo_backend_protocol.model.table import Transition
 from dynamo_backend_protocol.model.vocabulary import ALL_EVENTS, ControlState, Event, Mode

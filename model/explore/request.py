@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from dynamo_backend_protocol.model.exceptions import ProtocolViolation, TableError
 from dynamo_backend_protocol.model.explore.checking import MachineReport, MachineSpec, timed_check
 from dynamo_backend_protocol.model.faults import FAULT_INVARIANTS
 from dynamo_backend_protocol.model.invariants import (
@@ -20,13 +21,7 @@ from dynamo_backend_protocol.model.invariants import (
     TABLE_WELL_FORMED,
 )
 from dynamo_backend_protocol.model.liveness import LIVENESS_PROPERTIES
-from dynamo_backend_protocol.model.machine import (
-    DEFAULT_TABLE,
-    CompiledTable,
-    ProtocolViolation,
-    Step,
-    TableError,
-)
+from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable, Step
 from dynamo_backend_protocol.model.state import RequestState
 from dynamo_backend_protocol.model.vocabulary import ALL_EVENTS, ControlState, Mode
 

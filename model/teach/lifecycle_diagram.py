@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from dynamo_backend_protocol.model.exceptions import ProtocolViolation
 from dynamo_backend_protocol.model.explore.walk import Walk
 from dynamo_backend_protocol.model.lifecycle import (
     LIFECYCLE_TABLE,
     LifecycleEvent,
     LifecycleState,
     LifecycleTransition,
-    LifecycleViolation,
     Phase,
     lifecycle_step,
 )
@@ -51,7 +51,7 @@ def _fired() -> tuple[set[Phase], list[tuple[LifecycleTransition, Phase]]]:
         for event in LifecycleEvent:
             try:
                 taken = lifecycle_step(state, event)
-            except LifecycleViolation:
+            except ProtocolViolation:
                 continue
             fired.setdefault((id(taken.row), state.phase), (taken.row, state.phase))
             yield event, taken.after, True

@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dynamo_backend_protocol.model.exceptions import ProtocolViolation
 from dynamo_backend_protocol.model.explore.reachability import allowed_events
-from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable, ProtocolViolation
+from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable
 from dynamo_backend_protocol.model.rules import summary
 from dynamo_backend_protocol.model.state import RequestState
 from dynamo_backend_protocol.model.table import ALWAYS, Transition

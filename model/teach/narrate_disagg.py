@@ -19,19 +19,21 @@ from dynamo_backend_protocol.model.disagg import (
     DISAGG_STATE_INVARIANTS,
     FIRST_TOKEN_NEEDS,
     NO_ORPHANED_TRANSFER,
+    REQUEST_STREAM_EXISTS,
+    TRANSFER,
     TRANSFER_TABLE,
     DisaggEvent,
     DisaggState,
     DisaggStep,
-    NotEnabled,
     TransferEvent,
     TransferPhase,
     disagg_step,
     initial_disagg_state,
 )
+from dynamo_backend_protocol.model.exceptions import NotEnabled, ProtocolViolation
 from dynamo_backend_protocol.model.explore.disagg import DISAGG_EVENTS
 from dynamo_backend_protocol.model.invariants import STATE_INVARIANTS, STEP_INVARIANTS
-from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable, ProtocolViolation
+from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable
 from dynamo_backend_protocol.model.rules import summary
 from dynamo_backend_protocol.model.teach.composed_events import disagg_event_name
 from dynamo_backend_protocol.model.teach.composed_narration import (
@@ -132,19 +134,19 @@ def _narrate(
 
 def _transfer_step(fired: DisaggStep, ev: TransferEvent, number: int) -> ComposedStep:
     before, after = fired.before, fired.after
-    [row] = [row for row in TRANSFER_TABLE if row.source is before.transfer and row.event is ev]
+    row = TRANSFER.select(before, ev)
     sentences = [
         _TRANSFER_MEANING[ev],
         f"Before: {describe(before)}.",
         f"The transfer moves from {before.transfer.value} to {phase_phrase(after.transfer)}.",
         "The adapter does nothing visible: the transfer runs between the two workers.",
     ]
-    if row.needs_live_request:
+    if row.guard is REQUEST_STREAM_EXISTS:
         sentences.append("It could start because the request's stream exists: the decode engine pulls the cache.")
     broken = _broken(fired)
     sentences += [f"After: {describe(after)}.", *breaks_sentences(broken)]
     sentences.append(
-        f"Decided by the transfer table row {row.source.value} --{ev.value}--> {row.target.value} "
+        f"Decided by the transfer table row {before.transfer.value} --{ev.value}--> {after.transfer.value} "
         f"({_COMPOSITION}: {summary(NO_ORPHANED_TRANSFER)})."
     )
     return ComposedStep(number, ev.value, "the transfer", describe(before), describe(after), (),
@@ -181,12 +183,13 @@ def _broken(fired: DisaggStep) -> list[Broken]:
 
 def _not_offered_why(state: DisaggState, ev: DisaggEvent) -> str:
     if isinstance(ev, TransferEvent):
-        rows = [row for row in TRANSFER_TABLE if row.event is ev]
-        if any(row.source is state.transfer for row in rows):
+        rows = [row for row in TRANSFER_TABLE if row.trigger is ev]
+        sources = [source for row in rows for source in row.sources]
+        if state.transfer in sources:
             return (f"the transfer is pulled by the decode engine, so it starts only once the request's stream "
                     f"exists, and the request is in {state.request.control.value} ({_COMPOSITION}).")
-        sources = " or ".join(row.source.value for row in rows)
-        return f"the transfer table takes {ev.value} only in phase {sources}, and the transfer is " \
+        phases = " or ".join(source.value for source in sources)
+        return f"the transfer table takes {ev.value} only in phase {phases}, and the transfer is " \
                f"{state.transfer.value} ({_COMPOSITION})."
     return (f"{ev.name} would be the first token, which is computed from the transferred cache: it needs the "
             f"transfer {FIRST_TOKEN_NEEDS.value}, and the transfer is {state.transfer.value} ({_COMPOSITION}).")

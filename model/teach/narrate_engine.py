@@ -5,7 +5,7 @@ told as one-request narration tells it, and what the engine adds beside it:
 its first step is the engine's generate, a step that calls abort is the
 engine's abort.  A lifecycle event is told with the lifecycle row that moved
 the engine and the synchronisation rule (ENGINE-CLEANUP-WAITS) that may hold
-it back.  Refused events (NotEnabled, ProtocolViolation, LifecycleViolation)
+it back.  Refused events (NotEnabled, ProtocolViolation, ProtocolViolation)
 are told with their rule and change nothing.
 """
 
@@ -23,22 +23,16 @@ from dynamo_backend_protocol.model.engine import (
     EngineEvent,
     EngineState,
     EngineStep,
-    NotEnabled,
     RequestMove,
     engine_step,
     in_flight,
     initial_engine_state,
 )
+from dynamo_backend_protocol.model.exceptions import NotEnabled, ProtocolViolation
 from dynamo_backend_protocol.model.explore.engine import engine_events
 from dynamo_backend_protocol.model.invariants import STATE_INVARIANTS, STEP_INVARIANTS
-from dynamo_backend_protocol.model.lifecycle import (
-    START_FIRST,
-    LifecycleEvent,
-    LifecycleViolation,
-    Phase,
-    lifecycle_step,
-)
-from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable, ProtocolViolation
+from dynamo_backend_protocol.model.lifecycle import START_FIRST, LifecycleEvent, Phase, lifecycle_step
+from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable
 from dynamo_backend_protocol.model.rules import summary
 from dynamo_backend_protocol.model.state import RequestState, initial_state
 from dynamo_backend_protocol.model.teach.composed_events import engine_event_name
@@ -148,23 +142,25 @@ def _narrate(
     except NotEnabled as refusal:
         verdict, rule = "NOT OFFERED", refusal.rule
         why = _not_offered_why(state, ev, rule)
-    except LifecycleViolation as violation:
-        phase = state.lifecycle.phase.value
-        verdict, rule = "NOT ALLOWED", violation.rule
-        why = f"the lifecycle forbids {violation.event.value} in {phase} (rule {rule}: {summary(rule)})."
     except ProtocolViolation as violation:
-        assert isinstance(ev, RequestMove)
-        request = state.requests[ev.index]
-        control = request.control.value
-        if request == initial_state(request.mode):
-            control += f", where r{ev.index + 1} has not reached the engine yet"
         verdict, rule = "NOT ALLOWED", violation.rule
-        why = f"the protocol forbids {ev.event.name} in {control} (rule {rule}: {summary(rule)})."
+        why = _forbidden_why(state, ev, rule)
     else:
         if isinstance(ev, RequestMove):
             return _request_step(table, fired, ev, number), fired.after
         return _lifecycle_step(composition, fired, ev, number), fired.after
     return _refused(table, composition, state, ev, number, verdict, why, rule), state
+
+
+def _forbidden_why(state: EngineState, ev: EngineEvent, rule: str) -> str:
+    if isinstance(ev, LifecycleEvent):
+        phase = state.lifecycle.phase.value
+        return f"the lifecycle forbids {ev.value} in {phase} (rule {rule}: {summary(rule)})."
+    request = state.requests[ev.index]
+    control = request.control.value
+    if request == initial_state(request.mode):
+        control += f", where r{ev.index + 1} has not reached the engine yet"
+    return f"the protocol forbids {ev.event.name} in {control} (rule {rule}: {summary(rule)})."
 
 
 def _lifecycle_step(composition: Composition, fired: EngineStep, ev: LifecycleEvent, number: int) -> ComposedStep:
@@ -257,7 +253,7 @@ def offered(table: CompiledTable, composition: Composition, state: EngineState) 
     for ev in engine_events(composition):
         try:
             engine_step(table, composition, state, ev)
-        except (NotEnabled, LifecycleViolation, ProtocolViolation):
+        except (NotEnabled, ProtocolViolation):
             continue
         if isinstance(ev, RequestMove):
             requests[ev.index].append(ev.event)

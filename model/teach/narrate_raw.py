@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dynamo_backend_protocol.model.raw_engine import RawEvent, RawMachine, RawViolation
+from dynamo_backend_protocol.model.exceptions import ProtocolViolation
+from dynamo_backend_protocol.model.raw_engine import RawEvent, RawMachine
 from dynamo_backend_protocol.model.releases import holds_text
 from dynamo_backend_protocol.model.rules import summary
 
@@ -42,7 +43,7 @@ def narrate_raw(events: Sequence[RawEvent]) -> str:
         before = machine.state.describe()
         try:
             actions = machine.fire(ev)
-        except RawViolation as violation:
+        except ProtocolViolation as violation:
             lines.append(f"{number}. {ev.value} in {before}: not allowed (rule {violation.rule}: "
                          f"{summary(violation.rule)}, {holds_text(violation.rule)}).")
             return "\n".join(lines)

@@ -14,15 +14,11 @@ import enum
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from dynamo_backend_protocol.model.exceptions import ProtocolViolation
 from dynamo_backend_protocol.model.explore.reachability import ModeGraph, explore_graph
 from dynamo_backend_protocol.model.explore.walk import Walk
 from dynamo_backend_protocol.model.lifecycle import ALWAYS as LIFECYCLE_ALWAYS
-from dynamo_backend_protocol.model.lifecycle import (
-    LifecycleEvent,
-    LifecycleState,
-    LifecycleViolation,
-    lifecycle_step,
-)
+from dynamo_backend_protocol.model.lifecycle import LifecycleEvent, LifecycleState, lifecycle_step
 from dynamo_backend_protocol.model.rules import summary
 from dynamo_backend_protocol.model.state import RequestState
 from dynamo_backend_protocol.model.table import Transition
@@ -146,7 +142,7 @@ def lifecycle_playground() -> Playground:
         for event in LifecycleEvent:
             try:
                 yield event, lifecycle_step(state, event).after, True
-            except LifecycleViolation:
+            except ProtocolViolation:
                 continue
 
     walk.run(expand, lambda state: True, max_states=10_000)
@@ -166,7 +162,7 @@ def lifecycle_playground() -> Playground:
 def _lifecycle_move(state: LifecycleState, event: LifecycleEvent, index: dict[LifecycleState, int]) -> Move:
     try:
         taken = lifecycle_step(state, event)
-    except LifecycleViolation as violation:
+    except ProtocolViolation as violation:
         refused = (f"NOT ALLOWED: {violation}.", f"The engine stays in {state.phase.value}.")
         return Move(event.value, None, (violation.rule,), (), None, False, refused, None, state.phase)
     moved = (

@@ -10,15 +10,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from dynamo_backend_protocol.model.raw_engine import (
-    RAW_TABLE,
-    RawEvent,
-    RawPhase,
-    RawState,
-    RawTransition,
-    RawViolation,
-    raw_step,
-)
+from dynamo_backend_protocol.model.exceptions import ProtocolViolation
+from dynamo_backend_protocol.model.raw_engine import RAW_TABLE, RawEvent, RawPhase, RawState, RawTransition, raw_step
 from dynamo_backend_protocol.model.teach.diagram_plan import (
     NO_HIGHLIGHT,
     DiagramPlan,
@@ -44,10 +37,9 @@ def _fired(table: tuple[RawTransition, ...]) -> tuple[set[RawPhase], list[tuple[
         for event in RawEvent:
             try:
                 step = raw_step(state, event, table)
-            except RawViolation:
+            except ProtocolViolation:
                 continue
-            row = next(row for row in table if row.trigger is event and state.phase in row.sources
-                       and row.guard(state))
+            row = step.row
             fired.setdefault((id(row), state.phase), (rows[id(row)], state.phase))
             after = replace(step.after, aborts=min(step.after.aborts, 2), forwarded=min(step.after.forwarded, 1))
             if after not in seen:

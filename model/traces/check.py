@@ -1,7 +1,7 @@
 """Replaying recorded JSON Lines traces through the model.
 
 A trace has one JSON object per fired event, exactly as
-:meth:`Step.as_record` writes it: ``request``, ``mode``, ``event``, ``state``
+:func:`~.machine.step_record` writes it: ``request``, ``mode``, ``event``, ``state``
 (the control state after the event) and ``actions``.  Extra keys (``rule``,
 ``ignored``, anything else) are allowed and not compared: the model decides
 the rule, the trace only records what the adapter observably did.
@@ -49,7 +49,8 @@ from dataclasses import dataclass, field
 
 import msgspec
 from dynamo_backend_protocol.model.errors import DynamoError
-from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable, ProtocolViolation, TableError
+from dynamo_backend_protocol.model.exceptions import ProtocolViolation, TableError
+from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable
 from dynamo_backend_protocol.model.state import RequestState
 from dynamo_backend_protocol.model.traces.engine_side import ENGINE_SIDE_ONLY, ENGINE_START, EngineSideRun
 from dynamo_backend_protocol.model.traces.observed import (

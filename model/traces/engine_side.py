@@ -27,7 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dynamo_backend_protocol.model.machine import CompiledTable, ProtocolViolation, TableError
+from dynamo_backend_protocol.model.exceptions import ProtocolViolation, TableError
+from dynamo_backend_protocol.model.machine import CompiledTable
 from dynamo_backend_protocol.model.state import RequestState
 from dynamo_backend_protocol.model.traces.observed import (
     ObservationDivergence,

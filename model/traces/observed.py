@@ -32,7 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dynamo_backend_protocol.model.chunks import classify_item
-from dynamo_backend_protocol.model.machine import CompiledTable, ProtocolViolation, TableError
+from dynamo_backend_protocol.model.exceptions import ProtocolViolation, TableError
+from dynamo_backend_protocol.model.machine import CompiledTable
 from dynamo_backend_protocol.model.state import RequestState
 from dynamo_backend_protocol.model.vocabulary import (
     ENGINE_STREAM_KINDS,

@@ -31,11 +31,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dynamo_backend_protocol.model.lifecycle import (
-    LifecycleEvent,
-    LifecycleMachine,
-    LifecycleViolation,
-)
+from dynamo_backend_protocol.model.exceptions import ProtocolViolation
+from dynamo_backend_protocol.model.lifecycle import LifecycleEvent, LifecycleMachine
 from dynamo_backend_protocol.reference.conformance.kept import kept
 from dynamo_backend_protocol.reference.context import Context, Signal
 from dynamo_backend_protocol.reference.engine import start_engine
@@ -346,8 +343,8 @@ class RecordingEngine:
         self.calls.append(call)
         try:
             self.lifecycle.fire(event)
-        except LifecycleViolation as violation:
-            self.breaches.append(LifecycleBreach(call, violation.rule, violation.state.phase.value))
+        except ProtocolViolation as violation:
+            self.breaches.append(LifecycleBreach(call, violation.rule, violation.where))
         return call
 
     def _log_for(self, context: object) -> RequestLog | None:

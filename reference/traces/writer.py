@@ -17,13 +17,14 @@ from collections.abc import Sequence
 from typing import IO, Literal
 
 from dynamo_backend_protocol.model import Step
+from dynamo_backend_protocol.model.machine import step_record
 from dynamo_backend_protocol.reference.traces.boundary import ObservationWriter, ObservingSink
 
 TraceFormat = Literal["observations", "steps"]
 
 
 def trace_lines(request: str, steps: Sequence[Step]) -> list[str]:
-    return [json.dumps(step.as_record(request), separators=(",", ":")) for step in steps]
+    return [json.dumps(step_record(step, request), separators=(",", ":")) for step in steps]
 
 
 class JsonlTraceWriter(ObservingSink):

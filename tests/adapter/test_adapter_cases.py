@@ -39,7 +39,7 @@ from adapter_helpers import (
     next_item,
     setup_failure,
 )
-from dynamo_backend_protocol.model import CancelCause, ControlState, Step
+from dynamo_backend_protocol.model import CancelCause, ControlState, Step, guarded
 from dynamo_backend_protocol.reference import (
     BackendError,
     Context,
@@ -1057,7 +1057,7 @@ async def test_stream_trace_is_the_ordered_list_of_model_steps() -> None:
     await collect(stream)
 
     trace = stream.trace
-    assert all(isinstance(step, Step) for step in trace)
+    assert all(isinstance(step, guarded.Step) for step in trace)
     assert names(trace) == ["setup", "token_chunk", "stop", "terminal:cancelled"]
     assert [step.after.control for step in trace] == [
         ControlState.STREAMING,

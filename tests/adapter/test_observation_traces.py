@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from dynamo_backend_protocol.model import Mode, RequestMachine, parse_event
+from dynamo_backend_protocol.model.machine import step_record
 from dynamo_backend_protocol.model.teach.scenarios import SCENARIOS
 from dynamo_backend_protocol.model.traces.check import check_lines
 from dynamo_backend_protocol.model.traces.observed import ObservationDivergence
@@ -216,7 +217,7 @@ def test_the_steps_format_still_validates_beside_observations() -> None:
     machine = RequestMachine(Mode.AGGREGATED)
     for name in ("setup", "token_chunk", "terminal:stop"):
         machine.fire(parse_event(name))
-    steps = [json.dumps(step.as_record("old")) for step in machine.history]
+    steps = [json.dumps(step_record(step, "old")) for step in machine.history]
     report = check_lines([*steps, *traced(read_all)])
     assert report.ok
     assert [summary.request for summary in report.requests] == ["old", "r1"]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from dynamo_backend_protocol.model import Mode, RequestMachine, parse_event
+from dynamo_backend_protocol.model.machine import step_record
 from dynamo_backend_protocol.reference.cli import SUBCOMMANDS, main
 from dynamo_backend_protocol.reference.cli import export as cli_export
 from dynamo_backend_protocol.reference.cli import trace as cli_trace
@@ -305,7 +306,7 @@ def test_a_first_line_of_over_a_mebibyte_of_utf8_is_text(tmp_path: Path, capsys:
     machine = RequestMachine(Mode.AGGREGATED)
     for name in ("setup", "token_chunk", "terminal:stop"):
         machine.fire(parse_event(name))
-    valid = "".join(json.dumps(step.as_record("r1")) + "\n" for step in machine.history)
+    valid = "".join(json.dumps(step_record(step, "r1")) + "\n" for step in machine.history)
     long_line = "\u00e9" * (cli_trace.MAX_LINE_BYTES // 2 + 1) + "\n"  # two bytes each: the cut falls mid-character
     path = tmp_path / "t.jsonl"
     path.write_text(long_line + valid, encoding="utf-8")

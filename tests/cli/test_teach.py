@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 from dynamo_backend_protocol.model import FORBIDDEN, Mode, parse_event
-from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, ProtocolViolation
+from dynamo_backend_protocol.model.exceptions import ProtocolViolation
+from dynamo_backend_protocol.model.machine import DEFAULT_TABLE
 from dynamo_backend_protocol.reference.cli import main
 from optional_tools import require_commands
 

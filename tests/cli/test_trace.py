@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from dynamo_backend_protocol.model import ActionKind, ControlState, Mode, RequestMachine, parse_event
+from dynamo_backend_protocol.model.machine import step_record
 from dynamo_backend_protocol.model.teach.scenarios import SCENARIOS, scenario
 from dynamo_backend_protocol.model.traces.check import Divergence, TraceReport, check_lines
 from dynamo_backend_protocol.reference.cli import main
@@ -24,7 +25,7 @@ def records(request: str, mode: Mode, events: list[str]) -> list[dict[str, objec
     machine = RequestMachine(mode)
     for name in events:
         machine.fire(parse_event(name))
-    return [step.as_record(request) for step in machine.history]
+    return [step_record(step, request) for step in machine.history]
 
 
 def actions_of(record: dict[str, object]) -> list[str]:

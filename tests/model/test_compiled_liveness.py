@@ -16,19 +16,19 @@ from dynamo_backend_protocol.model.engine import (
     EngineEvent,
     EngineLiveness,
     EngineState,
-    NotEnabled,
     RequestMove,
     engine_liveness,
     engine_step,
     initial_engine_state,
 )
+from dynamo_backend_protocol.model.exceptions import NotEnabled, ProtocolViolation, TableError
 from dynamo_backend_protocol.model.explore.compiled import explore_compiled
 from dynamo_backend_protocol.model.explore.compiled_liveness import check_compiled_liveness
 from dynamo_backend_protocol.model.explore.engine import engine_events, explore_engine
 from dynamo_backend_protocol.model.explore.liveness import Lasso, LivenessResult
-from dynamo_backend_protocol.model.lifecycle import LifecycleEvent, LifecycleViolation
+from dynamo_backend_protocol.model.lifecycle import LifecycleEvent
 from dynamo_backend_protocol.model.liveness import DONE_EVENTUALLY
-from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, ProtocolViolation, TableError
+from dynamo_backend_protocol.model.machine import DEFAULT_TABLE
 from model_helpers import aborted_never_ends
 
 
@@ -54,7 +54,7 @@ def event(name: str) -> EngineEvent:
 def step(composition: Composition, table: CompiledTable, state: EngineState, ev: EngineEvent) -> EngineState | None:
     try:
         return engine_step(table, composition, state, ev).after
-    except (ProtocolViolation, LifecycleViolation, NotEnabled, TableError):
+    except (ProtocolViolation, NotEnabled, TableError):
         return None
 
 

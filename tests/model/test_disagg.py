@@ -10,12 +10,12 @@ from dynamo_backend_protocol.model.disagg import (
     TRANSFER_ENDS,
     DisaggEvent,
     DisaggState,
-    NotEnabled,
     TransferEvent,
     TransferPhase,
     disagg_step,
     initial_disagg_state,
 )
+from dynamo_backend_protocol.model.exceptions import NotEnabled
 from dynamo_backend_protocol.model.explore import explore
 from dynamo_backend_protocol.model.explore.disagg import explore_disagg
 from test_model_mutations import Rows, mutate

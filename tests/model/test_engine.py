@@ -13,11 +13,11 @@ from dynamo_backend_protocol.model.engine import (
     NO_ABORT_AFTER_CLEANUP,
     NO_LIVE_AFTER_CLEANUP,
     Composition,
-    NotEnabled,
     RequestMove,
     engine_step,
     initial_engine_state,
 )
+from dynamo_backend_protocol.model.exceptions import NotEnabled
 from dynamo_backend_protocol.model.explore.checking import InvariantResult
 from dynamo_backend_protocol.model.explore.compiled import explore_compiled
 from dynamo_backend_protocol.model.explore.compiled_liveness import check_compiled_liveness

@@ -9,8 +9,10 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Iterable
+from dataclasses import replace
 
 import pytest
+from dynamo_backend_protocol.model.exceptions import ProtocolViolation
 from dynamo_backend_protocol.model.explore.lifecycle import explore_lifecycle
 from dynamo_backend_protocol.model.lifecycle import (
     LIFECYCLE_FORBIDDEN,
@@ -18,7 +20,6 @@ from dynamo_backend_protocol.model.lifecycle import (
     LifecycleEvent,
     LifecycleMachine,
     LifecycleTransition,
-    LifecycleViolation,
     Phase,
     Prohibition,
     lifecycle_step,
@@ -40,7 +41,7 @@ def machine_after(events: Iterable[LifecycleEvent]) -> LifecycleMachine:
 def violated_rule(events: list[LifecycleEvent]) -> str:
     """The rule named when the last event is fired after the others."""
     machine = machine_after(events[:-1])
-    with pytest.raises(LifecycleViolation) as caught:
+    with pytest.raises(ProtocolViolation) as caught:
         machine.fire(events[-1])
     return caught.value.rule
 
@@ -142,7 +143,7 @@ def test_a_violation_leaves_the_state_unchanged() -> None:
     """After a forbidden event the machine judges the next one from where the engine really is."""
     machine = machine_after(STARTED)
     before = machine.state
-    with pytest.raises(LifecycleViolation):
+    with pytest.raises(ProtocolViolation):
         machine.fire(E.START_OK)
     assert machine.state == before
     machine.fire(E.GENERATE)
@@ -151,7 +152,7 @@ def test_a_violation_leaves_the_state_unchanged() -> None:
 def test_a_retry_after_a_raising_cleanup_is_judged_as_a_new_cleanup() -> None:
     """A cleanup that raised has still ended: retrying it is not 'cleanup during cleanup'."""
     machine = machine_after([*STARTED, E.CLEANUP_CALLED])
-    with pytest.raises(LifecycleViolation):
+    with pytest.raises(ProtocolViolation):
         machine.fire(E.CLEANUP_RAISED)
     machine.fire(E.CLEANUP_CALLED)
     machine.fire(E.CLEANUP_OK)
@@ -161,7 +162,7 @@ def test_a_retry_after_a_raising_cleanup_is_judged_as_a_new_cleanup() -> None:
 def test_explorer_catches_a_row_that_serves_before_start() -> None:
     """A faulty row letting generate in before start is reported with a shortest counterexample."""
     faulty = (*LIFECYCLE_TABLE, LifecycleTransition((Phase.CONSTRUCTED,), E.GENERATE, LIFECYCLE_TABLE[0].guard,
-                                                    None, "LIFECYCLE-START-FIRST"))
+                                                    None, (), "LIFECYCLE-START-FIRST"))
     report = explore_lifecycle(functools.partial(lifecycle_step, table=faulty))
     broken = {r.name: r for r in report.violations()}
     assert broken["served_only_after_start"].counterexample == ["generate"]
@@ -170,12 +171,11 @@ def test_explorer_catches_a_row_that_serves_before_start() -> None:
 def test_explorer_catches_a_failed_start_that_can_never_be_cleaned_up() -> None:
     """If cleanup were forbidden after a failed start, shutdown would be stuck there."""
     table = tuple(
-        LifecycleTransition(tuple(s for s in row.sources if s is not Phase.START_FAILED), row.trigger, row.guard,
-                            row.target, row.rule)
+        replace(row, sources=tuple(s for s in row.sources if s is not Phase.START_FAILED))
         if row.trigger is E.CLEANUP_CALLED else row
         for row in LIFECYCLE_TABLE
     )
-    forbidden = (*LIFECYCLE_FORBIDDEN, Prohibition((Phase.START_FAILED,), E.CLEANUP_CALLED, LIFECYCLE_TABLE[0].guard,
+    forbidden = (*LIFECYCLE_FORBIDDEN, Prohibition((Phase.START_FAILED,), E.CLEANUP_CALLED,
                                                    "LIFECYCLE-CLEANUP-AFTER-START"))
     report = explore_lifecycle(functools.partial(lifecycle_step, table=table, forbidden=forbidden))
     broken = {r.name: r for r in report.violations()}
@@ -218,7 +218,7 @@ def test_check_fails_when_only_the_lifecycle_is_violated(
 ) -> None:
     """``ok`` and the exit code cover the lifecycle too."""
     faulty = (*LIFECYCLE_TABLE, LifecycleTransition((Phase.CONSTRUCTED,), E.GENERATE, LIFECYCLE_TABLE[0].guard,
-                                                    None, "LIFECYCLE-START-FIRST"))
+                                                    None, (), "LIFECYCLE-START-FIRST"))
     monkeypatch.setattr(cli_check, "explore_lifecycle",
                         lambda: explore_lifecycle(functools.partial(lifecycle_step, table=faulty)))
     assert cli.main(["check", "--json", "--mode", "agg"]) == 1

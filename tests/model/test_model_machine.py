@@ -27,6 +27,7 @@ from dynamo_backend_protocol.model import (
     event,
     parse_event,
 )
+from dynamo_backend_protocol.model.machine import step_record
 from model_helpers import ABORT, ERR, FWD, RELEASE, SETUP_ERR, STOP_READING, run
 
 NOT_DECODE = [m for m in Mode if m is not Mode.DECODE]
@@ -445,7 +446,7 @@ def test_step_record_is_a_plain_trace_line() -> None:
     """The JSON Lines record names request, mode, event, resulting state,
     actions, rule and whether it was ignored."""
     m = run(Mode.DECODE, ["setup", "stop", "token_chunk"])
-    record = m.history[-1].as_record("req-1")
+    record = step_record(m.history[-1], "req-1")
     assert record == {
         "request": "req-1",
         "mode": "decode",

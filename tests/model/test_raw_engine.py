@@ -6,6 +6,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from dynamo_backend_protocol.model.exceptions import ProtocolViolation
 from dynamo_backend_protocol.model.explore.raw_engine import explore_raw
 from dynamo_backend_protocol.model.raw_engine import (
     RAW_ABORT_IMMEDIATE,
@@ -19,7 +20,6 @@ from dynamo_backend_protocol.model.raw_engine import (
     RawMachine,
     RawPhase,
     RawTransition,
-    RawViolation,
 )
 from dynamo_backend_protocol.model.releases import RELEASES, Release, holds, holds_text
 from dynamo_backend_protocol.model.rules import RULES
@@ -45,7 +45,7 @@ def test_the_generator_end_is_the_terminal() -> None:
     machine, actions = _run(E.SETUP, E.OBJECT, E.OBJECT, E.END)
     assert actions[1:3] == [(RawAction.FORWARD_OBJECT,)] * 2
     assert machine.state.phase is RawPhase.DONE and machine.state.forwarded == 2
-    with pytest.raises(RawViolation, match=RAW_END_IS_TERMINAL):
+    with pytest.raises(ProtocolViolation, match=RAW_END_IS_TERMINAL):
         machine.fire(E.OBJECT)
 
 
