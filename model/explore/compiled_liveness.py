@@ -51,6 +51,7 @@ from dynamo_backend_protocol.model.engine import (
 from dynamo_backend_protocol.model.exceptions import ProtocolViolation, TableError
 from dynamo_backend_protocol.model.explore.compiled import CompiledGraph
 from dynamo_backend_protocol.model.explore.liveness import Lasso, LivenessResult
+from dynamo_backend_protocol.model.explore.walk import shortest_walk
 from dynamo_backend_protocol.model.lifecycle import LifecycleEvent
 from dynamo_backend_protocol.model.liveness import Fairness
 from dynamo_backend_protocol.model.machine import CompiledTable
@@ -565,22 +566,10 @@ def _lasso(machines: _Machines, prop: _Property, variant: _Variant, found: _Foun
         return not any(covers(fair, step) for step in enabled(lc))
 
     def walk(start: int, goal: Callable[[Step, int], bool]) -> tuple[list[Step], int]:
-        parent: dict[int, tuple[int, Step]] = {}
-        queue, seen = deque([start]), {start}
-        while queue:
-            lc = queue.popleft()
-            for step, after in moves(lc):
-                if goal(step, after):
-                    path = [step]
-                    while lc != start:
-                        lc, previous = parent[lc]
-                        path.append(previous)
-                    return path[::-1], after
-                if after not in seen:
-                    seen.add(after)
-                    parent[after] = (lc, step)
-                    queue.append(after)
-        raise AssertionError("a fair frozen component has a witness for every fairness class")
+        found = shortest_walk(start, moves, goal)
+        if found is None:
+            raise AssertionError("a fair frozen component has a witness for every fairness class")
+        return found
 
     cycle: list[Step] = []
     here = entry

@@ -18,6 +18,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from dynamo_backend_protocol.model.explore.walk import shortest_walk
 from dynamo_backend_protocol.model.liveness import Fairness, LivenessProperty
 
 S = TypeVar("S", bound=Hashable)
@@ -215,26 +216,11 @@ class _Search(Generic[S, E]):
 
     def _walk(self, component: frozenset[S], start: S, goal: Callable[[E, S], bool]) -> tuple[list[E], S] | None:
         """A shortest path of one step or more inside ``component`` whose last step satisfies ``goal``."""
-        parent: dict[S, tuple[S, E]] = {}
-        queue: deque[S] = deque([start])
-        seen = {start}
-        while queue:
-            state = queue.popleft()
-            for ev, after in self.graph[state]:
-                if after not in component:
-                    continue
-                if goal(ev, after):
-                    path = [ev]
-                    while state != start:
-                        state, previous = parent[state]
-                        path.append(previous)
-                    return path[::-1], after
-                if after not in seen:
-                    seen.add(after)
-                    parent[after] = (state, ev)
-                    queue.append(after)
-        return None
 
+        def inside(state: S) -> list[tuple[E, S]]:
+            return [(ev, after) for ev, after in self.graph[state] if after in component]
+
+        return shortest_walk(start, inside, goal)
 
 def _path(parent: dict[tuple[S, bool], tuple[tuple[S, bool], E | None] | None], node: tuple[S, bool]) -> list[E]:
     events: list[E] = []

@@ -83,3 +83,29 @@ class Walk(Generic[S, E]):
             if state not in can_finish and state in self.edges:
                 return state
         return None
+
+
+def shortest_walk(
+    start: S, moves: Callable[[S], Iterable[tuple[E, S]]], goal: Callable[[E, S], bool]
+) -> tuple[list[E], S] | None:
+    """A shortest path of one step or more from ``start`` whose last step ``goal`` accepts, and where it ends;
+    None if no such step can be reached.  ``moves`` yields ``(event, successor)`` in a fixed order, so the path
+    (and a lasso built from it) is the same on every run.  The liveness checkers build their lasso's loop from
+    these walks: a witness step per fairness class, then back to the loop's entry."""
+    parent: dict[S, tuple[S, E]] = {}
+    queue: deque[S] = deque([start])
+    seen = {start}
+    while queue:
+        state = queue.popleft()
+        for ev, after in moves(state):
+            if goal(ev, after):
+                path = [ev]
+                while state != start:
+                    state, previous = parent[state]
+                    path.append(previous)
+                return path[::-1], after
+            if after not in seen:
+                seen.add(after)
+                parent[after] = (state, ev)
+                queue.append(after)
+    return None

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 from dynamo_backend_protocol.model.lifecycle import CALL_EVENTS, LifecycleEvent
 from dynamo_backend_protocol.model.rules import summary
+from dynamo_backend_protocol.model.stopped import AfterStop, Ending
 from dynamo_backend_protocol.reference.adapter import EngineAdapter
 from dynamo_backend_protocol.reference.conformance.checks import Failure, Verdicts
 from dynamo_backend_protocol.reference.conformance.drive import (
     CANCEL_MAX_TOKENS,
     Action,
     DriveLimits,
-    Ending,
     RequestPlan,
     RequestRun,
     TraceCollector,
@@ -29,7 +29,6 @@ from dynamo_backend_protocol.reference.conformance.drive import (
 )
 from dynamo_backend_protocol.reference.conformance.recording import RecordingEngine
 from dynamo_backend_protocol.reference.conformance.rules import (
-    AfterStop,
     Judge,
     abort_at_most_once,
     abort_before_first_read_lost,
@@ -163,7 +162,7 @@ def stop_ignored(run: RequestRun, settings: KitSettings) -> str | None:
     """Why a stopped stream counts as having ignored its stop (kept streaming, or finished as if not
     stopped), or None; a stream left waiting is AbortedStreamNotEnded's, other endings the schedules'."""
     outcome = after_stop(run, settings.mode)
-    if not run.cancelled_by_client or run.ended_before_cancel() or outcome not in IGNORED:
+    if not run.cancelled_by_client or run.ended_before_cancel() or not outcome.ignored:
         return None
     return (
         f"{describe_after_stop(run, settings.cancel_deadline)}: the stop was ignored (it {outcome.value}); "
@@ -171,8 +170,6 @@ def stop_ignored(run: RequestRun, settings: KitSettings) -> str | None:
         "'cancelled' terminal"
     )
 
-
-IGNORED = (AfterStop.KEPT_STREAMING, AfterStop.FINISHED_AS_IF_NOT_STOPPED)
 
 
 async def probe_abort_before_first_read(settings: KitSettings) -> Verdicts:

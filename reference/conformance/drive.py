@@ -19,6 +19,7 @@ from typing import Any
 
 from dynamo_backend_protocol.model import DynamoError, FinishReason, Mode, Step
 from dynamo_backend_protocol.model.chunks import finish_reason_meaning
+from dynamo_backend_protocol.model.stopped import Ending
 from dynamo_backend_protocol.reference.adapter import EngineAdapter, ResponseStream, TraceSink
 from dynamo_backend_protocol.reference.annotated import Annotated
 from dynamo_backend_protocol.reference.conformance.kept import kept_annotated
@@ -124,15 +125,6 @@ class RequestPlan:
 
 def _chunks(count: int) -> str:
     return f"{count} chunk" if count == 1 else f"{count} chunks"
-
-
-class Ending(enum.Enum):
-    TERMINAL = "ended with a terminal chunk"
-    ERROR_ITEM = "ended with an error item"
-    EXHAUSTED = "ended without a terminal chunk"
-    DROPPED = "was dropped by the client"
-    TIMED_OUT = "did not end in time"
-    SETUP_FAILED = "failed at setup"
 
 
 @dataclass

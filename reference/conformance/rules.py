@@ -10,15 +10,15 @@ invariants, to every request of every drawn schedule.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from dynamo_backend_protocol.model import FinishReason, Mode, Step
-from dynamo_backend_protocol.model.chunks import ChunkProblem, classify_item, finish_reason_meaning
+from dynamo_backend_protocol.model import Mode, Step
+from dynamo_backend_protocol.model.chunks import ChunkProblem, classify_item
 from dynamo_backend_protocol.model.invariants import STATE_INVARIANTS, STEP_INVARIANTS
+from dynamo_backend_protocol.model.stopped import AfterStop, Ending, StoppedStream, classify_stopped
 from dynamo_backend_protocol.reference.conformance.checks import Failure
-from dynamo_backend_protocol.reference.conformance.drive import Action, Ending, RequestRun
+from dynamo_backend_protocol.reference.conformance.drive import Action, RequestRun
 
 
 @dataclass(frozen=True)
@@ -30,70 +30,9 @@ class Finding:
 
 Judge = Callable[[RequestRun, Mode], Finding | None]
 
-SHORT_STREAM_MODES = (Mode.PREFILL, Mode.ENCODE)
-"""Modes whose whole work is one step (a prefill clamped to its one token, an encode hand-off): a stop
-arriving while that step runs may find it already done."""
-
-
-class AfterStop(enum.Enum):
-    """What became of a stream after the client stopped or killed it (and the adapter called abort())."""
-
-    CANCELLED = "ended with a 'cancelled' terminal"
-    FINISHED_FIRST = "finished on its own before the stop could act (allowed)"
-    FINISHED_AS_IF_NOT_STOPPED = "ended as if nobody had stopped it"
-    KEPT_STREAMING = "kept streaming"
-    STRANDED = "went silent and never ended"
-    OTHER = "ended otherwise"
-
-    @property
-    def honoured(self) -> bool:
-        return self in (AfterStop.CANCELLED, AfterStop.FINISHED_FIRST)
-
-
-@dataclass(frozen=True)
-class StoppedStream:
-    """What was seen of a stream once its stop or kill reached the engine: all :func:`classify_stopped` reads.
-    The default run takes it from a :class:`RequestRun` (:func:`stopped_stream`); ``conform --runtime dynamo``
-    from the engine's side of Dynamo's real Worker, so both runs classify a stop the same way."""
-
-    ending: Ending
-    """How the stream ended (TIMED_OUT: it had not ended by the deadline)."""
-    finish_reason: object = None
-    """The terminal's finish_reason, when it ended with one."""
-    items_after_stop: int = 0
-    """Items the engine yielded once the stop showed, the terminal included."""
-    at_token_limit: bool = False
-    """The stream had already delivered the tokens the request asked for."""
-    yielded_since_abort: int | None = None
-    """For a stream that had not ended: items yielded since abort() returned (since the stop, with no abort);
-    None when nothing of the request reached the engine."""
-    abort_hung: bool = False
-    """An abort() for the request had not returned."""
-
-
-def classify_stopped(stream: StoppedStream, mode: Mode) -> AfterStop:
-    """Classify how a stopped stream ended.  A normal terminal that was the very next item after the stop
-    is the stream's own finish racing it, allowed when that finish was due anyway: in a short-stream mode,
-    or at the request's token limit."""
-    if stream.ending is Ending.TERMINAL:
-        reason = finish_reason_meaning(stream.finish_reason)
-        if reason is FinishReason.CANCELLED:
-            return AfterStop.CANCELLED
-        if reason is FinishReason.ERROR:
-            return AfterStop.OTHER
-        due = mode in SHORT_STREAM_MODES or stream.at_token_limit
-        return AfterStop.FINISHED_FIRST if stream.items_after_stop <= 1 and due else (
-            AfterStop.FINISHED_AS_IF_NOT_STOPPED)
-    if stream.ending is not Ending.TIMED_OUT:
-        return AfterStop.OTHER
-    if stream.yielded_since_abort is None:
-        return AfterStop.STRANDED
-    # Silent since the abort returned (or since the stop, when the runtime made no abort): stranded.
-    return AfterStop.STRANDED if stream.abort_hung or not stream.yielded_since_abort else AfterStop.KEPT_STREAMING
-
 
 def stopped_stream(run: RequestRun) -> StoppedStream:
-    """What the kit's client and recorder saw of a stopped request, for :func:`classify_stopped`."""
+    """What the kit's client and recorder saw of a stopped request, for the model's :func:`classify_stopped`."""
     log = run.log
     stopped_at = run.stop_seq()
     if log is None or stopped_at is None:

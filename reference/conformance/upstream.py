@@ -18,11 +18,11 @@ from dynamo_backend_protocol.model import FinishReason, Mode
 from dynamo_backend_protocol.model.chunks import finish_reason_meaning
 from dynamo_backend_protocol.model.lifecycle import LifecycleEvent
 from dynamo_backend_protocol.model.rules import summary
+from dynamo_backend_protocol.model.stopped import SHORT_STREAM_MODES
 from dynamo_backend_protocol.reference.conformance.checks import Failure, Verdicts
 from dynamo_backend_protocol.reference.conformance.drive import CANCEL_MAX_TOKENS, PLAIN_MAX_TOKENS
 from dynamo_backend_protocol.reference.conformance.encode_checks import encode_verdicts
 from dynamo_backend_protocol.reference.conformance.recording import RecordingEngine
-from dynamo_backend_protocol.reference.conformance.rules import SHORT_STREAM_MODES
 from dynamo_backend_protocol.reference.conformance.session import (
     EngineSession,
     KitSettings,

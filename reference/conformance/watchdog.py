@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
 import threading
 import time
@@ -113,12 +114,15 @@ async def within(work: Awaitable[T], seconds: float, what: str = "the engine") -
     """
     started = time.monotonic()
     task = asyncio.ensure_future(guarded(work))
-    with _armed_for(seconds, what):
-        try:
-            done, _ = await asyncio.wait((task,), timeout=seconds)
-        except asyncio.CancelledError:
-            abandon(task)
-            raise
+    try:
+        with _armed_for(seconds, what):
+            try:
+                done, _ = await asyncio.wait((task,), timeout=seconds)
+            except asyncio.CancelledError:
+                abandon(task)
+                raise
+    finally:
+        _close_if_never_started(work)
     if not done:
         abandon(task)
         raise TimeoutError(f"{what} did not finish within {seconds:g} s")
@@ -131,6 +135,16 @@ async def within(work: Awaitable[T], seconds: float, what: str = "the engine") -
     if error is not None:
         raise as_engine_failure(error)
     return task.result()
+
+
+def _close_if_never_started(work: Awaitable[Any]) -> None:
+    """Close a coroutine that :func:`within`'s task never began to await.  A task cancelled before its first
+    step (the run's shutdown cancels every task it started, the one just created too) ends without running a
+    line, so the work it was given is never awaited and never will be: Python would warn "coroutine ... was
+    never awaited" when it is collected.  Closing it says it is dropped on purpose; a coroutine already under
+    way is its task's to end."""
+    if inspect.iscoroutine(work) and inspect.getcoroutinestate(work) == inspect.CORO_CREATED:
+        work.close()
 
 
 class LoopMonitor:

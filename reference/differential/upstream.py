@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -43,6 +43,8 @@ SETTLE_TIMEOUT = 2.0
 """Seconds the client runtime's log lines may keep coming after its shutdown before its log is let go."""
 QUIET = 0.2
 """Seconds without a new log line after which the client runtime counts as quiet."""
+REGISTRATION_POLL = 0.05
+"""Seconds between looks at a starting worker (has it registered, has it died) while it registers."""
 HOST = "127.0.0.1"
 
 _MODULE = "dynamo_backend_protocol.reference.differential.worker_main"
@@ -271,23 +273,30 @@ class UpstreamSession:
 async def _client_with_instance(endpoint: Any, worker: UpstreamWorker) -> Any:
     """A client of ``endpoint`` once it sees ``worker``'s instance (bounded; the worker's death is reported)."""
     client = await endpoint.client()
+    if not await wait_for_registration(client, READY_TIMEOUT, lambda: worker.process.poll() is not None):
+        raise UpstreamUnavailable(
+            worker.failure() or f"the {worker.name} worker did not register within {READY_TIMEOUT:.0f}s")
+    return client
+
+
+async def wait_for_registration(client: Any, seconds: float, exited: Callable[[], bool]) -> bool:
+    """Wait, at most ``seconds``, until ``client`` (a client of a worker's endpoint) sees an instance of it:
+    True once it does, False when the worker's process ended first or the time ran out (the caller, which
+    knows the worker, says which and why).  Dynamo's own wait has no bound and does not notice a worker that
+    died, so it runs as a task polled every 50 ms, and ``exited`` is asked each time.  Shared by
+    ``differential`` and ``conform --runtime dynamo``."""
     waiting = asyncio.ensure_future(client.wait_for_instances())
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + READY_TIMEOUT
+    deadline = loop.time() + seconds
     try:
         while not waiting.done():
-            failed = worker.failure()
-            if failed is not None:
-                raise UpstreamUnavailable(failed)
-            if loop.time() >= deadline:
-                raise UpstreamUnavailable(
-                    f"the {worker.name} worker did not register within {READY_TIMEOUT:.0f}s"
-                )
-            await asyncio.wait({waiting}, timeout=0.05)
+            if exited() or loop.time() >= deadline:
+                return False
+            await asyncio.wait({waiting}, timeout=REGISTRATION_POLL)
         waiting.result()
     finally:
         waiting.cancel()
-    return client
+    return True
 
 
 class _StderrRedirect:

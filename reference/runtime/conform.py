@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dynamo_backend_protocol.model import Mode
+from dynamo_backend_protocol.model.stopped import AfterStop
 from dynamo_backend_protocol.model.traces.check import RequestSummary, TraceChecker
-from dynamo_backend_protocol.reference.conformance.adapter_checks import IGNORED
 from dynamo_backend_protocol.reference.conformance.checks import CHECKS, SPECS, CheckSpec, Failure, Verdicts
 from dynamo_backend_protocol.reference.conformance.construction import (
     declared_mode,
@@ -46,11 +46,7 @@ from dynamo_backend_protocol.reference.conformance.construction import (
 from dynamo_backend_protocol.reference.conformance.drive import CANCEL_MAX_TOKENS, PLAIN_MAX_TOKENS, RequestShape
 from dynamo_backend_protocol.reference.conformance.encode_checks import encode_verdicts
 from dynamo_backend_protocol.reference.conformance.report import CheckResult, CheckStatus, ConformanceReport, one_line
-from dynamo_backend_protocol.reference.conformance.rules import (
-    AfterStop,
-    abort_before_first_read_lost,
-    kill_handled_worse,
-)
+from dynamo_backend_protocol.reference.conformance.rules import abort_before_first_read_lost, kill_handled_worse
 from dynamo_backend_protocol.reference.conformance.session import EngineFactory, make_engine
 from dynamo_backend_protocol.reference.conformance.upstream import completion_tokens_problem
 from dynamo_backend_protocol.reference.runtime.engine_side import EngineRequest, by_request, describe_ending
@@ -558,7 +554,7 @@ def _stops(side: _Sides, mode: Mode) -> tuple[Verdicts, dict[Failure, str]]:
             unjudged[failure] = UNREAD.format("stop")
     else:
         said = _said(side, "stop", "context.stop_generating()", stopped)
-        verdicts[F.MID_STREAM_CANCELLATION_IGNORED] = None if stopped not in IGNORED else (
+        verdicts[F.MID_STREAM_CANCELLATION_IGNORED] = None if not stopped.ignored else (
             f"{said}: the stop was ignored; check context.is_stopped() before every token, or make abort() end the "
             "request, and end with a 'cancelled' terminal")
         verdicts[F.ABORTED_STREAM_NOT_ENDED] = None if stopped is not AfterStop.STRANDED else (

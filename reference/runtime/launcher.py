@@ -41,6 +41,7 @@ from dynamo_backend_protocol.reference.differential.upstream import (
     dynamo_installed,
     end_with_parent,
     environment,
+    wait_for_registration,
     worker_environment,
     write_model_directory,
 )
@@ -225,22 +226,13 @@ class RuntimeSession:
         worker = RuntimeWorker(self, mode, engine or self.engine, arguments)
         self.workers.append(worker)
         client = await self._runtime.endpoint(worker.endpoint).client()
-        waiting = asyncio.ensure_future(client.wait_for_instances())
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + start_timeout
-        try:
-            while not waiting.done():
-                status = worker.exit_status()
-                if status is not None:
-                    raise RuntimeUnavailable(f"the {mode.value} worker exited with status {status} before it "
-                                             f"served: {self._why(worker)}")
-                if loop.time() >= deadline:
-                    raise RuntimeUnavailable(f"the {mode.value} worker did not register within "
-                                             f"{start_timeout:g} s (--start-timeout): {self._why(worker)}")
-                await asyncio.wait({waiting}, timeout=0.05)
-            waiting.result()
-        finally:
-            waiting.cancel()
+        if not await wait_for_registration(client, start_timeout, lambda: worker.exit_status() is not None):
+            status = worker.exit_status()
+            if status is not None:
+                raise RuntimeUnavailable(f"the {mode.value} worker exited with status {status} before it "
+                                         f"served: {self._why(worker)}")
+            raise RuntimeUnavailable(f"the {mode.value} worker did not register within "
+                                     f"{start_timeout:g} s (--start-timeout): {self._why(worker)}")
         return worker, client
 
     def _why(self, worker: RuntimeWorker) -> str:

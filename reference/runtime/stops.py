@@ -1,7 +1,7 @@
 """A stopped or killed stream under Dynamo's real Worker, classified as the default run classifies one.
 
-The kit's :func:`~dynamo_backend_protocol.reference.conformance.rules.classify_stopped` decides what became of
-a stopped stream; here its :class:`StoppedStream` is read off the engine's side of the recording (what the
+The model's :func:`~dynamo_backend_protocol.model.stopped.classify_stopped` decides what became of a stopped
+stream; here its :class:`StoppedStream` is read off the engine's side of the recording (what the
 engine yielded once the stop or kill showed, how its stream ended) and the client's tokens.  Dynamo stops
 reading a cancelled stream once the engine answers a read with a token, and reads on with no timeout while
 the engine is silent: so a stream still open at the end of the run kept streaming if it answered a read the
@@ -12,9 +12,8 @@ reading before either shows is not judged (None).
 from __future__ import annotations
 
 from dynamo_backend_protocol.model import Mode
+from dynamo_backend_protocol.model.stopped import AfterStop, Ending, StoppedStream, classify_stopped
 from dynamo_backend_protocol.model.vocabulary import UnknownEvent, parse_event
-from dynamo_backend_protocol.reference.conformance.drive import Ending
-from dynamo_backend_protocol.reference.conformance.rules import AfterStop, StoppedStream, classify_stopped
 from dynamo_backend_protocol.reference.runtime.engine_side import EngineRequest
 from dynamo_backend_protocol.reference.runtime.probes import ClientRun
 
@@ -26,16 +25,14 @@ _ENDINGS = {"engine.raise": Ending.ERROR_ITEM, "engine.end": Ending.EXHAUSTED, "
 def after_stop(engine: EngineRequest, client: ClientRun, mode: Mode, max_tokens: int) -> AfterStop | None:
     """What became of a request the client stopped or killed, or None when the run does not show it."""
     ending = engine.ending()
-    if engine.cancel() is None:
-        # The stop or kill never showed while the stream went on: it had ended first (or never began).
-        if ending is None:
-            return None
-        return AfterStop.FINISHED_FIRST if _finish_reason(ending) is not None else AfterStop.OTHER
-    if not engine.shows_after_cancel():
+    stop_showed = engine.cancel() is not None
+    if not stop_showed and ending is None:
+        return None  # the stop or kill never showed, and the stream never ended (or never began)
+    if stop_showed and not engine.shows_after_cancel():
         return None  # the runtime stopped reading before the engine showed what it does once stopped
     tokens = sum(len(item.get("token_ids") or []) for item in client.items)
     stream = StoppedStream(_ending(ending), _finish_reason(ending), engine.items_after_cancel(),
-                           tokens >= max_tokens, engine.answers_after_cancel())
+                           tokens >= max_tokens, engine.answers_after_cancel(), stop_showed=stop_showed)
     return classify_stopped(stream, mode)
 
 

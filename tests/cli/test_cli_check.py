@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from dynamo_backend_protocol.model import (
-    FORBIDDEN,
     REQUEST_TABLE,
     RULES,
     ActionKind,
@@ -29,6 +28,7 @@ from dynamo_backend_protocol.model.faults import FAULT_INVARIANTS
 from dynamo_backend_protocol.model.invariants import DONE_REACHABLE, TABLE_WELL_FORMED, all_invariants
 from dynamo_backend_protocol.reference.cli import check as cli_check
 from dynamo_backend_protocol.reference.cli import main
+from model_helpers import aborted_never_ends
 
 ALL_MODE_SLUGS = {"agg", "prefill", "decode", "encode"}
 REQUEST_RULE_IDS = {inv.rule for inv in [*all_invariants(), *FAULT_INVARIANTS]} | {DONE_REACHABLE, TABLE_WELL_FORMED}
@@ -284,28 +284,12 @@ def test_check_text_shows_each_liveness_rule_with_what_it_needs(capsys: pytest.C
     assert "holds without fairness" in out
 
 
-def _aborted_never_ends() -> tuple[CompiledTable, Mode]:
-    """The shipped table with one bug: Aborted refuses every way the stream could end."""
-    endings = {EventKind.TERMINAL, EventKind.ERROR, EventKind.END, EventKind.DROP}
-    rows = []
-    for row in REQUEST_TABLE:
-        if row.trigger in endings and ControlState.ABORTED in row.sources:
-            others = tuple(s for s in row.sources if s is not ControlState.ABORTED)
-            if others:
-                rows.append(replace(row, sources=others))
-        else:
-            rows.append(row)
-    forbidden = dict(FORBIDDEN)
-    forbidden.update({(ControlState.ABORTED, kind): "STREAM-EVENT-ORDER" for kind in endings})
-    return CompiledTable(tuple(rows), forbidden), Mode.AGGREGATED
-
-
 def test_check_prints_a_fair_lasso_when_a_request_never_ends(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A request that can never end after abort violates DONE-EVENTUALLY even
     under its fairness; check prints the lasso and fails."""
-    table, _ = _aborted_never_ends()
+    table, _ = aborted_never_ends()
     monkeypatch.setattr(cli_check, "explore_all", lambda modes: explore_all(modes, table))
     code, out, _ = run_cli(capsys, "check", "--mode", "agg")
     assert code == 1
@@ -391,7 +375,7 @@ def test_check_requests_reports_liveness_and_prints_the_lasso_when_it_fails(
     assert code == 0
     rules = [item["id"] for item in data["modes"]["agg"]["liveness"]]
     assert rules == ["DONE-EVENTUALLY", "DONE-EVENTUALLY", "ENGINE-CLEANUP-EVENTUALLY"]
-    table, _ = _aborted_never_ends()
+    table, _ = aborted_never_ends()
     monkeypatch.setattr(cli_check, "explore_engine", lambda composition, liveness: explore_engine(
         composition, table, liveness=liveness))
     monkeypatch.setattr(cli_check, "explore_compiled", lambda composition, **options: explore_compiled(

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 from dynamo_backend_protocol.model import Mode
+from dynamo_backend_protocol.model.stopped import AfterStop, Ending
 from dynamo_backend_protocol.reference.annotated import Annotated
-from dynamo_backend_protocol.reference.conformance.drive import Action, Ending, RequestPlan, RequestRun
+from dynamo_backend_protocol.reference.conformance.drive import Action, RequestPlan, RequestRun
 from dynamo_backend_protocol.reference.conformance.recording import AbortCall, ItemSeen, RequestLog
-from dynamo_backend_protocol.reference.conformance.rules import AfterStop, after_stop, describe_after_stop
+from dynamo_backend_protocol.reference.conformance.rules import after_stop, describe_after_stop
 
 
 def stopped_run(items_before: list[dict[str, Any]], items_after: list[dict[str, Any]], ending: Ending,

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import pytest
 from dynamo_backend_protocol.model import Mode
-from dynamo_backend_protocol.reference.conformance.rules import AfterStop
+from dynamo_backend_protocol.model.stopped import AfterStop
 from dynamo_backend_protocol.reference.runtime.engine_side import by_request
 from dynamo_backend_protocol.reference.runtime.probes import ClientRun
 from dynamo_backend_protocol.reference.runtime.stops import after_stop

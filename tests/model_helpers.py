@@ -1,4 +1,7 @@
-"""Small helpers shared by the model tests (not a conftest: import it explicitly)."""
+"""Small helpers shared by the model tests and the CLI's check tests (not a conftest: import it explicitly).
+
+It sits in tests/, beside conftest.py, because pytest puts that folder on sys.path for every test folder,
+so tests/cli can use the same buggy tables as tests/model rather than copies of them."""
 
 from __future__ import annotations
 
