@@ -126,6 +126,21 @@ def end_with_parent() -> None:
 _PR_SET_PDEATHSIG = 1
 
 
+def stop_worker(process: subprocess.Popen[bytes], timeout: float = EXIT_TIMEOUT) -> None:
+    """End a worker by its pid: SIGTERM (the worker's graceful shutdown runs the engine's cleanup),
+    then SIGKILL if it takes more than ``timeout`` seconds."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGKILL)
+        process.wait(EXIT_TIMEOUT)
+
+
 class UpstreamWorker:
     """One worker process serving one mode; ended by its pid."""
 
@@ -177,17 +192,7 @@ class UpstreamWorker:
         return f"the {self.name} worker exited with status {code}: {last}"
 
     def stop(self) -> None:
-        """SIGTERM (the worker's own graceful shutdown runs cleanup), then SIGKILL if it overruns."""
-        if self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(EXIT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(EXIT_TIMEOUT)
+        stop_worker(self.process)
 
     def output(self) -> str:
         """Everything the worker process wrote to its stderr (the runtime's log lines)."""

@@ -21,12 +21,10 @@ modules do), since the runtime reads ``DYN_LOG`` once, when it loads.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -41,6 +39,7 @@ from dynamo_backend_protocol.reference.differential.upstream import (
     dynamo_installed,
     end_with_parent,
     environment,
+    stop_worker,
     wait_for_registration,
     worker_environment,
     write_model_directory,
@@ -104,18 +103,7 @@ class RuntimeWorker:
         return self.process.poll()
 
     def stop(self, timeout: float = EXIT_TIMEOUT) -> None:
-        """SIGTERM (the Worker's graceful shutdown runs the engine's cleanup), then SIGKILL if it takes more
-        than ``timeout`` seconds."""
-        if self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(EXIT_TIMEOUT)
+        stop_worker(self.process, timeout)
 
     def request_lines(self) -> list[str]:
         return _lines(self.requests_path)
