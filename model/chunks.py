@@ -10,6 +10,7 @@ not in the adapter.
 from __future__ import annotations
 
 from dynamo_backend_protocol.model.errors import BackendError, DynamoError
+from dynamo_backend_protocol.model.exceptions import ProtocolError
 from dynamo_backend_protocol.model.vocabulary import Event, EventKind, FinishReason, Mode, event
 
 TOKEN_CHUNK = event(EventKind.TOKEN_CHUNK)
@@ -23,8 +24,12 @@ _TERMINALS: dict[tuple[FinishReason, bool], Event] = {
 _LENIENT_UNKNOWN_REASON = FinishReason.ERROR
 
 
-class ChunkProblem(DynamoError):
-    """A malformed engine item: which item (1-based position), which field, what is wrong."""
+class ChunkProblem(DynamoError, ProtocolError):
+    """A malformed engine item: which item (1-based position), which field, what is wrong.
+
+    A :class:`DynamoError` first, since it is the typed error item the adapter forwards to the
+    client; and the adapter's own finding, so a :class:`ProtocolError` too.
+    """
 
     def __init__(self, position: int, field: str, problem: str) -> None:
         self.position = position

@@ -12,6 +12,7 @@ import enum
 from dataclasses import dataclass
 
 from dynamo_backend_protocol.model.errors import BackendError, DynamoError
+from dynamo_backend_protocol.model.exceptions import ProtocolError
 
 
 class Slug(enum.Enum):
@@ -203,7 +204,7 @@ _BY_KEY: dict[tuple[EventKind, FinishReason | None, bool], Event] = {
 }
 
 
-class UnknownEvent(ValueError):
+class UnknownEvent(ProtocolError, ValueError):
     """A name that is not one of the protocol's events."""
 
     def __init__(self, text: str) -> None:

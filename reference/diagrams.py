@@ -15,6 +15,7 @@ from typing import Literal
 # The graphviz package ships no type information; its few calls used here are
 # wrapped in typed functions below.
 import graphviz  # type: ignore[import-untyped, unused-ignore]
+from dynamo_backend_protocol.model.exceptions import ProtocolError
 from dynamo_backend_protocol.model.teach.diagram_plan import DiagramPlan, EdgeLine, PlannedEdge, PlannedNode, StateId
 
 Format = Literal["dot", "svg", "png"]
@@ -34,7 +35,7 @@ picture and ran into neighbouring edges."""
 INSTALL_HINT = "install it with `apt-get install graphviz` (or use --format dot)"
 
 
-class RenderError(Exception):
+class RenderError(ProtocolError):
     """A diagram could not be rendered; the message is one line for the user."""
 
 

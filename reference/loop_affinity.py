@@ -11,9 +11,23 @@ from __future__ import annotations
 
 import asyncio
 
+from dynamo_backend_protocol.model.exceptions import RuleRefusal
 
-class ForeignEventLoop(RuntimeError):
-    """A response stream was read while another event loop ran than the one that set it up."""
+STREAM_LOOP = "FAULT-STREAM-LOOP"
+
+
+class ForeignEventLoop(RuleRefusal, RuntimeError):
+    """A response stream was read while another event loop ran than the one that set it up.
+
+    A ``RuntimeError`` too, as spec FAULT-STREAM-LOOP promises and callers catch it.
+    """
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"{what} was set up on another event loop than the one reading it; read it on the loop that "
+            "awaited generate() (its abort and its stream close run there)",
+            STREAM_LOOP,
+        )
 
 
 def require_home_loop(home: asyncio.AbstractEventLoop, what: str = "this response stream") -> None:
@@ -24,7 +38,4 @@ def require_home_loop(home: asyncio.AbstractEventLoop, what: str = "this respons
     except RuntimeError:
         return
     if running is not home:
-        raise ForeignEventLoop(
-            f"{what} was set up on another event loop than the one reading it; read it on the loop that "
-            "awaited generate() (its abort and its stream close run there)"
-        )
+        raise ForeignEventLoop(what)

@@ -30,6 +30,7 @@ from functools import cache
 from pathlib import Path
 
 from dynamo_backend_protocol.model.engine import Composition
+from dynamo_backend_protocol.model.exceptions import ProtocolError
 from dynamo_backend_protocol.model.explore.promela import claims, promela_body
 from dynamo_backend_protocol.model.explore.promela_engine import engine_claims, engine_promela_body
 from dynamo_backend_protocol.model.explore.promela_parts import ALL_SAFETY
@@ -46,7 +47,7 @@ MAX_VERIFIERS = 4
 _ERRORS = re.compile(r"errors: (\d+)")
 
 
-class SpinUnavailable(Exception):
+class SpinUnavailable(ProtocolError):
     """SPIN or a C compiler is not installed, or a run failed before it gave a verdict."""
 
 

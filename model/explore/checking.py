@@ -15,6 +15,7 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from dynamo_backend_protocol.model.exceptions import ProtocolError
 from dynamo_backend_protocol.model.explore.liveness import LivenessResult, check_liveness
 from dynamo_backend_protocol.model.explore.walk import StateSpaceTooLarge, Walk
 from dynamo_backend_protocol.model.invariants import Invariant
@@ -77,7 +78,7 @@ def _names(predicates: Sequence[Invariant[X]]) -> list[tuple[str, str]]:
     return [(predicate.rule, predicate.name) for predicate in predicates]
 
 
-class _Stopped(Exception):
+class _Stopped(ProtocolError):
     """The first violation was found and the caller asked for no more."""
 
 

@@ -32,7 +32,7 @@ from dynamo_backend_protocol.model.engine import (
     NO_LIVE_AFTER_CLEANUP,
     Composition,
 )
-from dynamo_backend_protocol.model.exceptions import ProtocolViolation, TableError
+from dynamo_backend_protocol.model.exceptions import ProtocolError, ProtocolViolation, TableError
 from dynamo_backend_protocol.model.explore.checking import InvariantResult
 from dynamo_backend_protocol.model.invariants import STATE_INVARIANTS, STEP_INVARIANTS, TABLE_WELL_FORMED
 from dynamo_backend_protocol.model.lifecycle import (
@@ -206,7 +206,7 @@ CHECK_EVERY = 1 << 15
 """States between two looks at the bounds: measuring memory costs microseconds, a state about ten."""
 
 
-class BoundReached(Exception):
+class BoundReached(ProtocolError):
     """The exploration stopped at one of its bounds, before it saw every reachable state."""
 
     def __init__(self, bound: str, states: int, transitions: int, memory: int, seconds: float) -> None:

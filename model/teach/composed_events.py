@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dynamo_backend_protocol.model.disagg import DisaggEvent, TransferEvent
 from dynamo_backend_protocol.model.engine import ENGINE_OWN_EVENTS, EngineEvent, RequestMove
+from dynamo_backend_protocol.model.exceptions import ProtocolError
 from dynamo_backend_protocol.model.lifecycle import LifecycleEvent
 from dynamo_backend_protocol.model.vocabulary import UnknownEvent, parse_event
 
@@ -26,7 +27,7 @@ _ENGINE_OWN = {ev.value: ev for ev in ENGINE_OWN_EVENTS}
 _FROM_REQUESTS = (LifecycleEvent.GENERATE.value, LifecycleEvent.ABORT.value)
 
 
-class BadComposedEvent(ValueError):
+class BadComposedEvent(ProtocolError, ValueError):
     """A token that names no event of the composition."""
 
     def __init__(self, token: str, reason: str) -> None:

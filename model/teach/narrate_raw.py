@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dynamo_backend_protocol.model.exceptions import ProtocolViolation
+from dynamo_backend_protocol.model.exceptions import ProtocolError, ProtocolViolation
 from dynamo_backend_protocol.model.raw_engine import RawEvent, RawMachine
 from dynamo_backend_protocol.model.releases import holds_text
 from dynamo_backend_protocol.model.rules import summary
@@ -17,7 +17,7 @@ from dynamo_backend_protocol.model.rules import summary
 RAW_EVENT_NAMES = tuple(event.value for event in RawEvent)
 
 
-class UnknownRawEvent(ValueError):
+class UnknownRawEvent(ProtocolError, ValueError):
     """A name that is not a raw machine event; the message lists the valid ones."""
 
 

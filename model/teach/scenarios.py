@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from dynamo_backend_protocol.model.exceptions import ProtocolError
 from dynamo_backend_protocol.model.vocabulary import Event, Mode, parse_event
 
 _NOT_DECODE = (Mode.AGGREGATED, Mode.PREFILL, Mode.ENCODE)
@@ -222,7 +223,7 @@ SCENARIOS: tuple[Scenario, ...] = (
 _BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
 
 
-class UnknownScenario(KeyError):
+class UnknownScenario(ProtocolError, KeyError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(name)

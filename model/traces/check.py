@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 from dynamo_backend_protocol.model.errors import DynamoError
-from dynamo_backend_protocol.model.exceptions import ProtocolViolation, TableError
+from dynamo_backend_protocol.model.exceptions import ProtocolError, ProtocolViolation, TableError
 from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable
 from dynamo_backend_protocol.model.state import RequestState
 from dynamo_backend_protocol.model.traces.engine_side import ENGINE_SIDE_ONLY, ENGINE_START, EngineSideRun
@@ -88,7 +88,7 @@ class TraceRecord:
     actions: tuple[ActionKind, ...]
 
 
-class MalformedRecord(ValueError):
+class MalformedRecord(ProtocolError, ValueError):
     """A line that is not a trace record; ``request`` is set when the line names one."""
 
     def __init__(self, problem: str, request: str | None = None) -> None:

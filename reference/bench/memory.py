@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dynamo_backend_protocol.model.exceptions import ProtocolError
+
 MIB = 1024 * 1024
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -66,7 +68,7 @@ class ChildRun:
     """The last line the child wrote on stderr (empty if none)."""
 
 
-class ChildTimeout(Exception):
+class ChildTimeout(ProtocolError):
     """A measured child process overran its bound and was killed."""
 
 

@@ -6,6 +6,7 @@ import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from dynamo_backend_protocol.model.exceptions import ProtocolError
 from dynamo_backend_protocol.reference.bench.rounds import Figure
 
 Value = Figure | float | int | str | None
@@ -69,7 +70,7 @@ class Verdict:
         }
 
 
-class UnknownTarget(ValueError):
+class UnknownTarget(ProtocolError, ValueError):
     """A target override names no target of the bench."""
 
 

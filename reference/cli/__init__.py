@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import Protocol, TextIO
 
+from dynamo_backend_protocol.model.exceptions import ProtocolError
 from dynamo_backend_protocol.reference.cli.commands import COMMANDS
 from dynamo_backend_protocol.reference.cli.support import (
     PROG,
@@ -39,7 +40,7 @@ class _CommandModule(Protocol):
     def register(self, subparsers: Subparsers) -> None: ...
 
 
-class _ParserExit(Exception):
+class _ParserExit(ProtocolError):
     """argparse finished on its own (``--help``, ``--version``) with this status."""
 
     def __init__(self, status: int) -> None:

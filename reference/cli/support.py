@@ -15,6 +15,8 @@ import textwrap
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any, TypeAlias
 
+from dynamo_backend_protocol.model.exceptions import ProtocolError
+
 if TYPE_CHECKING:
     from dynamo_backend_protocol.model import Mode
 
@@ -24,11 +26,11 @@ Subparsers: TypeAlias = "argparse._SubParsersAction[Any]"
 """What each subcommand module's ``register`` receives."""
 
 
-class UsageError(Exception):
+class UsageError(ProtocolError):
     """Input the user can fix; the CLI prints it as one line and exits 2."""
 
 
-class OutputFailed(Exception):
+class OutputFailed(ProtocolError):
     """Writing the command's output failed (a full disk, a closed device); one line and exit 2."""
 
     def __init__(self, where: str, error: OSError) -> None:

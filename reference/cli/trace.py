@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator
 from typing import BinaryIO, TextIO
 
+from dynamo_backend_protocol.model.exceptions import ProtocolError
 from dynamo_backend_protocol.model.rules import summary as rule_summary
 from dynamo_backend_protocol.model.traces.check import (
     Divergence,
@@ -35,7 +36,7 @@ MAX_LINE_BYTES = 1 << 20
 """A longer line is reported as malformed and skipped, so memory stays bounded."""
 
 
-class NotText(Exception):
+class NotText(ProtocolError):
     """The input does not look like a text file at all."""
 
 

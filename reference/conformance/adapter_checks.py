@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from dynamo_backend_protocol.model.exceptions import ProtocolError
 from dynamo_backend_protocol.model.lifecycle import CALL_EVENTS, LifecycleEvent
 from dynamo_backend_protocol.model.rules import summary
 from dynamo_backend_protocol.model.stopped import AfterStop, Ending
@@ -55,7 +56,7 @@ SETTLE_GRACE = 1.0
 """Seconds past the cancel deadline the kit waits for the adapter's aborts and closes to finish."""
 
 
-class RequestNotSetUp(Exception):
+class RequestNotSetUp(ProtocolError):
     """A check's request failed at setup (generate raised): the check cannot judge its rule."""
 
 

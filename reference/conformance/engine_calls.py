@@ -16,12 +16,13 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
+from dynamo_backend_protocol.model.exceptions import ProtocolError
 from dynamo_backend_protocol.reference.context import cancelled_by_consumer
 
 T = TypeVar("T")
 
 
-class EngineRaised(Exception):
+class EngineRaised(ProtocolError):
     """The engine raised something that is not an ``Exception``; ``original`` is what it raised."""
 
     def __init__(self, original: BaseException) -> None:
@@ -29,7 +30,7 @@ class EngineRaised(Exception):
         super().__init__(f"{type(original).__name__}{_detail(original)}")
 
 
-class AttributeRaised(Exception):
+class AttributeRaised(ProtocolError):
     """Reading one of the engine's attributes raised."""
 
     def __init__(self, owner: str, name: str, error: BaseException) -> None:

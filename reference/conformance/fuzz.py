@@ -26,6 +26,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
+from dynamo_backend_protocol.model.exceptions import ProtocolError
 from dynamo_backend_protocol.reference.conformance.adapter_checks import (
     adapter_session,
     probe_stop_after_first_chunk,
@@ -121,13 +122,16 @@ async def run_late_stop(settings: KitSettings, plan: RequestPlan) -> list[Findin
     return [] if problem is None else [Finding(Failure.MID_STREAM_CANCELLATION_IGNORED, problem)]
 
 
-class _Broke(Exception):
+class _Broke(ProtocolError):
     def __init__(self, example: object, findings: list[Finding]) -> None:
         super().__init__(str(example))
         self.example = example
         self.findings = findings
 
 
+# The two signals below are BaseExceptions, not ProtocolErrors: Hypothesis treats an ``Exception`` raised
+# by a test as a failing example and shrinks it; only what is no ``Exception`` stops it at once.  They never
+# leave :func:`search`.
 class _Interrupted(BaseException):
     """The run was cancelled (Ctrl-C): Hypothesis must stop at once, not shrink."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from dynamo_backend_protocol.model.exceptions import ProtocolError
 from dynamo_backend_protocol.reference.conformance.checks import Failure, Verdicts
 from dynamo_backend_protocol.reference.conformance.session import (
     KitSettings,
@@ -24,7 +25,7 @@ OPTIONAL_HOOKS = ("kv_event_sources", "abort")
 """Optional engine methods that some checks exercise (only when the engine has them)."""
 
 
-class _BadSources(Exception):
+class _BadSources(ProtocolError):
     pass
 
 

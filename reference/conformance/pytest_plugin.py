@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from dynamo_backend_protocol.model import DynamoError, Mode
+from dynamo_backend_protocol.model.exceptions import ProtocolError
 from dynamo_backend_protocol.reference.conformance.checks import CHECKS, CheckSpec, Failure
 from dynamo_backend_protocol.reference.conformance.report import CheckResult, ConformanceReport
 from dynamo_backend_protocol.reference.conformance.session import EngineFactory, EngineFactoryError
@@ -320,7 +321,7 @@ def _spec(failure: Failure) -> CheckSpec:
     return next(spec for spec in CHECKS if spec.failure is failure)
 
 
-class CheckFailed(Exception):
+class CheckFailed(ProtocolError):
     def __init__(self, result: CheckResult) -> None:
         super().__init__(f"{result.failure}: {result.reason}")
         self.result = result

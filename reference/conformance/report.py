@@ -7,6 +7,7 @@ import textwrap
 from dataclasses import dataclass, field
 
 from dynamo_backend_protocol.model import Mode
+from dynamo_backend_protocol.model.exceptions import ProtocolError
 from dynamo_backend_protocol.reference.conformance.checks import SPECS, Failure, Kit
 
 REPORT_COLUMNS = 100
@@ -182,7 +183,7 @@ def _wrapped(text: str, columns: int, first: str, rest: str) -> str:
                          break_on_hyphens=False)
 
 
-class ConformanceFailure(AssertionError):
+class ConformanceFailure(ProtocolError, AssertionError):
     """Some conformance checks failed; ``report`` has them all."""
 
     def __init__(self, report: ConformanceReport) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from dynamo_backend_protocol.model import DynamoError, Mode
+from dynamo_backend_protocol.model.exceptions import ProtocolError, RuleRefusal
 from dynamo_backend_protocol.reference.adapter import EngineAdapter, TraceSink
 from dynamo_backend_protocol.reference.conformance.drive import RequestShape
 from dynamo_backend_protocol.reference.conformance.engine_calls import (
@@ -44,17 +45,20 @@ ENGINE_ATTRIBUTES = ("start", "generate", "cleanup", "abort", "drain", "kv_event
 T = TypeVar("T")
 
 
-class EngineFactoryError(TypeError):
+class EngineFactoryError(ProtocolError, TypeError):
     """The factory cannot give the kit an engine: not callable, failing, or returning something else."""
 
 
-class KitTimeout(Exception):
-    """A wait on the engine overran its bound."""
+KIT_BOUNDED = "FAULT-KIT-BOUNDED"
+
+
+class KitTimeout(RuleRefusal):
+    """A wait on the engine overran its bound: the kit stops waiting there (FAULT-KIT-BOUNDED)."""
 
     def __init__(self, what: str, seconds: float) -> None:
         self.what = what
         self.seconds = seconds
-        super().__init__(f"{what} did not finish within {seconds:g} s")
+        super().__init__(f"{what} did not finish within {seconds:g} s", KIT_BOUNDED)
 
 
 def describe_factory(factory: object) -> str:

@@ -69,7 +69,10 @@ def abandoned_tasks() -> list[asyncio.Future[Any]]:
 class BlockedLoop(BaseException):
     """Raised inside engine code that held the event loop past the bound of the wait in progress.
 
-    A ``BaseException``, so an engine's ``except Exception`` does not swallow it.
+    A ``BaseException``, so an engine's ``except Exception`` does not swallow it.  For the same reason
+    it is not a :class:`~dynamo_backend_protocol.model.exceptions.ProtocolError` (an ``Exception``): it
+    is a signal the kit sends through engine code, never an error a caller sees; :func:`within` turns it
+    into the wait's timeout (FAULT-KIT-BOUNDED).
     """
 
 

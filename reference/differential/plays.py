@@ -33,6 +33,7 @@ from dynamo_backend_protocol.model import (
     StreamEnd,
     event,
 )
+from dynamo_backend_protocol.model.exceptions import ProtocolError
 
 EngineOp = Literal["notify", "fail_setup", "yield", "probe", "raise", "end", "await_cancel", "await_abort"]
 """``probe`` yields a token chunk, again and again (bounded), until the context shows a kill."""
@@ -152,7 +153,7 @@ class Play:
         }
 
 
-class NotPlayable(ValueError):
+class NotPlayable(ProtocolError, ValueError):
     """An event sequence that a client and an engine cannot act out in the real runtime."""
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 
 from dynamo_backend_protocol.model import Event, EventKind, FinishReason, Mode, event
+from dynamo_backend_protocol.model.exceptions import ProtocolError
 from hypothesis import HealthCheck, Phase, assume, given, seed, settings
 from hypothesis import strategies as st
 
@@ -65,5 +66,5 @@ def drawn_schedules(mode: Mode, examples: int, seed_value: int) -> list[tuple[Ev
     return found[:examples]
 
 
-class _Enough(Exception):
+class _Enough(ProtocolError):
     """Stops the draw once enough distinct schedules were found."""

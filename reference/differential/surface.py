@@ -13,6 +13,7 @@ import importlib.metadata
 from dataclasses import dataclass
 
 from dynamo_backend_protocol.model import Mode
+from dynamo_backend_protocol.model.exceptions import ProtocolError
 from dynamo_backend_protocol.model.releases import (
     ENCODE_MODE_SERVED,
     LATEST_RELEASE,
@@ -30,7 +31,7 @@ EOS_TOKEN_ID = 4
 """The end-of-sequence token of the model directory :func:`.upstream.write_model_directory` writes."""
 
 
-class ReleaseMismatch(Exception):
+class ReleaseMismatch(ProtocolError):
     """The installed release is not the one asked for, or the two packages disagree; the message says which."""
 
 

@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any
 
 from dynamo_backend_protocol.model import Mode
+from dynamo_backend_protocol.model.exceptions import ProtocolError
 from dynamo_backend_protocol.reference.differential.plays import PLANNED_SETUP_ERROR, ClientEnd, Item, Play
 from dynamo_backend_protocol.reference.differential.scripted_engine import Record
 from dynamo_backend_protocol.reference.differential.surface import ReleaseSurface, installed_release, surface
@@ -50,7 +51,7 @@ HOST = "127.0.0.1"
 _MODULE = "dynamo_backend_protocol.reference.differential.worker_main"
 
 
-class UpstreamUnavailable(Exception):
+class UpstreamUnavailable(ProtocolError):
     """Dynamo's packages are missing or its worker cannot start; the message says which."""
 
 
