@@ -28,13 +28,6 @@ NOT_EXCEPTIONS = {
 }
 """The package's own BaseExceptions that are deliberately no ``Exception``, so no ProtocolError."""
 
-AWAITING_REROOT = {
-    f"{PACKAGE}.model.explore.walk.StateSpaceTooLarge",
-    f"{PACKAGE}.model.explore.compiled_liveness.UnsupportedLiveness",
-}
-"""Classes in modules another branch is rewriting; they are re-rooted when it lands.  The test
-below fails once they are, so this set cannot outlive them."""
-
 
 def package_modules() -> list[str]:
     """Every module of the installed package.  None needs Dynamo's packages to import (they are
@@ -69,7 +62,7 @@ def test_every_exception_the_package_defines_is_a_protocol_error() -> None:
         name for name, cls in classes.items()
         if not issubclass(cls, ProtocolError) and cls is not DynamoError and name not in NOT_EXCEPTIONS
     }
-    assert outside == AWAITING_REROOT
+    assert outside == set()
 
 
 def test_the_signals_outside_the_hierarchy_are_no_exceptions() -> None:

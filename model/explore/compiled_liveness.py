@@ -48,7 +48,7 @@ from dynamo_backend_protocol.model.engine import (
     RequestMove,
     engine_liveness,
 )
-from dynamo_backend_protocol.model.exceptions import ProtocolViolation, TableError
+from dynamo_backend_protocol.model.exceptions import ProtocolError, ProtocolViolation, TableError
 from dynamo_backend_protocol.model.explore.compiled import CompiledGraph
 from dynamo_backend_protocol.model.explore.liveness import Lasso, LivenessResult
 from dynamo_backend_protocol.model.explore.walk import shortest_walk
@@ -58,7 +58,7 @@ from dynamo_backend_protocol.model.machine import CompiledTable
 from dynamo_backend_protocol.model.vocabulary import ALL_EVENTS
 
 
-class UnsupportedLiveness(Exception):
+class UnsupportedLiveness(ProtocolError):
     """The composition or a property lacks the shape this check relies on; the message says which."""
 
 

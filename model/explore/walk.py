@@ -12,12 +12,17 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
+from dynamo_backend_protocol.model.exceptions import TABLE_WELL_FORMED, ProtocolError
+
 S = TypeVar("S", bound=Hashable)
 E = TypeVar("E")
 
 
-class StateSpaceTooLarge(Exception):
-    """The walk passed its bound: a faulty table may grow a counter without end."""
+class StateSpaceTooLarge(ProtocolError):
+    """The walk passed its bound: a faulty table may grow a counter without end (a breach of
+    TABLE-WELL-FORMED, which is how the checker reports it)."""
+
+    rule = TABLE_WELL_FORMED
 
 
 class Walk(Generic[S, E]):
