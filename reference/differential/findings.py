@@ -27,10 +27,13 @@ class UpstreamFinding:
 
 
 def _stop_lost(play: Play, predicted: Outcome) -> tuple[Outcome, ...]:
-    """The stop reaches the engine's context late or never, and the abort comes late or never."""
+    """The stop reaches the engine's context late or never, and the abort comes late or never:
+    so late, on a loaded machine, that the engine had given up waiting and produced its first
+    token before the abort reached it."""
+    late = tuple(True for _ in predicted.aborts)
     return tuple(
         replace(predicted, aborts=aborts, stopped=seen_stop)
-        for aborts in ((), predicted.aborts)
+        for aborts in dict.fromkeys(((), predicted.aborts, late))
         for seen_stop in (True, False)
     )
 
