@@ -35,7 +35,7 @@ def _run(*events: RawEvent) -> tuple[RawMachine, list[tuple[RawAction, ...]]]:
 def test_every_reachable_raw_state_keeps_every_invariant_and_can_finish() -> None:
     """check's exploration of the raw machine: no invariant fails anywhere, Done is reachable from everywhere."""
     found = explore_raw()
-    assert found.failures == ()
+    assert found.violations() == []
     assert found.done_reachable
     assert found.states >= 8
 
@@ -95,7 +95,7 @@ def _mutated(trigger: RawEvent, source: RawPhase, **change: Any) -> tuple[RawTra
 )
 def test_each_broken_raw_table_is_caught_by_its_rule(mutant: tuple[RawTransition, ...], rule: str) -> None:
     """A model that is wrong in one row must fail the exploration under that row's rule."""
-    assert rule in {failed_rule for failed_rule, _, _ in explore_raw(mutant).failures}
+    assert rule in {failed.rule for failed in explore_raw(mutant).violations()}
 
 
 def test_which_release_each_rule_holds_from_is_model_data() -> None:
