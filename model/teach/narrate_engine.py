@@ -5,8 +5,9 @@ told as one-request narration tells it, and what the engine adds beside it:
 its first step is the engine's generate, a step that calls abort is the
 engine's abort.  A lifecycle event is told, as every phase machine's step is
 (:mod:`.phase_narration`), with the lifecycle row that moved the engine, and
-the synchronisation rule (ENGINE-CLEANUP-WAITS) that may hold it back.  Refused events (NotEnabled, ProtocolViolation, ProtocolViolation)
-are told with their rule and change nothing.
+the synchronisation rule (ENGINE-CLEANUP-WAITS) that may hold it back.
+Refused events (NotEnabled, ProtocolViolation, ProtocolViolation) are told
+with their rule and change nothing.
 """
 
 from __future__ import annotations
