@@ -258,7 +258,11 @@ class GuardedTable(Generic[P, K, A, S, E]):
 
     def step(self, state: S, ev: E) -> Step[S, E, A]:
         """Fire ``ev`` in ``state``."""
-        row = self.select(state, ev)
+        return self.fire(state, ev, self.select(state, ev))
+
+    def fire(self, state: S, ev: E, row: Row[P, K, A, S, E]) -> Step[S, E, A]:
+        """The step ``row`` takes on ``ev`` in ``state``, as :meth:`step` takes it once the row is
+        selected: for a reader that judges one row on its own (the Promela monitors)."""
         after = state if row.ignored else self.apply(state, ev, row)
         return Step(state, ev, after, row.actions, row.rule, row.ignored, row)
 

@@ -28,20 +28,18 @@ from dynamo_backend_protocol.model.disagg import (
     DISAGG_LIVENESS,
     DISAGG_STATE_INVARIANTS,
     FIRST_TOKEN_NEEDS,
-    REQUEST_STREAM_EXISTS,
-    TRANSFER_TABLE,
     DisaggEvent,
     DisaggState,
     TransferEvent,
     TransferPhase,
+    TransferRow,
 )
+from dynamo_backend_protocol.model.disagg import TRANSFER as TRANSFER_MACHINE
 from dynamo_backend_protocol.model.explore.promela_parts import (
-    CONTROLS,
     REQUEST_FIELDS,
     Command,
     Field,
     Guarded,
-    any_of,
     atoms_inline,
     expression,
     fairness_atom,
@@ -49,6 +47,7 @@ from dynamo_backend_protocol.model.explore.promela_parts import (
     identifier,
     liveness_claim,
     liveness_claim_name,
+    phase_commands,
     request_commands,
     request_event_code,
     request_state,
@@ -58,7 +57,7 @@ from dynamo_backend_protocol.model.explore.promela_parts import (
     tabulated,
 )
 from dynamo_backend_protocol.model.faults import FAULT_INVARIANTS
-from dynamo_backend_protocol.model.invariants import LIVE, STATE_INVARIANTS, STEP_INVARIANTS, Invariant
+from dynamo_backend_protocol.model.invariants import STATE_INVARIANTS, STEP_INVARIANTS, Invariant
 from dynamo_backend_protocol.model.liveness import LIVENESS_PROPERTIES, Fairness, LivenessProperty
 from dynamo_backend_protocol.model.machine import CompiledTable, Step
 from dynamo_backend_protocol.model.state import RequestState
@@ -96,19 +95,27 @@ def _request_command(command: Command, with_transfer: bool) -> Guarded[DisaggEve
     return Guarded(enabled, request_event_code(command.event), event, steps, comment)
 
 
-def _transfer_commands() -> list[Guarded[DisaggEvent]]:
-    live = any_of([f"control == {CONTROLS.index(state)}" for state in CONTROLS if state in LIVE])
+def _transfer_commands(mode: Mode) -> list[Guarded[DisaggEvent]]:
+    """The KV transfer's rows as guarded commands over its phase and the request's fields (its guard
+    reads whether the request's stream exists)."""
     found: list[Guarded[DisaggEvent]] = []
-    for index, row in enumerate(TRANSFER_TABLE):
-        (source,) = row.sources
-        enabled = f"transfer == {TRANSFER.code(source)}"
-        if row.guard is REQUEST_STREAM_EXISTS:
-            enabled = f"({enabled} && {live})"
-        code = len(ALL_EVENTS) + list(TransferEvent).index(row.trigger)
-        target = source if row.target is None else row.target
-        steps = (f"transfer = {TRANSFER.code(target)}",)
-        found.append(Guarded(enabled, code, row.trigger, steps, f"{row.trigger.value}, transfer row {index}"))
+
+    def state_of(values: dict[str, object]) -> DisaggState:
+        request = {name: value for name, value in values.items() if name != TRANSFER.name}
+        return DisaggState(request_state(mode, request), values[TRANSFER.name])  # type: ignore[arg-type]
+
+    for command in phase_commands(TRANSFER_MACHINE, (TRANSFER, *REQUEST_FIELDS), state_of, _no_other_updates):
+        code = len(ALL_EVENTS) + list(TransferEvent).index(command.event)
+        index = TRANSFER_MACHINE.rows.index(command.row)
+        event: DisaggEvent = command.event
+        comment = f"{command.event.value}, transfer row {index}"
+        found.append(Guarded(command.enabled(), code, event, tuple(command.steps()), comment))
     return found
+
+
+def _no_other_updates(row: TransferRow, event: TransferEvent) -> list[str]:
+    """The transfer's phase is all it has."""
+    return []
 
 
 def export_promela(mode: Mode, table: CompiledTable, with_transfer: bool = False) -> str:
@@ -146,7 +153,7 @@ def _body(mode: Mode, table: CompiledTable, with_transfer: bool) -> str:
         _request_command(command, with_transfer) for command in request_commands(table, mode)
     ]
     if with_transfer:
-        commands += _transfer_commands()
+        commands += _transfer_commands(mode)
     atoms: list[tuple[str, str, bool]] = []
     """(variable, expression, value in the initial state)."""
     for inv in REQUEST_STATE_INVARIANTS:

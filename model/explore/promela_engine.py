@@ -143,7 +143,7 @@ def engine_promela_body(
         if life_command.event not in ENGINE_OWN_EVENTS:
             continue
         guard = life_command.enabled()
-        steps = [*life_command.monitor_lines(), *life_command.updates()]
+        steps = life_command.steps()
         if life_command.event is LifecycleEvent.CLEANUP_CALLED:
             if composition.cleanup_waits_for_requests:
                 guard = f"({guard} && !{in_flight})"

@@ -20,19 +20,20 @@ import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import cache
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
+from dynamo_backend_protocol.model.guarded import GuardedTable, Row
+from dynamo_backend_protocol.model.guarded import Step as GuardedStep
 from dynamo_backend_protocol.model.invariants import STEP_INVARIANTS, Invariant
 from dynamo_backend_protocol.model.lifecycle import (
     LIFECYCLE_STEP_INVARIANTS,
     SERVING_EVENTS,
     LifecycleEvent,
     LifecycleState,
-    LifecycleStep,
     LifecycleTransition,
     Phase,
     StartOutcome,
-    lifecycle_step,
+    lifecycle_table,
 )
 from dynamo_backend_protocol.model.liveness import Fairness, LivenessProperty
 from dynamo_backend_protocol.model.machine import CompiledTable, Step
@@ -417,40 +418,116 @@ def request_event_code(ev: Event) -> int:
     return ALL_EVENTS.index(ev)
 
 
-# --------------------------------------------------------------------------- lifecycle commands
+# --------------------------------------------------------------------------- phase-table commands
 
 
 @dataclass(frozen=True)
-class LifecycleCommand:
-    """One row of the lifecycle table, for one source phase."""
+class PhaseCommand(Generic[E]):
+    """One row of a phase machine's table (the lifecycle, the raw adapter, the KV transfer), for
+    one source phase and one event: enabled when the phase is the source and the guard holds."""
 
-    source: Phase
-    row: LifecycleTransition
+    phase: Field
+    source: object
+    event: E
+    row: Row[Any, Any, Any, Any, E]
     guard: str
     monitors: tuple[tuple[str, str], ...]
-
-    @property
-    def event(self) -> LifecycleEvent:
-        return self.row.trigger
+    """(step invariant name, the before-states in which this step breaks it)."""
+    updates: tuple[str, ...]
 
     def enabled(self) -> str:
-        return f"(lc_phase == {LIFECYCLE_FIELDS[0].code(self.source)} && {self.guard})"
-
-    def updates(self) -> list[str]:
-        """Only the phase comes from the row; the rest records what the event was (lifecycle._apply)."""
-        phase, start = LIFECYCLE_FIELDS[0], LIFECYCLE_FIELDS[1]
-        lines = [] if self.row.target is None else [f"lc_phase = {phase.code(self.row.target)}"]
-        outcome = _START_OUTCOMES.get(self.event)
-        if outcome is not None:
-            lines.append(f"lc_start = {start.code(outcome)}")
-        if self.event in SERVING_EVENTS:
-            lines.append("lc_served = 1")
-        if self.event is LifecycleEvent.CLEANUP_OK:
-            lines.append("lc_cleaned = 1")
-        return lines
+        return f"({self.phase.name} == {self.phase.code(self.source)} && {self.guard})"
 
     def monitor_lines(self) -> list[str]:
         return [monitor_line(name, broken) for name, broken in self.monitors]
+
+    def steps(self) -> list[str]:
+        """The monitors, which judge the state before the step, then the updates."""
+        return [*self.monitor_lines(), *self.updates]
+
+
+def phase_commands(
+    table: GuardedTable[Any, Any, Any, S, E],
+    fields: Sequence[Field],
+    state_of: Callable[[dict[str, object]], S],
+    extended: Callable[[Row[Any, Any, Any, S, E], E], list[str]],
+    step_invariants: Sequence[Invariant[GuardedStep[S, E, Any]]] = (),
+) -> list[PhaseCommand[E]]:
+    """Every row of ``table`` as one guarded command per source phase: the phase test and the guard
+    tabulated over ``fields`` (the phase's first; ``state_of`` builds the machine's state from their
+    values), the phase update from the row, ``extended``'s updates of the other variables (what the
+    table's ``apply`` does to them), and a monitor per step invariant, tabulated on the step
+    :meth:`GuardedTable.fire` takes.  A row's trigger is its event.  Prohibitions need no command:
+    an event no row allows is simply not offered, in the explorer as here."""
+    phase = fields[0]
+    commands: list[PhaseCommand[E]] = []
+    for row in table.rows:
+        ev: E = row.trigger
+        for source in row.sources:
+            fixed: dict[str, object] = {phase.name: source}
+            guard = tabulated(fields, functools.partial(_row_guard, row, ev, state_of), fixed)
+            if guard == "false":
+                continue
+            monitors = _phase_monitors(table, fields, state_of, row, ev, step_invariants, fixed)
+            updates: list[str] = []
+            if not row.ignored:
+                updates = [] if row.target is None else [f"{phase.name} = {phase.code(row.target)}"]
+                updates += extended(row, ev)
+            commands.append(PhaseCommand(phase, source, ev, row, guard, monitors, tuple(updates)))
+    return commands
+
+
+def _row_guard(
+    row: Row[Any, Any, Any, S, E], ev: E, state_of: Callable[[dict[str, object]], S], values: dict[str, object]
+) -> bool:
+    return row.guard(state_of(values), ev)
+
+
+def _phase_monitors(
+    table: GuardedTable[Any, Any, Any, S, E],
+    fields: Sequence[Field],
+    state_of: Callable[[dict[str, object]], S],
+    row: Row[Any, Any, Any, S, E],
+    ev: E,
+    invariants: Sequence[Invariant[GuardedStep[S, E, Any]]],
+    fixed: dict[str, object],
+) -> tuple[tuple[str, str], ...]:
+    def step_from(values: dict[str, object]) -> GuardedStep[S, E, Any] | None:
+        state = state_of(values)
+        return table.fire(state, ev, row) if row.guard(state, ev) else None
+
+    def breaks(inv: Invariant[GuardedStep[S, E, Any]]) -> Callable[[GuardedStep[S, E, Any] | None], bool]:
+        return lambda taken: taken is not None and not inv.holds(taken)
+
+    found = tabulated_many(fields, step_from, [breaks(inv) for inv in invariants], fixed)
+    return tuple((inv.name, broken) for inv, broken in zip(invariants, found, strict=True) if broken != "false")
+
+
+# --------------------------------------------------------------------------- lifecycle commands
+
+
+LifecycleCommand = PhaseCommand[LifecycleEvent]
+
+
+def lifecycle_commands(rows: tuple[LifecycleTransition, ...]) -> list[LifecycleCommand]:
+    """Every row of the lifecycle table as a guarded command over the lifecycle's fields."""
+    return phase_commands(
+        lifecycle_table(rows), LIFECYCLE_FIELDS, lifecycle_state, _lifecycle_updates, LIFECYCLE_STEP_INVARIANTS
+    )
+
+
+def _lifecycle_updates(row: LifecycleTransition, event: LifecycleEvent) -> list[str]:
+    """Besides the phase, what the event was (lifecycle._apply)."""
+    start = LIFECYCLE_FIELDS[1]
+    lines: list[str] = []
+    outcome = _START_OUTCOMES.get(event)
+    if outcome is not None:
+        lines.append(f"lc_start = {start.code(outcome)}")
+    if event in SERVING_EVENTS:
+        lines.append("lc_served = 1")
+    if event is LifecycleEvent.CLEANUP_OK:
+        lines.append("lc_cleaned = 1")
+    return lines
 
 
 _START_OUTCOMES = {
@@ -460,44 +537,11 @@ _START_OUTCOMES = {
 }
 
 
-def lifecycle_commands(rows: Sequence[LifecycleTransition]) -> list[LifecycleCommand]:
-    """Every row of the lifecycle table as a guarded command, its guard and its step invariants'
-    monitors tabulated over the lifecycle's fields.  Prohibitions need no command: an event
-    no row allows is simply not offered, in the explorer as here."""
-    commands: list[LifecycleCommand] = []
-    for row in rows:
-        for source in row.sources:
-            fixed: dict[str, object] = {"lc_phase": source}
-            guard = lifecycle_expression(functools.partial(row.guard, ev=row.trigger), fixed)
-            if guard == "false":
-                continue
-            monitors = _lifecycle_monitors(row, source, fixed)
-            commands.append(LifecycleCommand(source, row, guard, monitors))
-    return commands
-
-
-def _lifecycle_monitors(
-    row: LifecycleTransition, source: Phase, fixed: dict[str, object]
-) -> tuple[tuple[str, str], ...]:
-    alone = (replace(row, sources=(source,)),)
-
-    def step_from(values: dict[str, object]) -> LifecycleStep | None:
-        state = lifecycle_state(values)
-        return lifecycle_step(state, row.trigger, alone, ()) if row.guard(state, row.trigger) else None
-
-    def breaks(inv: Invariant[LifecycleStep]) -> Callable[[LifecycleStep | None], bool]:
-        return lambda taken: taken is not None and not inv.holds(taken)
-
-    invariants = LIFECYCLE_STEP_INVARIANTS
-    found = tabulated_many(LIFECYCLE_FIELDS, step_from, [breaks(inv) for inv in invariants], fixed)
-    return tuple((inv.name, broken) for inv, broken in zip(invariants, found, strict=True) if broken != "false")
-
-
 def lifecycle_choice(commands: Sequence[LifecycleCommand], event: LifecycleEvent, otherwise: str | None) -> str:
     """A Promela ``if`` that fires the lifecycle's row for ``event`` (``otherwise`` when none is enabled;
     None: block, so the caller must have checked that one is)."""
     options = [
-        f":: {command.enabled()} -> {'; '.join([*command.monitor_lines(), *command.updates()]) or 'skip'}"
+        f":: {command.enabled()} -> {'; '.join(command.steps()) or 'skip'}"
         for command in commands
         if command.event is event
     ]

@@ -1,54 +1,68 @@
 """Exporting the raw engine adapter's table as a Promela model, for SPIN.
 
-Generated from :data:`..raw_engine.RAW_TABLE`, never written by hand: the
-state's fields are tabulated on every combination (phase, cancelled, aborts
-and forwarded objects, the counts saturating at 2 so a faulty table that
-aborts twice still shows), and every event the table allows in a
-combination becomes one guarded atomic step that sets the fields the table
-gives and each step invariant's monitor flag.  SPIN explores from Idle on its
-own.  It checks every state invariant as ``[] p`` (``p`` tabulated) and every
-step invariant as ``[] !broke_<name>``.  Not checked by SPIN: that Done is
-reachable from every state (branching time, which LTL cannot state); the
-explorer checks it.
+Generated from :data:`..raw_engine.RAW_TABLE`, never written by hand, by the
+writer of every phase table (:func:`.promela_parts.phase_commands`): each row
+becomes one guarded atomic step per source phase, its guard tabulated over
+the state's fields (phase, cancelled, aborts and forwarded objects, the
+counts saturating at 2 so a faulty table that aborts twice still shows),
+setting the fields as the table's ``apply`` does and each step invariant's
+monitor flag.  SPIN explores from Idle on its own.  It checks every state
+invariant as ``[] p`` (``p`` tabulated) and every step invariant as
+``[] !broke_<name>``.  Not checked by SPIN: that Done is reachable from every
+state (branching time, which LTL cannot state); the explorer checks it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from itertools import product
+import functools
 
-from dynamo_backend_protocol.model.exceptions import ProtocolViolation
+from dynamo_backend_protocol.model.explore.promela_parts import Field, phase_commands, tabulated
+from dynamo_backend_protocol.model.invariants import Invariant
 from dynamo_backend_protocol.model.raw_engine import (
+    CANCELS,
     RAW_STATE_INVARIANTS,
     RAW_STEP_INVARIANTS,
     RAW_TABLE,
+    RawAction,
     RawEvent,
     RawPhase,
     RawState,
     RawTransition,
-    raw_step,
+    raw_table,
 )
 
 COUNT_CAP = 2
 """Aborts and forwarded objects are counted up to this (saturating): enough to see a second abort."""
 _PHASES = tuple(RawPhase)
 _EVENTS = tuple(RawEvent)
+RAW_FIELDS = (
+    Field("phase", _PHASES),
+    Field("cancelled", (False, True)),
+    Field("aborts", tuple(range(COUNT_CAP + 1))),
+    Field("forwarded", tuple(range(COUNT_CAP + 1))),
+)
 
 
-def all_states() -> Iterator[RawState]:
-    """Every combination of the state's fields, reachable or not."""
-    counts = range(COUNT_CAP + 1)
-    for phase, cancelled, aborts, forwarded in product(_PHASES, (False, True), counts, counts):
-        yield RawState(phase, cancelled, aborts, forwarded)
+def _state(values: dict[str, object]) -> RawState:
+    return RawState(**values)  # type: ignore[arg-type]
 
 
-def _capped(state: RawState) -> RawState:
-    return RawState(state.phase, state.cancelled, min(state.aborts, COUNT_CAP), min(state.forwarded, COUNT_CAP))
+def _holds(invariant: Invariant[RawState], values: dict[str, object]) -> bool:
+    return invariant.holds(_state(values))
 
 
-def _is(state: RawState) -> str:
-    return (f"(phase == {_PHASES.index(state.phase)} && cancelled == {int(state.cancelled)} && "
-            f"aborts == {state.aborts} && forwarded == {state.forwarded})")
+def _saturating(name: str) -> str:
+    return f"if :: {name} < {COUNT_CAP} -> {name}++ :: else -> skip fi"
+
+
+def _updates(row: RawTransition, event: RawEvent) -> list[str]:
+    """Besides the phase, what raw_engine._apply derives from the event and the actions."""
+    lines = [f"ev = {_EVENTS.index(event)}"]
+    if event in CANCELS:
+        lines.append("cancelled = 1")
+    lines += [_saturating("aborts")] * row.actions.count(RawAction.CALL_ABORT)
+    lines += [_saturating("forwarded")] * row.actions.count(RawAction.FORWARD_OBJECT)
+    return lines
 
 
 def raw_claims() -> list[tuple[str, str, str]]:
@@ -69,27 +83,12 @@ def raw_promela(table: tuple[RawTransition, ...] = RAW_TABLE) -> str:
         "active proctype raw_request() {",
         "end: do",
     ]
-    for before in all_states():
-        for event in _EVENTS:
-            try:
-                step = raw_step(before, event, table)
-            except ProtocolViolation:
-                continue
-            after = _capped(step.after)
-            updates = [
-                f"ev = {_EVENTS.index(event)}",
-                f"phase = {_PHASES.index(after.phase)}",
-                f"cancelled = {int(after.cancelled)}",
-                f"aborts = {after.aborts}",
-                f"forwarded = {after.forwarded}",
-                *(f"broke_{inv.name} = {int(not inv.holds(step))}" for inv in RAW_STEP_INVARIANTS),
-            ]
-            lines.append(f"  :: {_is(before)} -> d_step {{ {'; '.join(updates)} }}")
+    for command in phase_commands(raw_table(table), RAW_FIELDS, _state, _updates, RAW_STEP_INVARIANTS):
+        lines.append(f"  :: {command.enabled()} -> d_step {{ {'; '.join(command.steps())} }}")
     lines += ["  od", "}", ""]
     for state_invariant in RAW_STATE_INVARIANTS:
-        failing = [_is(state) for state in all_states() if not state_invariant.holds(state)]
-        broken = " || ".join(failing) if failing else "false"
-        lines.append(f"ltl {state_invariant.name} {{ [] !({broken}) }}")
+        holds = tabulated(RAW_FIELDS, functools.partial(_holds, state_invariant), {})
+        lines.append(f"ltl {state_invariant.name} {{ [] {holds} }}")
     for step_invariant in RAW_STEP_INVARIANTS:
         lines.append(f"ltl {step_invariant.name} {{ [] !broke_{step_invariant.name} }}")
     return "\n".join(lines) + "\n"

@@ -1,16 +1,19 @@
-"""Exhaustive exploration of the raw engine adapter's machine (:mod:`..raw_engine`).
+"""Exploring the raw engine adapter's machine (:mod:`..raw_engine`) to a fixpoint.
 
-Breadth-first over every event in every reachable state (the count of
-forwarded objects capped, so the graph is finite): each step is judged by
-the step invariants, each new state by the state invariants, and Done must
-be reachable from every state.  Read by ``check --machine raw``.
+The walk, the counterexamples and the "can every state still finish" check
+are those of every other machine (:mod:`.checking`).  The only thing the raw
+machine adds is its state abstraction: the count of forwarded objects is
+capped, so the graph is finite (no rule reads past the first few objects).
+Read by ``check --machine raw``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from dynamo_backend_protocol.model.exceptions import ProtocolViolation
+from dynamo_backend_protocol.model.exceptions import ProtocolViolation, TableError
+from dynamo_backend_protocol.model.explore.checking import MachineReport, MachineSpec, timed_check
+from dynamo_backend_protocol.model.invariants import DONE_REACHABLE, TABLE_WELL_FORMED
 from dynamo_backend_protocol.model.raw_engine import (
     RAW_STATE_INVARIANTS,
     RAW_STEP_INVARIANTS,
@@ -18,58 +21,49 @@ from dynamo_backend_protocol.model.raw_engine import (
     RawEvent,
     RawPhase,
     RawState,
+    RawStep,
     RawTransition,
-    raw_step,
+    raw_table,
 )
 
 
-@dataclass(frozen=True)
-class RawExploration:
-    """Every state reachable from Idle (bounded: forwarded objects count up to ``depth``), and the
-    invariants that failed, each with the event path that reaches it."""
+@dataclass
+class RawReport(MachineReport):
+    """What exploring the raw machine found; its ``transitions`` are the steps taken."""
 
-    states: int
-    steps: int
-    failures: tuple[tuple[str, str, tuple[RawEvent, ...]], ...]
-    """(rule, invariant name, path)."""
-    done_reachable: bool
+    @property
+    def done_reachable(self) -> bool:
+        return all(result.holds for result in self.invariants if result.rule == DONE_REACHABLE)
 
 
-def explore_raw(table: tuple[RawTransition, ...] = RAW_TABLE, depth: int = 2) -> RawExploration:
-    """Breadth-first over every event in every reachable state: each step is judged by the step
-    invariants, each state by the state invariants, and Done must be reachable from every state."""
-    start = RawState()
-    paths: dict[RawState, tuple[RawEvent, ...]] = {start: ()}
-    queue = [start]
-    edges: dict[RawState, set[RawState]] = {}
-    failures: list[tuple[str, str, tuple[RawEvent, ...]]] = []
-    steps = 0
-    while queue:
-        state = queue.pop(0)
-        for event in RawEvent:
-            try:
-                step = raw_step(state, event, table)
-            except ProtocolViolation:
-                continue
-            steps += 1
-            path = (*paths[state], event)
-            for step_invariant in RAW_STEP_INVARIANTS:
-                if not step_invariant.holds(step):
-                    failures.append((step_invariant.rule, step_invariant.name, path))
-            after = replace(step.after, forwarded=min(step.after.forwarded, depth))
-            edges.setdefault(state, set()).add(after)
-            if after not in paths:
-                paths[after] = path
-                queue.append(after)
-                for state_invariant in RAW_STATE_INVARIANTS:
-                    if not state_invariant.holds(after):
-                        failures.append((state_invariant.rule, state_invariant.name, path))
-    reaches_done = {state for state in paths if state.phase is RawPhase.DONE}
-    changed = True
-    while changed:
-        changed = False
-        for state, targets in edges.items():
-            if state not in reaches_done and targets & reaches_done:
-                reaches_done.add(state)
-                changed = True
-    return RawExploration(len(paths), steps, tuple(failures), reaches_done == set(paths))
+def _describe_step(step: RawStep) -> str:
+    actions = [action.value for action in step.actions]
+    return f"{step.event.value} in {step.before.describe()} -> {step.after.describe()} / {actions}"
+
+
+def explore_raw(table: tuple[RawTransition, ...] = RAW_TABLE, depth: int = 2) -> RawReport:
+    """Breadth-first over every event in every reachable state, forwarded objects counted up to
+    ``depth``: each step is judged by the step invariants, each state by the state invariants, states
+    past a violation are explored too, and Done must be reachable from every state.  ``table`` is
+    replaceable so tests can check that a faulty one is caught."""
+    machine = raw_table(table)
+    report = timed_check(
+        MachineSpec(
+            initial=RawState(),
+            events=tuple(RawEvent),
+            step=machine.step,
+            after=lambda step: replace(step.after, forwarded=min(step.after.forwarded, depth)),
+            event_name=machine.event_name,
+            describe_state=RawState.describe,
+            describe_step=_describe_step,
+            state_invariants=RAW_STATE_INVARIANTS,
+            step_invariants=RAW_STEP_INVARIANTS,
+            forbidden=(ProtocolViolation,),
+            malformed=(TableError,),
+            well_formed=(TABLE_WELL_FORMED, "raw_table_is_deterministic_and_complete"),
+            finished=lambda state: state.phase is RawPhase.DONE,
+            can_finish=(DONE_REACHABLE, "raw_done_reachable_from_every_state"),
+            explore_past_violations=True,
+        )
+    )
+    return RawReport(report.states, report.transitions, report.seconds, report.invariants, report.liveness)

@@ -3,10 +3,11 @@
 Each event goes through :func:`..engine.engine_step`.  A request's event is
 told as one-request narration tells it, and what the engine adds beside it:
 its first step is the engine's generate, a step that calls abort is the
-engine's abort.  A lifecycle event is told with the lifecycle row that moved
-the engine and the synchronisation rule (ENGINE-CLEANUP-WAITS) that may hold
-it back.  Refused events (NotEnabled, ProtocolViolation, ProtocolViolation)
-are told with their rule and change nothing.
+engine's abort.  A lifecycle event is told, as every phase machine's step is
+(:mod:`.phase_narration`), with the lifecycle row that moved the engine, and
+the synchronisation rule (ENGINE-CLEANUP-WAITS) that may hold it back.
+Refused events (NotEnabled, ProtocolViolation, ProtocolViolation) are told
+with their rule and change nothing.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from dynamo_backend_protocol.model.engine import (
 from dynamo_backend_protocol.model.exceptions import NotEnabled, ProtocolViolation
 from dynamo_backend_protocol.model.explore.engine import engine_events
 from dynamo_backend_protocol.model.invariants import STATE_INVARIANTS, STEP_INVARIANTS
-from dynamo_backend_protocol.model.lifecycle import START_FIRST, LifecycleEvent, Phase, lifecycle_step
+from dynamo_backend_protocol.model.lifecycle import START_FIRST, LifecycleEvent, Phase, lifecycle_table
 from dynamo_backend_protocol.model.machine import DEFAULT_TABLE, CompiledTable
 from dynamo_backend_protocol.model.rules import summary
 from dynamo_backend_protocol.model.state import RequestState, initial_state
@@ -47,6 +48,7 @@ from dynamo_backend_protocol.model.teach.composed_narration import (
     render,
 )
 from dynamo_backend_protocol.model.teach.narrate import describe_events, event_meaning, narrate_step, rules_sentence
+from dynamo_backend_protocol.model.teach.phase_narration import PhaseStory, tell_phase_step
 from dynamo_backend_protocol.model.vocabulary import ControlState, Event
 
 PHASE_MEANING: dict[Phase, str] = {
@@ -165,14 +167,15 @@ def _forbidden_why(state: EngineState, ev: EngineEvent, rule: str) -> str:
 
 def _lifecycle_step(composition: Composition, fired: EngineStep, ev: LifecycleEvent, number: int) -> ComposedStep:
     before, after = fired.before, fired.after
-    row = lifecycle_step(before.lifecycle, ev).row
-    rules = [row.rule]
+    told = tell_phase_step(lifecycle_table(), before.lifecycle, ev)
+    # The composition took the step, so the lifecycle's table allows it.
+    assert isinstance(told, PhaseStory)
+    rules = [told.rule]
     sentences = [_LIFECYCLE_MEANING[ev], f"Before: {describe(before)}."]
-    if after.lifecycle.phase is before.lifecycle.phase:
-        sentences.append(f"The engine stays in {before.lifecycle.phase.value}.")
+    if not told.moved:
+        sentences.append(f"The engine stays in {told.source.value}.")
     else:
-        moved = f"{before.lifecycle.phase.value} to {phase_phrase(after.lifecycle.phase)}"
-        sentences.append(f"The engine moves from {moved}.")
+        sentences.append(f"The engine moves from {told.source.value} to {phase_phrase(told.target)}.")
     if ev is LifecycleEvent.CLEANUP_CALLED:
         live = _in_flight_names(before)
         if live:

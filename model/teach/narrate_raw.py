@@ -1,18 +1,19 @@
 """The raw engine adapter's machine, told step by step (``explain --machine raw``).
 
-Each step says the event, the state before and after, the adapter's actions,
-the rule that decided it and the Dynamo release that rule holds from, so a
-reader of an older release's behaviour knows whether it applies.
+Each step, as the raw table's own step tells it (:mod:`.phase_narration`),
+says the event, the state before and after, the adapter's actions, the rule
+that decided it and the Dynamo release that rule holds from, so a reader of
+an older release's behaviour knows whether it applies.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dynamo_backend_protocol.model.exceptions import ProtocolError, ProtocolViolation
-from dynamo_backend_protocol.model.raw_engine import RawEvent, RawMachine
+from dynamo_backend_protocol.model.exceptions import ProtocolError
+from dynamo_backend_protocol.model.raw_engine import RawEvent, RawPhase, RawState, raw_table
 from dynamo_backend_protocol.model.releases import holds_text
-from dynamo_backend_protocol.model.rules import summary
+from dynamo_backend_protocol.model.teach.phase_narration import PhaseRefusal, tell_phase_step
 
 RAW_EVENT_NAMES = tuple(event.value for event in RawEvent)
 
@@ -37,21 +38,19 @@ def parse_raw_events(text: str) -> list[RawEvent]:
 
 def narrate_raw(events: Sequence[RawEvent]) -> str:
     """The numbered steps; a forbidden event ends the telling with the rule that forbids it."""
-    machine = RawMachine()
+    table, state = raw_table(), RawState()
     lines = ["The raw engine adapter (a RawEngine: JSON objects in and out; from Dynamo 1.3.1):"]
     for number, ev in enumerate(events, start=1):
-        before = machine.state.describe()
-        try:
-            actions = machine.fire(ev)
-        except ProtocolViolation as violation:
-            lines.append(f"{number}. {ev.value} in {before}: not allowed (rule {violation.rule}: "
-                         f"{summary(violation.rule)}, {holds_text(violation.rule)}).")
+        told = tell_phase_step(table, state, ev)
+        if isinstance(told, PhaseRefusal):
+            lines.append(f"{number}. {told.event} in {told.said_before}: not allowed (rule {told.rule}: "
+                         f"{told.summary}, {holds_text(told.rule)}).")
             return "\n".join(lines)
-        rule = machine.history[-1].rule
-        done = ", ".join(action.value for action in actions) or "nothing"
-        lines.append(f"{number}. {ev.value}: {before} -> {machine.state.describe()}; the adapter does {done}. "
-                     f"Decided by {rule} ({holds_text(rule)}): {summary(rule)}.")
-    if machine.state.phase.value != "Done":
-        lines.append(f"The request is still live ({machine.state.describe()}): "
+        state = told.after
+        done = ", ".join(told.actions) or "nothing"
+        lines.append(f"{number}. {told.event}: {told.said_before} -> {told.said_after}; the adapter does {done}. "
+                     f"Decided by {told.rule} ({holds_text(told.rule)}): {told.summary}.")
+    if state.phase is not RawPhase.DONE:
+        lines.append(f"The request is still live ({state.describe()}): "
                      "it ends when the engine's generator ends, raises, or the stream goes away.")
     return "\n".join(lines)

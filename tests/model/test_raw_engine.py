@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from dynamo_backend_protocol.model.exceptions import ProtocolViolation
 from dynamo_backend_protocol.model.explore.raw_engine import explore_raw
+from dynamo_backend_protocol.model.invariants import TABLE_WELL_FORMED
 from dynamo_backend_protocol.model.raw_engine import (
     RAW_ABORT_IMMEDIATE,
     RAW_DROP,
@@ -35,7 +36,7 @@ def _run(*events: RawEvent) -> tuple[RawMachine, list[tuple[RawAction, ...]]]:
 def test_every_reachable_raw_state_keeps_every_invariant_and_can_finish() -> None:
     """check's exploration of the raw machine: no invariant fails anywhere, Done is reachable from everywhere."""
     found = explore_raw()
-    assert found.failures == ()
+    assert found.violations() == []
     assert found.done_reachable
     assert found.states >= 8
 
@@ -95,7 +96,17 @@ def _mutated(trigger: RawEvent, source: RawPhase, **change: Any) -> tuple[RawTra
 )
 def test_each_broken_raw_table_is_caught_by_its_rule(mutant: tuple[RawTransition, ...], rule: str) -> None:
     """A model that is wrong in one row must fail the exploration under that row's rule."""
-    assert rule in {failed_rule for failed_rule, _, _ in explore_raw(mutant).failures}
+    assert rule in {failed.rule for failed in explore_raw(mutant).violations()}
+
+
+def test_a_raw_table_with_two_rows_for_one_step_fails_its_well_formedness() -> None:
+    """TABLE-WELL-FORMED: the raw machine is checked like every other machine, so a table with two rows
+    for a stop while streaming is reported with a shortest path to it, not raised."""
+    [stop] = [row for row in RAW_TABLE if row.trigger is E.STOP and RawPhase.STREAMING in row.sources]
+    found = explore_raw((*RAW_TABLE, replace(stop, target=RawPhase.DONE)))
+    [broken] = found.violations()
+    assert broken.rule == TABLE_WELL_FORMED
+    assert broken.counterexample == ["setup", "stop"]
 
 
 def test_which_release_each_rule_holds_from_is_model_data() -> None:

@@ -30,6 +30,6 @@ def test_spin_and_the_explorer_agree_that_a_deferred_raw_abort_breaks_raw_abort_
         for row in RAW_TABLE
     )
     by_spin = {(v.rule, v.name) for v in spin_check_raw(wrong) if not v.holds}
-    by_explorer = {(rule, name) for rule, name, _ in explore_raw(wrong).failures}
+    by_explorer = {(failed.rule, failed.name) for failed in explore_raw(wrong).violations()}
     assert (RAW_ABORT_IMMEDIATE, "raw_abort_in_the_cancelling_step") in by_spin
     assert by_spin == by_explorer
