@@ -27,7 +27,7 @@ from typing import TypeAlias
 
 from dynamo_backend_protocol.model import guarded
 from dynamo_backend_protocol.model.exceptions import NotEnabled, ProtocolViolation
-from dynamo_backend_protocol.model.guarded import ALWAYS, GuardedTable, forbid_the_rest
+from dynamo_backend_protocol.model.guarded import ALWAYS, GuardedTable, event_itself, event_value, forbid_the_rest
 from dynamo_backend_protocol.model.invariants import LIVE, Invariant
 from dynamo_backend_protocol.model.liveness import (
     DECODE_WAIT_ENDS,
@@ -117,14 +117,6 @@ def _transfer_phase(state: DisaggState) -> TransferPhase:
     return state.transfer
 
 
-def _same_event(event: TransferEvent) -> TransferEvent:
-    return event
-
-
-def _event_name(event: TransferEvent) -> str:
-    return event.value
-
-
 def _move_transfer(state: DisaggState, event: TransferEvent, row: TransferRow) -> DisaggState:
     return state if row.target is None else replace(state, transfer=row.target)
 
@@ -137,10 +129,10 @@ TRANSFER: GuardedTable[TransferPhase, TransferEvent, None, DisaggState, Transfer
         *forbid_the_rest(TRANSFER_TABLE, tuple(TransferPhase), tuple(TransferEvent), lambda phase: TRANSFER_ENDS),
     ),
     phase=_transfer_phase,
-    trigger=_same_event,
+    trigger=event_itself,
     apply=_move_transfer,
     describe=DisaggState.describe,
-    event_name=_event_name,
+    event_name=event_value,
 )
 """The KV transfer as a guarded table over the composed state (its guard reads the request)."""
 

@@ -274,6 +274,16 @@ class GuardedTable(Generic[P, K, A, S, E]):
         return True
 
 
+def event_itself(event: K) -> K:
+    """The trigger of a table whose rows name the event itself (the lifecycle's, the raw adapter's)."""
+    return event
+
+
+def event_value(event: enum.Enum) -> str:
+    """How an event that is an enum member is named in messages: its value."""
+    return str(event.value)
+
+
 def _phase_text(phase: Hashable) -> str:
     return str(getattr(phase, "value", phase))
 

@@ -21,7 +21,7 @@ from typing import TypeAlias
 
 from dynamo_backend_protocol.model import guarded
 from dynamo_backend_protocol.model.exceptions import TABLE_WELL_FORMED, ProtocolViolation
-from dynamo_backend_protocol.model.guarded import GuardedTable
+from dynamo_backend_protocol.model.guarded import GuardedTable, event_itself, event_value
 from dynamo_backend_protocol.model.invariants import Invariant
 from dynamo_backend_protocol.model.vocabulary import Slug
 
@@ -188,10 +188,10 @@ def _build(rows: tuple[LifecycleTransition, ...], forbidden: tuple[Prohibition, 
         rows,
         forbidden,
         phase=_phase,
-        trigger=_same_event,
+        trigger=event_itself,
         apply=_apply,
         describe=LifecycleState.describe,
-        event_name=_event_name,
+        event_name=event_value,
         with_phase=_with_phase,
     )
 
@@ -208,14 +208,6 @@ def lifecycle_step(
 
 def _phase(state: LifecycleState) -> Phase:
     return state.phase
-
-
-def _same_event(event: LifecycleEvent) -> LifecycleEvent:
-    return event
-
-
-def _event_name(event: LifecycleEvent) -> str:
-    return event.value
 
 
 def _with_phase(state: LifecycleState, phase: Phase) -> LifecycleState:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import TypeAlias
 
 from dynamo_backend_protocol.model import guarded
-from dynamo_backend_protocol.model.guarded import GuardedTable, forbid_the_rest
+from dynamo_backend_protocol.model.guarded import GuardedTable, event_itself, event_value, forbid_the_rest
 from dynamo_backend_protocol.model.invariants import Invariant
 from dynamo_backend_protocol.model.vocabulary import Slug
 
@@ -129,8 +129,8 @@ def raw_table(rows: tuple[RawTransition, ...] = RAW_TABLE) -> RawTable:
     if built is None or built[0] is not rows:
         forbidden = forbid_the_rest(rows, tuple(RawPhase), tuple(RawEvent), _forbidding_rule)
         table: RawTable = GuardedTable(
-            "raw", rows, forbidden, phase=_phase, trigger=_same_event, apply=_apply,
-            describe=RawState.describe, event_name=_event_name,
+            "raw", rows, forbidden, phase=_phase, trigger=event_itself, apply=_apply,
+            describe=RawState.describe, event_name=event_value,
         )
         built = _BUILT[id(rows)] = (rows, table)
     return built[1]
@@ -152,14 +152,6 @@ def _forbidding_rule(phase: RawPhase) -> str:
 
 def _phase(state: RawState) -> RawPhase:
     return state.phase
-
-
-def _same_event(event: RawEvent) -> RawEvent:
-    return event
-
-
-def _event_name(event: RawEvent) -> str:
-    return event.value
 
 
 def _apply(state: RawState, event: RawEvent, row: RawTransition) -> RawState:

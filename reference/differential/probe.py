@@ -17,7 +17,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -32,11 +31,11 @@ from dynamo_backend_protocol.model.health_probe import CANARY_HEALTH, CanaryAnsw
 from dynamo_backend_protocol.model.releases import HEALTH_PROBE_RELEASE
 from dynamo_backend_protocol.reference.differential.surface import ReleaseSurface, installed_release, surface
 from dynamo_backend_protocol.reference.differential.upstream import (
-    EXIT_TIMEOUT,
     HOST,
     UpstreamUnavailable,
     dynamo_installed,
     end_with_parent,
+    stop_worker,
     worker_environment,
     write_model_directory,
 )
@@ -152,15 +151,7 @@ async def _play(answer: CanaryAnswer, root: Path, release: ReleaseSurface, runti
         marked = bool(records) and all(record.get("marked") is True for record in records)
         return ProbeVerdict(answer, expected, seen, len(records), marked, problem)
     finally:
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(EXIT_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, signal.SIGKILL)
-                process.wait(EXIT_TIMEOUT)
+        stop_worker(process)
         if runtime_log is not None:
             with open(runtime_log, "a", encoding="utf-8") as kept:
                 kept.write(f"--- the probe worker ({answer.value}) output ---\n{output.read_text(errors='replace')}")
