@@ -129,7 +129,7 @@ async def _prefill_handoff(settings: KitSettings, model: str) -> _Handoff:
 def prefill_factory(factory: EngineFactory) -> EngineFactory | None:
     """The same engine built for prefill mode, when the way it is built names its mode."""
     if isinstance(factory, FromArgs):
-        argv = _with_prefill_flag(factory.argv)
+        argv = with_prefill_flag(factory.argv)
         return None if argv is None else FromArgs(factory.cls, argv, factory.label)
     if isinstance(factory, functools.partial):
         for keyword in MODE_KEYWORDS:
@@ -139,7 +139,8 @@ def prefill_factory(factory: EngineFactory) -> EngineFactory | None:
     return None
 
 
-def _with_prefill_flag(argv: list[str]) -> list[str] | None:
+def with_prefill_flag(argv: list[str]) -> list[str] | None:
+    """``argv`` with its ``--disaggregation-mode`` value replaced by prefill; None without the flag."""
     for position, arg in enumerate(argv):
         if arg == DISAGGREGATION_MODE_FLAG and position + 1 < len(argv):
             return [*argv[: position + 1], Mode.PREFILL.value, *argv[position + 2 :]]

@@ -45,6 +45,7 @@ from dynamo_backend_protocol.reference.conformance.construction import (
 )
 from dynamo_backend_protocol.reference.conformance.drive import CANCEL_MAX_TOKENS, PLAIN_MAX_TOKENS, RequestShape
 from dynamo_backend_protocol.reference.conformance.encode_checks import encode_verdicts
+from dynamo_backend_protocol.reference.conformance.handoff import with_prefill_flag
 from dynamo_backend_protocol.reference.conformance.report import CheckResult, CheckStatus, ConformanceReport, one_line
 from dynamo_backend_protocol.reference.conformance.rules import abort_before_first_read_lost, kill_handled_worse
 from dynamo_backend_protocol.reference.conformance.session import EngineFactory, make_engine
@@ -59,7 +60,6 @@ T = TypeVar("T")
 CONCURRENT = 8
 SETTLE_GRACE = 2.0
 """Seconds, past the cancel deadline, the engine's side of the probes may take to finish after the client's."""
-DISAGGREGATION_MODE_FLAG = "--disaggregation-mode"
 REACH_TIMEOUT = 1.0
 """Seconds a request may take to reach the engine, once sent, before the kit takes it as dropped."""
 SHOW_ATTEMPTS = 3
@@ -184,7 +184,7 @@ async def _prefill_handoff(session: RuntimeSession, options: RuntimeOptions) -> 
     """A decode request carries the prefill worker's hand-off: with engine arguments naming the mode,
     one prefill request is served by the same engine in prefill mode (the run's first worker start)."""
     argv = list(split_engine_args(options.engine_args))
-    prefill_args = _with_prefill(argv)
+    prefill_args = with_prefill_flag(argv)
     if prefill_args is None:
         return RequestShape(Mode.DECODE, prefill_source="synthetic (the engine arguments name no mode)")
     try:
@@ -202,15 +202,6 @@ async def _prefill_handoff(session: RuntimeSession, options: RuntimeOptions) -> 
         return RequestShape(Mode.DECODE, prefill_source="synthetic (the prefill run gave no hand-off)")
     return RequestShape(Mode.DECODE, prefill_result={"disaggregated_params": params},
                         prefill_source="from a prefill worker of the same engine")
-
-
-def _with_prefill(argv: list[str]) -> list[str] | None:
-    for position, arg in enumerate(argv):
-        if arg == DISAGGREGATION_MODE_FLAG and position + 1 < len(argv):
-            return [*argv[: position + 1], Mode.PREFILL.value, *argv[position + 2 :]]
-        if arg.startswith(DISAGGREGATION_MODE_FLAG + "="):
-            return [*argv[:position], f"{DISAGGREGATION_MODE_FLAG}={Mode.PREFILL.value}", *argv[position + 1 :]]
-    return None
 
 
 Runs = dict[str, Any]
