@@ -562,7 +562,7 @@ class TraceChecker:
                 tuple(allowed_events(state, self._table)),
             )
         except TableError as error:
-            return Divergence(line, record.event, state.control, *observed, None, None, "TABLE-WELL-FORMED", str(error))
+            return Divergence(line, record.event, state.control, *observed, None, None, error.rule, str(error))
         expected_state = step.after.control
         if expected_state is record.state and step.actions == record.actions:
             return None

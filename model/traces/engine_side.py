@@ -27,13 +27,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dynamo_backend_protocol.model.exceptions import ProtocolViolation, TableError
 from dynamo_backend_protocol.model.machine import CompiledTable
 from dynamo_backend_protocol.model.state import RequestState
 from dynamo_backend_protocol.model.traces.observed import (
     ObservationDivergence,
     ObservationRecord,
+    Owed,
     item_event,
+    step_or_divergence,
 )
 from dynamo_backend_protocol.model.vocabulary import ActionKind, ControlState, Event, EventKind, event
 
@@ -61,20 +62,13 @@ _DROP = event(EventKind.DROP)
 
 
 @dataclass(slots=True)
-class _Owed:
-    line: int
-    rule: str
-    what: str
-
-
-@dataclass(slots=True)
 class EngineSideRun:
     """The inferred run of one request seen from the engine's side, and what is still owed to the engine."""
 
     state: RequestState
     notices: bool = False
     """Whether side-channel first-token notices were recorded."""
-    abort: _Owed | None = None
+    abort: Owed | None = None
     aborts: int = 0
     forwards: int = 0
     """Items (or a setup error) the adapter owed the client: judged only on the client's side."""
@@ -112,17 +106,12 @@ class EngineSideRun:
             ev = _INPUTS[obs]
         if ev.kind in (EventKind.STOP, EventKind.KILL) and done and self.state.cancel is None:
             self.cancel_after_end = True
-        try:
-            step = table.step(self.state, ev)
-        except ProtocolViolation as violation:
-            return self._diverges(line, obs, f"event {ev.name} is not allowed in {self.state.control.value}",
-                                  "an event the model allows here", obs, violation.rule)
-        except TableError as error:
-            return self._diverges(line, obs, str(error), "a well-formed table", obs, "TABLE-WELL-FORMED")
+        step = step_or_divergence(table, self.state, ev, line, obs)
+        if isinstance(step, ObservationDivergence):
+            return step
         for action in step.actions:
             if action is ActionKind.CALL_ABORT:
-                self.abort = _Owed(line, step.rule, f"{ev.name} in {self.state.control.value} -> "
-                                                    f"{step.after.control.value}")
+                self.abort = Owed.by(line, step)
             elif action in (ActionKind.FORWARD_DATA, ActionKind.FORWARD_ERROR, ActionKind.RETURN_SETUP_ERROR):
                 self.forwards += 1
         if ev.kind in (EventKind.END, EventKind.ERROR, EventKind.SETUP_FAILED):

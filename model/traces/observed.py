@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from dynamo_backend_protocol.model.chunks import classify_item
 from dynamo_backend_protocol.model.exceptions import ProtocolViolation, TableError
-from dynamo_backend_protocol.model.machine import CompiledTable
+from dynamo_backend_protocol.model.machine import CompiledTable, Step
 from dynamo_backend_protocol.model.state import RequestState
 from dynamo_backend_protocol.model.vocabulary import (
     ENGINE_STREAM_KINDS,
@@ -100,10 +100,31 @@ class ObservationDivergence:
 
 
 @dataclass(frozen=True)
-class _Owed:
+class Owed:
+    """What a step of the model owes the other side of the boundary, and the line whose step owes it."""
+
     line: int
     rule: str
     what: str
+
+    @classmethod
+    def by(cls, line: int, step: Step) -> Owed:
+        return cls(line, step.rule, f"{step.event.name} in {step.before.control.value} -> {step.after.control.value}")
+
+
+def step_or_divergence(
+    table: CompiledTable, state: RequestState, ev: Event, line: int, obs: str
+) -> Step | ObservationDivergence:
+    """The model's step for ``ev`` observed as ``obs`` on ``line``, or the divergence its refusal is: an
+    event the table forbids in ``state``, or a faulty table."""
+    try:
+        return table.step(state, ev)
+    except ProtocolViolation as violation:
+        forbidden = f"event {ev.name} is not allowed in {state.control.value}"
+        return ObservationDivergence(line, obs, state.control, forbidden, "an event the model allows here", obs,
+                                     violation.rule)
+    except TableError as error:
+        return ObservationDivergence(line, obs, state.control, str(error), "a well-formed table", obs, error.rule)
 
 
 @dataclass(slots=True)
@@ -111,10 +132,10 @@ class ObservedRun:
     """What the model's run of one request is at, and what the adapter still owes it."""
 
     state: RequestState
-    forward: tuple[str, int | None, _Owed] | None = None
-    abort: _Owed | None = None
-    close: _Owed | None = None
-    setup_error: _Owed | None = None
+    forward: tuple[str, int | None, Owed] | None = None
+    abort: Owed | None = None
+    close: Owed | None = None
+    setup_error: Owed | None = None
     aborts: int = 0
     dropped: bool = False
     discarded_after_drop: bool = False
@@ -148,14 +169,10 @@ class ObservedRun:
             # The read that was pending when the consumer dropped: its result is discarded.
             self.discarded_after_drop = True
             return None
-        try:
-            step = table.step(self.state, ev)
-        except ProtocolViolation as violation:
-            return self._diverges(line, obs, f"event {ev.name} is not allowed in {self.state.control.value}",
-                                  "an event the model allows here", obs, violation.rule)
-        except TableError as error:
-            return self._diverges(line, obs, str(error), "a well-formed table", obs, "TABLE-WELL-FORMED")
-        owed = _Owed(line, step.rule, f"{ev.name} in {self.state.control.value} -> {step.after.control.value}")
+        step = step_or_divergence(table, self.state, ev, line, obs)
+        if isinstance(step, ObservationDivergence):
+            return step
+        owed = Owed.by(line, step)
         for action in step.actions:
             if action is ActionKind.FORWARD_DATA:
                 self.forward = ("data", record.n if obs == "engine.item" else None, owed)
