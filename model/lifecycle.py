@@ -21,7 +21,7 @@ from typing import TypeAlias
 
 from dynamo_backend_protocol.model import guarded
 from dynamo_backend_protocol.model.exceptions import TABLE_WELL_FORMED, ProtocolViolation
-from dynamo_backend_protocol.model.guarded import GuardedTable, event_itself, event_value
+from dynamo_backend_protocol.model.guarded import GuardedTable, built_once, event_itself, event_value
 from dynamo_backend_protocol.model.invariants import Invariant
 from dynamo_backend_protocol.model.vocabulary import Slug
 
@@ -169,19 +169,13 @@ def lifecycle_table(
     rows: tuple[LifecycleTransition, ...] = LIFECYCLE_TABLE, forbidden: tuple[Prohibition, ...] = LIFECYCLE_FORBIDDEN
 ) -> LifecycleTable:
     """The lifecycle as a guarded table (``rows`` and ``forbidden`` replaceable, so tests can break it)."""
-    key = (id(rows), id(forbidden))
-    built = _BUILT.get(key)
-    if built is None or built[0] is not rows or built[1] is not forbidden:
-        built = _BUILT[key] = (rows, forbidden, _build(rows, forbidden))
-    return built[2]
+    return _build(rows, forbidden)
 
 
 LifecycleTable: TypeAlias = GuardedTable[Phase, LifecycleEvent, None, LifecycleState, LifecycleEvent]
-_BUILT: dict[tuple[int, int], tuple[object, object, LifecycleTable]] = {}
-"""Tables built so far, by the identity of their rows and prohibitions (kept alive with them, so an
-identity is never reused): a step then costs no hashing of the rows."""
 
 
+@built_once
 def _build(rows: tuple[LifecycleTransition, ...], forbidden: tuple[Prohibition, ...]) -> LifecycleTable:
     return GuardedTable(
         "lifecycle",

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import TypeAlias
 
 from dynamo_backend_protocol.model import guarded
-from dynamo_backend_protocol.model.guarded import GuardedTable, event_itself, event_value, forbid_the_rest
+from dynamo_backend_protocol.model.guarded import GuardedTable, built_once, event_itself, event_value, forbid_the_rest
 from dynamo_backend_protocol.model.invariants import Invariant
 from dynamo_backend_protocol.model.vocabulary import Slug
 
@@ -125,20 +125,19 @@ def raw_table(rows: tuple[RawTransition, ...] = RAW_TABLE) -> RawTable:
     """The raw adapter as a guarded table: whatever ``rows`` do not allow is forbidden, by
     RAW-END-IS-TERMINAL once the stream ended, else by RAW-FORWARD (``rows`` replaceable,
     so tests can break it)."""
-    built = _BUILT.get(id(rows))
-    if built is None or built[0] is not rows:
-        forbidden = forbid_the_rest(rows, tuple(RawPhase), tuple(RawEvent), _forbidding_rule)
-        table: RawTable = GuardedTable(
-            "raw", rows, forbidden, phase=_phase, trigger=event_itself, apply=_apply,
-            describe=RawState.describe, event_name=event_value,
-        )
-        built = _BUILT[id(rows)] = (rows, table)
-    return built[1]
+    return _build(rows)
 
 
 RawTable: TypeAlias = GuardedTable[RawPhase, RawEvent, RawAction, RawState, RawEvent]
-_BUILT: dict[int, tuple[object, RawTable]] = {}
-"""Tables built so far, by the identity of their rows (kept alive with them)."""
+
+
+@built_once
+def _build(rows: tuple[RawTransition, ...]) -> RawTable:
+    forbidden = forbid_the_rest(rows, tuple(RawPhase), tuple(RawEvent), _forbidding_rule)
+    return GuardedTable(
+        "raw", rows, forbidden, phase=_phase, trigger=event_itself, apply=_apply,
+        describe=RawState.describe, event_name=event_value,
+    )
 
 
 def raw_step(state: RawState, event: RawEvent, table: tuple[RawTransition, ...] = RAW_TABLE) -> RawStep:
