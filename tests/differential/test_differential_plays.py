@@ -18,7 +18,8 @@ from dynamo_backend_protocol.model import Mode, parse_event
 from dynamo_backend_protocol.model.releases import Release
 from dynamo_backend_protocol.model.teach.scenarios import scenario
 from dynamo_backend_protocol.reference.differential.compare import differences
-from dynamo_backend_protocol.reference.differential.plays import NotPlayable, make_play
+from dynamo_backend_protocol.reference.differential.findings import explaining
+from dynamo_backend_protocol.reference.differential.plays import NotPlayable, Outcome, make_play
 from dynamo_backend_protocol.reference.differential.raw_plays import RAW_SCENARIOS, make_raw_play
 from dynamo_backend_protocol.reference.differential.reference_side import ReferenceSide
 from dynamo_backend_protocol.reference.differential.released import as_released
@@ -167,3 +168,20 @@ def test_a_raw_client_that_leaves_is_a_kill_and_a_clean_raw_run_ends_with_its_ge
     clean = make_raw_play("clean", RAW_SCENARIOS["raw-clean"])
     assert [item.text() for item in clean.predicted.items] == ["[1]", "[2]"]
     assert clean.predicted.client_end == "no_terminal" and clean.predicted.aborts == ()
+
+
+def test_a_stop_sent_before_the_request_may_abort_late_after_the_first_item() -> None:
+    """stop-before-send-lost: Dynamo may deliver a stop given before the request so late that the engine
+    had yielded its first item before the abort came; that late abort is the finding, not a divergence.
+    An abort after the first item with no stop before sending stays unexplained."""
+    play = make_raw_play("raw-stop-before-send", RAW_SCENARIOS["raw-stop-before-send"])
+    assert play.predicted.aborts == (False,)
+    late = replace(play.predicted, aborts=(True,))
+
+    def matches(allowed: tuple[Outcome, ...], seen: Outcome) -> bool:
+        return not differences(allowed, seen)
+
+    assert differences(play.allowed, late) != []
+    assert explaining(play, late, matches) == "stop-before-send-lost"
+    mid_stream = make_raw_play("raw-stop", RAW_SCENARIOS["raw-stop"])
+    assert explaining(mid_stream, replace(mid_stream.predicted, aborts=(False,)), matches) is None
