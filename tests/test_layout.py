@@ -220,6 +220,21 @@ def test_importing_the_adapter_loads_no_kit_cli_or_hypothesis() -> None:
     assert not offending, offending
 
 
+def test_starting_the_cli_loads_no_table() -> None:
+    """Every start of the command imports the CLI and its error types (rooted in model.exceptions);
+    the model's tables and machine load only for a subcommand that uses them."""
+    probe = (
+        "import sys, dynamo_backend_protocol.reference.cli\n"
+        "print('\\n'.join(sorted(sys.modules)))"
+    )
+    result = run_cli(sys.executable, "-c", probe)
+    assert result.returncode == 0, result.stderr
+    loaded = result.stdout.split()
+    assert f"{PACKAGE}.model.exceptions" in loaded
+    tables = (f"{PACKAGE}.model.machine", f"{PACKAGE}.model.table", f"{PACKAGE}.model.guarded")
+    assert sorted(name for name in loaded if name in tables) == []
+
+
 # The model decides: the adapter's path holds no copy of its decisions.
 
 ADAPTER_PATH = sorted(
