@@ -6,7 +6,8 @@ long as it likes.  :func:`within` stops waiting at the bound whatever the work
 does, cancels it and hands it over as abandoned.  Work that finishes without
 suspending (the usual engine close) runs inline and costs no task.
 :class:`BestEffort` keeps an adapter's such work: the tasks it runs in, the
-ones abandoned, and how many failed.
+ones abandoned, and how many failed.  :func:`awaited_within` is the plain
+bounded wait, for work that does let its cancellation through.
 """
 
 from __future__ import annotations
@@ -14,11 +15,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Generator, Iterator
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 logger = logging.getLogger(__name__)
 
 Work = Literal["abort", "close"]
+T = TypeVar("T")
+
+
+async def awaited_within(awaitable: Awaitable[T], seconds: float) -> T:
+    """What ``awaitable`` gives, or :class:`TimeoutError` after ``seconds``: ``asyncio.wait_for`` as it
+    should be.  Python 3.11's ``wait_for`` loses a cancellation that arrives in the loop iteration in
+    which the awaited thing finished (it returns the result instead; CPython gh-86296, mended in
+    3.12), so a Ctrl-C could let a whole run go on.  A plain await under ``asyncio.timeout`` lets
+    every cancellation through."""
+    async with asyncio.timeout(seconds):
+        return await awaitable
 
 
 class BestEffort:

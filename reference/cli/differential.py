@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import signal
 import tempfile
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
 
+from dynamo_backend_protocol.reference.cli.interrupt import run_interruptible
 from dynamo_backend_protocol.reference.cli.support import (
     Subparsers,
     UsageError,
@@ -65,36 +62,6 @@ def register(subparsers: Subparsers) -> None:
     parser.set_defaults(run=run)
 
 
-T = TypeVar("T")
-
-
-async def _interruptible(work: Coroutine[Any, Any, T]) -> T:
-    """``work``, where a Ctrl-C cancels it (so its workers and folders are cleaned up) and is then
-    reported as an interrupt even when a layer below (Dynamo's client, Hypothesis) absorbed the
-    cancellation and let the run finish."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(work)
-    heard = False
-
-    def on_interrupt() -> None:
-        nonlocal heard
-        heard = True
-        task.cancel()
-
-    loop.add_signal_handler(signal.SIGINT, on_interrupt)
-    try:
-        result = await task
-    except asyncio.CancelledError:
-        if heard:
-            raise KeyboardInterrupt from None
-        raise
-    finally:
-        loop.remove_signal_handler(signal.SIGINT)
-    if heard:
-        raise KeyboardInterrupt
-    return result
-
-
 def run(args: argparse.Namespace) -> int:
     if args.examples < 0:
         raise UsageError("--examples must be 0 or more")
@@ -110,10 +77,10 @@ def run(args: argparse.Namespace) -> int:
         return _run_probe(release, runtime_log, args.json)
     try:
         if args.raw:
-            reports = [asyncio.run(_interruptible(run_raw(release, runtime_log, progress)))]
+            reports = [run_interruptible(run_raw(release, runtime_log, progress))]
         else:
-            reports = asyncio.run(_interruptible(run_modes(modes, args.examples, args.seed, progress=progress,
-                                                           release=release, runtime_log=runtime_log)))
+            reports = run_interruptible(run_modes(modes, args.examples, args.seed, progress=progress,
+                                                    release=release, runtime_log=runtime_log))
     except UpstreamUnavailable as error:
         print_error("differential", str(error))
         return 2
@@ -156,7 +123,7 @@ def _runtime_log(path: Path | None) -> Path:
 
 def _run_probe(release: ReleaseSurface | None, runtime_log: Path | None, as_json: bool) -> int:
     try:
-        report = asyncio.run(_interruptible(run_probe(release, runtime_log)))
+        report = run_interruptible(run_probe(release, runtime_log))
     except UpstreamUnavailable as error:
         print_error("differential", str(error))
         return 2

@@ -10,10 +10,9 @@ as the worker's own response stream is.
 
 from __future__ import annotations
 
-import asyncio
-
 from dynamo_backend_protocol.model import DEFAULT_TABLE, BackendError, CompiledTable, DynamoError, Mode
 from dynamo_backend_protocol.reference.adapter import EngineAdapter
+from dynamo_backend_protocol.reference.bounded import awaited_within
 from dynamo_backend_protocol.reference.context import Context
 from dynamo_backend_protocol.reference.differential.compare import outcome_of
 from dynamo_backend_protocol.reference.differential.plays import PLANNED_SETUP_ERROR, ClientEnd, Item, Outcome, Play
@@ -58,7 +57,7 @@ class ReferenceSide:
                     context.stop_generating()
                     end = "no_terminal"
             try:
-                annotated = await asyncio.wait_for(anext(stream), BARRIER_TIMEOUT)
+                annotated = await awaited_within(anext(stream), BARRIER_TIMEOUT)
             except StopAsyncIteration:
                 break
             if left:
@@ -74,7 +73,7 @@ class ReferenceSide:
                 items.append(Item(tuple(data.get("token_ids") or ()), data.get("finish_reason")))
                 if data.get("finish_reason") is not None:
                     end = "terminal"
-        await asyncio.wait_for(self.adapter.settle(), BARRIER_TIMEOUT)
+        await awaited_within(self.adapter.settle(), BARRIER_TIMEOUT)
         return outcome_of(play.name, self.records, tuple(items), end)
 
 

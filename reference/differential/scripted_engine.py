@@ -13,6 +13,7 @@ import functools
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from dynamo_backend_protocol.reference.bounded import awaited_within
 from dynamo_backend_protocol.reference.differential.plays import (
     PLANNED_ERROR,
     PLANNED_SETUP_ERROR,
@@ -151,7 +152,7 @@ class ScriptedEngine:
         record = self._by_play.get(play)
         if record is not None:
             try:
-                await asyncio.wait_for(record.ended.wait(), BARRIER_TIMEOUT)
+                await awaited_within(record.ended.wait(), BARRIER_TIMEOUT)
             except TimeoutError:
                 self.sink({"play": play, "event": "gate_timeout", "gate": "stream end"})
         yield {"token_ids": [], "index": 0, "finish_reason": "stop"}

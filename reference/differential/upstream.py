@@ -30,6 +30,7 @@ from typing import Any
 
 from dynamo_backend_protocol.model import Mode
 from dynamo_backend_protocol.model.exceptions import ProtocolError
+from dynamo_backend_protocol.reference.bounded import awaited_within
 from dynamo_backend_protocol.reference.differential.plays import PLANNED_SETUP_ERROR, ClientEnd, Item, Play
 from dynamo_backend_protocol.reference.differential.scripted_engine import Record
 from dynamo_backend_protocol.reference.differential.surface import ReleaseSurface, installed_release, surface
@@ -361,7 +362,7 @@ class UpstreamClient:
             pending.pop(0)
             context.stop_generating()
         try:
-            stream = await asyncio.wait_for(self._client.round_robin(request, context=context), ITEM_TIMEOUT)
+            stream = await awaited_within(self._client.round_robin(request, context=context), ITEM_TIMEOUT)
         except Exception as error:
             refused = _setup_or_error(error)
             if refused == "setup_error":
@@ -380,7 +381,7 @@ class UpstreamClient:
                     break
                 context.stop_generating()
             try:
-                annotated = await asyncio.wait_for(stream.__anext__(), ITEM_TIMEOUT)
+                annotated = await awaited_within(stream.__anext__(), ITEM_TIMEOUT)
             except StopAsyncIteration:
                 break
             except TimeoutError:
@@ -435,12 +436,12 @@ class UpstreamClient:
         return {**_request(script), **self.surface.request_fields(self.worker.namespace)}
 
     async def _barrier(self, name: str) -> None:
-        stream = await asyncio.wait_for(
+        stream = await awaited_within(
             self._client.round_robin(self._request({"barrier": name}), context=self._core.Context()), ITEM_TIMEOUT
         )
         with contextlib.suppress(StopAsyncIteration):
             while True:
-                await asyncio.wait_for(stream.__anext__(), ITEM_TIMEOUT)
+                await awaited_within(stream.__anext__(), ITEM_TIMEOUT)
 
 
 def _request(script: dict[str, Any]) -> dict[str, Any]:

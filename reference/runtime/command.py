@@ -9,11 +9,11 @@ by default a new file in the temporary folder), or to the terminal with
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from pathlib import Path
 
 from dynamo_backend_protocol.model import Mode
+from dynamo_backend_protocol.reference.cli.interrupt import run_interruptible
 from dynamo_backend_protocol.reference.cli.support import UsageError, parse_mode
 from dynamo_backend_protocol.reference.conformance.session import EngineFactoryError
 from dynamo_backend_protocol.reference.conformance.target import load_engine_factory
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         log_path=log_path, verbose=args.verbose,
     )
     try:
-        result = asyncio.run(run_runtime_conformance(factory, options))
+        result = run_interruptible(run_runtime_conformance(factory, options))
     except (EngineFactoryError, RuntimeUnavailable) as error:
         raise UsageError(str(error)) from None
     if args.trace is not None:

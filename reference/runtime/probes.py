@@ -17,6 +17,8 @@ import dataclasses
 import gc
 from typing import Any, Literal
 
+from dynamo_backend_protocol.reference.bounded import awaited_within
+
 Action = Literal["stop", "leave"]
 ClientEnd = Literal["terminal", "no_terminal", "setup_error", "error", "left", "timed_out"]
 
@@ -54,7 +56,7 @@ async def send(client: Any, core: Any, plan: Plan, timeout: float) -> ClientRun:
     if plan.action == "stop" and plan.after_items < 0:
         context.stop_generating()
     try:
-        stream = await asyncio.wait_for(client.round_robin(plan.request, context=context), timeout)
+        stream = await awaited_within(client.round_robin(plan.request, context=context), timeout)
     except TimeoutError:
         run.end, run.error = "timed_out", f"the request was not accepted within {timeout:g} s"
         return run
@@ -72,7 +74,7 @@ async def send(client: Any, core: Any, plan: Plan, timeout: float) -> ClientRun:
                 return run
             context.stop_generating()
         try:
-            annotated = await asyncio.wait_for(stream.__anext__(), timeout)
+            annotated = await awaited_within(stream.__anext__(), timeout)
         except StopAsyncIteration:
             return run
         except TimeoutError:
