@@ -40,6 +40,8 @@ from dynamo_backend_protocol.model.explore.promela_parts import (
     Command,
     Field,
     Guarded,
+    all_of,
+    any_of,
     atoms_inline,
     expression,
     fairness_atom,
@@ -84,9 +86,9 @@ def _request_command(command: Command, with_transfer: bool) -> Guarded[DisaggEve
     transfer, and an abort while the transfer is in flight orphans it (see model/disagg.py)."""
     enabled, updates = command.enabled(), request_updates(command)
     if with_transfer and command.event.signals_first_token:
-        enabled = f"({enabled} && transfer == {TRANSFER.code(FIRST_TOKEN_NEEDS)})"
+        enabled = all_of([enabled, f"transfer == {TRANSFER.code(FIRST_TOKEN_NEEDS)}"])
     if with_transfer and ActionKind.CALL_ABORT in command.row.actions:
-        orphaning = " || ".join(f"transfer == {TRANSFER.code(phase)}" for phase in sorted(ABORT_ORPHANS, key=str))
+        orphaning = any_of([f"transfer == {TRANSFER.code(phase)}" for phase in sorted(ABORT_ORPHANS, key=str)])
         orphaned = TRANSFER.code(TransferPhase.ORPHANED)
         updates = [*updates, f"if :: {orphaning} -> transfer = {orphaned} :: else -> skip fi"]
     steps = (*command.monitor_lines(), *updates)

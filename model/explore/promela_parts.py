@@ -175,7 +175,7 @@ def _disjunction(fields: Sequence[Field], terms: Sequence[tuple[object, ...]]) -
             for field, value in zip(fields, term, strict=True)
             if value is not _ANY
         ]
-        return "(" + (" && ".join(tests) or "true") + ")"
+        return all_of(tests)
 
     return "(" + " || ".join(clause(term) for term in _merged(fields, terms)) + ")"
 
@@ -230,7 +230,19 @@ def atoms_inline(statements: Sequence[str]) -> list[str]:
 
 
 def any_of(terms: Sequence[str]) -> str:
-    return "(" + (" || ".join(terms) or "false") + ")"
+    """The disjunction of ``terms``, each once, without the ones that say nothing."""
+    kept = list(dict.fromkeys(term for term in terms if term != "false"))
+    if "true" in kept:
+        return "true"
+    return "(" + (" || ".join(kept) or "false") + ")"
+
+
+def all_of(terms: Sequence[str]) -> str:
+    """The conjunction of ``terms``, each once, without the ones that say nothing."""
+    kept = list(dict.fromkeys(term for term in terms if term != "true"))
+    if "false" in kept:
+        return "false"
+    return "(" + (" && ".join(kept) or "true") + ")"
 
 
 def identifier(text: str) -> str:
@@ -330,7 +342,7 @@ class Command:
     """(step invariant name, the before-states in which this step breaks it)."""
 
     def enabled(self) -> str:
-        return f"(control == {CONTROLS.index(self.source)} && {self.guard})"
+        return all_of([f"control == {CONTROLS.index(self.source)}", self.guard])
 
     def monitor_lines(self) -> list[str]:
         return [monitor_line(name, broken) for name, broken in self.monitors]
@@ -436,7 +448,7 @@ class PhaseCommand(Generic[E]):
     updates: tuple[str, ...]
 
     def enabled(self) -> str:
-        return f"({self.phase.name} == {self.phase.code(self.source)} && {self.guard})"
+        return all_of([f"{self.phase.name} == {self.phase.code(self.source)}", self.guard])
 
     def monitor_lines(self) -> list[str]:
         return [monitor_line(name, broken) for name, broken in self.monitors]
