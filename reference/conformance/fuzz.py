@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from dynamo_backend_protocol.model.exceptions import ProtocolError
 from dynamo_backend_protocol.reference.conformance.adapter_checks import (
@@ -47,6 +47,22 @@ MAX_CHUNKS_BEFORE_LATE_STOP = 24
 T = TypeVar("T")
 
 
+class SearchSettings(Protocol):
+    """What a search needs of the run it is part of: the kit's (:class:`KitSettings`), or one under Dynamo's
+    real runtime."""
+
+    @property
+    def stream_timeout(self) -> float: ...
+    @property
+    def cancel_deadline(self) -> float: ...
+    @property
+    def fuzz_budget(self) -> float: ...
+    def examples_done(self, done: int, total: int) -> None: ...
+
+
+S = TypeVar("S", bound=SearchSettings)
+
+
 @dataclass(frozen=True)
 class Schedule:
     plans: tuple[RequestPlan, ...]
@@ -63,17 +79,19 @@ class Schedule:
         )
 
 
-def schedules() -> st.SearchStrategy[Schedule]:
+def schedules(actions: tuple[Action, ...] = tuple(Action), while_waiting: bool = True) -> st.SearchStrategy[Schedule]:
+    """Schedules whose requests end by one of ``actions``; ``while_waiting``: also drawn, acting while the
+    client waits for an item (not only between items)."""
     # Imported on use: importing the package (the CLI, the pytest plugin) should not pay for Hypothesis.
     from hypothesis import strategies as st
 
     # Actions shrink towards "finish" and counts towards zero, so a shrunk schedule is the plainest one that fails.
     plan = st.builds(
         RequestPlan,
-        action=st.sampled_from(list(Action)),
+        action=st.sampled_from(actions),
         after_chunks=st.integers(0, MAX_CHUNKS_BEFORE_ACTING),
         max_tokens=st.integers(1, MAX_TOKENS),
-        while_waiting=st.booleans(),
+        while_waiting=st.booleans() if while_waiting else st.just(False),
     )
     return st.lists(plan, min_size=1, max_size=MAX_REQUESTS).map(lambda plans: Schedule(tuple(plans)))
 
@@ -142,9 +160,9 @@ class _OutOfTime(BaseException):
 
 
 async def search(
-    settings: KitSettings,
+    settings: S,
     strategy: st.SearchStrategy[T],
-    run_one: Callable[[KitSettings, T], Coroutine[object, object, list[Finding]]],
+    run_one: Callable[[S, T], Coroutine[object, object, list[Finding]]],
     examples: int,
     size: Callable[[T], tuple[int, ...]],
 ) -> tuple[T, list[Finding]] | None:

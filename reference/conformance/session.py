@@ -150,6 +150,9 @@ async def bounded(work: Awaitable[T], seconds: float, what: str) -> T:
         raise KitTimeout(what, seconds) from None
 
 
+FUZZ_BUDGET = 30.0
+"""Seconds the property-based phase may spend, by default, before it stops drawing new examples."""
+
 @dataclass(frozen=True)
 class KitSettings:
     factory: EngineFactory
@@ -163,7 +166,7 @@ class KitSettings:
     """Bound on ``start()``: a real engine loads its weights there."""
     cleanup_timeout: float = 60.0
     """Bound on each ``cleanup()``."""
-    fuzz_budget: float = 30.0
+    fuzz_budget: float = FUZZ_BUDGET
     """Seconds the property-based phase may spend before it stops drawing new schedules."""
     trace_sink: TraceSink | None = None
     requests: RequestShape = field(default_factory=lambda: RequestShape(Mode.AGGREGATED))

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     options = RuntimeOptions(
         engine=args.engine, engine_args=args.engine_args, mode=mode, cancel_deadline=args.cancel_deadline,
         start_timeout=args.start_timeout, stream_timeout=args.stream_timeout, cleanup_timeout=args.cleanup_timeout,
-        log_path=log_path, verbose=args.verbose,
+        log_path=log_path, verbose=args.verbose, examples=args.examples,
     )
     try:
         result = run_interruptible(run_runtime_conformance(factory, options))

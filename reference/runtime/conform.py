@@ -16,8 +16,9 @@ What the runtime does not offer is skipped, saying so: the Python client has
 no kill (kill probes are a client that leaves, RUNTIME-DISCONNECT-KILLS), and
 no stream drop the worker would not hear as a kill; Dynamo's Worker calls
 ``cleanup`` once, after ``start``; the loopback worker runs without KV
-routing; the property-based phase is not run; Dynamo aborts a finished request only
-after an error item.  A decode run starts two
+routing; Dynamo aborts a finished request only after an error item.  The
+property-based phase sends the default run's schedules, as far as a client can
+play them (:mod:`.schedules`).  A decode run starts two
 workers (the prefill one first, for a real hand-off, ended before the decode
 one starts); every other run starts one.  Each start is bounded by
 ``start_timeout``.
@@ -29,7 +30,7 @@ import asyncio
 import dataclasses
 import shlex
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,13 +47,15 @@ from dynamo_backend_protocol.reference.conformance.construction import (
 from dynamo_backend_protocol.reference.conformance.drive import CANCEL_MAX_TOKENS, PLAIN_MAX_TOKENS, RequestShape
 from dynamo_backend_protocol.reference.conformance.encode_checks import encode_verdicts
 from dynamo_backend_protocol.reference.conformance.handoff import with_prefill_flag
+from dynamo_backend_protocol.reference.conformance.kit import DEFAULT_EXAMPLES
 from dynamo_backend_protocol.reference.conformance.report import CheckResult, CheckStatus, ConformanceReport, one_line
 from dynamo_backend_protocol.reference.conformance.rules import abort_before_first_read_lost, kill_handled_worse
-from dynamo_backend_protocol.reference.conformance.session import EngineFactory, make_engine
+from dynamo_backend_protocol.reference.conformance.session import FUZZ_BUDGET, EngineFactory, make_engine
 from dynamo_backend_protocol.reference.conformance.upstream import completion_tokens_problem
 from dynamo_backend_protocol.reference.runtime.engine_side import EngineRequest, by_request, describe_ending
 from dynamo_backend_protocol.reference.runtime.launcher import RuntimeSession, RuntimeUnavailable, RuntimeWorker
 from dynamo_backend_protocol.reference.runtime.probes import ClientRun, Plan, send, send_all
+from dynamo_backend_protocol.reference.runtime.schedules import RuntimeSearch, schedule_verdict
 from dynamo_backend_protocol.reference.runtime.stops import after_stop
 
 F = Failure
@@ -77,7 +80,6 @@ NOT_OFFERED: dict[Failure, str] = {
     "(RUNTIME-DISCONNECT-KILLS)",
     F.ABORT_AFTER_TERMINAL_RAISED: "Dynamo's Worker aborts a finished request only after an error item, which "
     "a conforming engine's requests do not provoke",
-    F.SCHEDULE_FAILED: "the property-based phase is not run under the real runtime",
 }
 """Checks the real runtime does not let the kit make, and why."""
 ABORT_RULES = {"ABORT-ONCE": F.ABORT_CALLED_TWICE, "ABORT-NEEDS-CANCEL": F.ABORT_ON_CLEAN_COMPLETION,
@@ -98,6 +100,7 @@ PROBE_OF: dict[Failure, str] = {
     F.ABORT_BEFORE_FIRST_TOKEN: "early-stop",
     F.MID_STREAM_CANCELLATION_IGNORED: "stop",
     F.ABORT_BEFORE_FIRST_READ_LOST: "cancel",
+    F.SCHEDULE_FAILED: "schedules",
 }
 """The probe whose time a check reports (checks judged from the whole run or the lifecycle report none)."""
 
@@ -114,6 +117,10 @@ class RuntimeOptions:
     cleanup_timeout: float
     log_path: Path
     verbose: bool = False
+    examples: int = DEFAULT_EXAMPLES
+    """Schedules the property-based phase draws (0: the phase is off)."""
+    fuzz_budget: float = FUZZ_BUDGET
+    """Seconds the property-based phase may spend before it stops drawing."""
 
 
 @dataclasses.dataclass
@@ -156,18 +163,26 @@ async def run_runtime_conformance(factory: EngineFactory, options: RuntimeOption
         else:
             shape = dataclasses.replace(shape, model=_served_model(worker) or shape.model)
             runs, took = await _probe(worker, client, session.core, shape, options)
-            await _settle(worker, _names(runs), options)
+            await worker.settled(_names(runs), options.cancel_deadline + SETTLE_GRACE)
             # Judged as the probes left the engine: the shutdown then cancels whatever still runs.
             served = by_request(worker.request_lines())
+            took["schedules"], schedule_failed = await _schedules(worker, client, session.core, shape, options)
             worker.stop(options.cleanup_timeout)  # the Worker's shutdown runs the engine's cleanup
             lines = worker.request_lines()
             judged.serving(worker, runs, served, by_request(lines), shape, options)
+            if options.examples:
+                judged.verdicts[F.SCHEDULE_FAILED] = schedule_failed
+            else:
+                judged.not_judged(F.SCHEDULE_FAILED, "property-based phase turned off (0 examples)")
             judged.took = {failure: took.get(probe, 0.0) for failure, probe in PROBE_OF.items()}
         # The worker's start: the process, Dynamo's runtime, the engine's build and start(), its registration.
         judged.took[F.START_FAILED] = judged.took[F.EMPTY_MODEL_IN_CONFIG] = start_seconds
         judged.cleanup(worker)
     ordered = [judged.result(spec) for spec in CHECKS]
     requests = f"{shape.describe()}; served by Dynamo's Worker on 127.0.0.1"
+    if options.examples:
+        requests += (f"; property-based: up to {options.examples} schedules of requests read to the end, stopped "
+                     "or left (a client of the runtime cannot drop a stream without a kill)")
     report = ConformanceReport(options.engine.strip(), mode, ordered, time.perf_counter() - started, requests)
     return RuntimeRun(report, options.log_path, lines)
 
@@ -292,19 +307,20 @@ async def _probe(worker: RuntimeWorker, client: Any, core: Any, shape: RequestSh
     return runs, took
 
 
+async def _schedules(worker: RuntimeWorker, client: Any, core: Any, shape: RequestShape,
+                     options: RuntimeOptions) -> tuple[float, str | None]:
+    """The property-based phase's seconds and verdict (None: passed, or not run)."""
+    if not options.examples:
+        return 0.0, None
+    started = time.perf_counter()
+    search = RuntimeSearch(worker, client, core, shape, options.examples, options.stream_timeout,
+                           options.cancel_deadline, options.fuzz_budget)
+    verdict = await schedule_verdict(search)
+    return time.perf_counter() - started, verdict
+
+
 def _names(runs: Runs) -> list[str]:
     return [one.name for run in runs.values() for one in (run if isinstance(run, list) else [run])]
-
-
-async def _settle(worker: RuntimeWorker, names: Sequence[str], options: RuntimeOptions) -> None:
-    """Wait (bounded) until the engine's side of every probe has ended: the client's side ends first."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + options.cancel_deadline + SETTLE_GRACE
-    while loop.time() < deadline and worker.exit_status() is None:
-        seen = by_request(worker.request_lines())
-        if all(name in seen and seen[name].ending() is not None for name in names):
-            return
-        await asyncio.sleep(0.02)
 
 
 class _Judged:

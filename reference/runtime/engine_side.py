@@ -21,6 +21,10 @@ class EngineRequest:
     def items(self) -> list[dict[str, Any]]:
         return [line for line in self.lines if line["obs"] == "engine.item"]
 
+    def tokens(self) -> int:
+        """The tokens the engine's items carried (the recorder counts them)."""
+        return sum(int(line.get("tokens") or 0) for line in self.items())
+
     def terminal_position(self) -> int | None:
         """The index in :meth:`items` of the first terminal item."""
         return next((i for i, line in enumerate(self.items()) if _is_terminal(line)), None)
@@ -37,6 +41,14 @@ class EngineRequest:
             if (line["obs"] == "engine.item" and _is_terminal(line)) or line["obs"] in ENDINGS:
                 return line
         return None
+
+    def ended(self) -> bool:
+        return self.ending() is not None
+
+    def finished_showing(self) -> bool:
+        """Whether no more of it will show: its stream ended, or went on after a stop or kill (the runtime
+        reads no more of a cancelled stream once the engine answers a read with a token)."""
+        return self.ended() or self.token_after_cancel() is not None
 
     def cancel(self) -> dict[str, Any] | None:
         """The first stop or kill the context showed while the stream was still going (None if it ended first)."""

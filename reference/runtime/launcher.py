@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -44,6 +45,7 @@ from dynamo_backend_protocol.reference.differential.upstream import (
     worker_environment,
     write_model_directory,
 )
+from dynamo_backend_protocol.reference.runtime.engine_side import EngineRequest, by_request
 from dynamo_backend_protocol.reference.runtime.worker_entry import COMPONENT, ENDPOINT
 
 EXIT_TIMEOUT = 10.0
@@ -107,6 +109,18 @@ class RuntimeWorker:
 
     def request_lines(self) -> list[str]:
         return _lines(self.requests_path)
+
+    async def settled(self, names: Sequence[str], seconds: float,
+                      shown: Callable[[EngineRequest], bool] = EngineRequest.ended) -> None:
+        """Wait, at most ``seconds``, until the engine's side of every request in ``names`` shows what is
+        judged of it (by default, that its stream ended): the client's side of a request ends first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while loop.time() < deadline and self.exit_status() is None:
+            seen = by_request(self.request_lines())
+            if all(name in seen and shown(seen[name]) for name in names):
+                return
+            await asyncio.sleep(0.02)
 
     def lifecycle(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in _lines(self.lifecycle_path)]

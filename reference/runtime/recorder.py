@@ -317,7 +317,8 @@ class RecordedStream:
         # item: a signal that came between two items is noted before the second, in the same order).
         log.signals(self._context)
         log.position += 1
-        log.note("engine.item", item=item_name(item, log.position, self._mode), n=log.position)
+        log.note("engine.item", item=item_name(item, log.position, self._mode), n=log.position,
+                 tokens=_token_count(item))
         return item
 
     async def aclose(self) -> None:
@@ -340,3 +341,9 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, DynamoError):
         return f"Backend{exc.kind.name.title().replace('_', '')}"
     return type(exc).__name__
+
+
+def _token_count(item: object) -> int:
+    """The tokens an item carries (0 without a list of token ids): whether a stopped stream's finish was due."""
+    token_ids = item.get("token_ids") if isinstance(item, dict) else None
+    return len(token_ids) if isinstance(token_ids, list) else 0

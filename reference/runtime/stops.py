@@ -30,7 +30,8 @@ def after_stop(engine: EngineRequest, client: ClientRun, mode: Mode, max_tokens:
         return None  # the stop or kill never showed, and the stream never ended (or never began)
     if stop_showed and not engine.shows_after_cancel():
         return None  # the runtime stopped reading before the engine showed what it does once stopped
-    tokens = sum(len(item.get("token_ids") or []) for item in client.items)
+    # The engine's count: the runtime stops forwarding a stopped stream, so the client may not have the last item.
+    tokens = max(engine.tokens(), sum(len(item.get("token_ids") or []) for item in client.items))
     stream = StoppedStream(_ending(ending), _finish_reason(ending), engine.items_after_cancel(),
                            tokens >= max_tokens, engine.answers_after_cancel(), stop_showed=stop_showed)
     return classify_stopped(stream, mode)

@@ -144,3 +144,26 @@ class StrandedByAbort(TinyEngine):
         producer = self.producers.pop(context.id(), None)
         if producer is not None:
             producer.cancel()  # BUG: the stream still waits on the queue, which nothing will ever fill
+
+
+SHORT = 6
+"""Requests of at most this many tokens take ShortRequestsIgnoreStops' faulty path (the kit's fixed probes send
+longer ones; its drawn schedules send shorter)."""
+
+
+class ShortRequestsIgnoreStops(TinyEngine):
+    """Short requests go through a batch path that never looks at their context: only the property-based phase,
+    which draws short requests stopped at drawn points, reaches the fault."""
+
+    def __init__(self, mode: DisaggregationMode) -> None:
+        super().__init__(mode)
+        self.short: set[str] = set()
+
+    async def generate(self, request: GenerateRequest, context: Context) -> AsyncGenerator[GenerateChunk, None]:
+        if ((request.get("stop_conditions") or {}).get("max_tokens") or 8) <= SHORT:
+            self.short.add(context.id())
+        async for chunk in super().generate(request, context):
+            yield chunk
+
+    def notices_stop(self, context: Context) -> bool:
+        return context.is_stopped() and context.id() not in self.short  # BUG: a short request is stopped too

@@ -70,7 +70,7 @@ def test_sample_llm_engine_conforms_under_dynamos_worker_quietly_leaving_nothing
     judged = {check["failure"] for check in report["checks"] if check["status"] == "passed"}
     assert {"StartFailed", "NoTerminalChunk", "ConcurrentGenerateFailed", "CancellationNotObserved",
             "AbortCalledTwice", "KillNotHandledLikeStop", "CleanupFailed", "MidStreamCancellationIgnored",
-            "AbortedStreamNotEnded", "CancellationLeaked", "LifecycleOrderViolated"} <= judged
+            "AbortedStreamNotEnded", "CancellationLeaked", "LifecycleOrderViolated", "ScheduleFailed"} <= judged
     # Each check says which kit it belongs to, as in the default run's report.
     assert {check["failure"]: check["kit"] for check in report["checks"]} == {
         str(spec.failure): str(spec.kit) for spec in CHECKS}
@@ -103,13 +103,30 @@ def test_a_broken_engine_fails_the_same_checks_with_and_without_the_real_runtime
     monkeypatch.chdir(HERE)
     default = asyncio.run(run_conformance(load_engine_factory(reference), engine_args="--disaggregation-mode agg",
                                           examples=0, label=reference))
-    _, done = _conform(reference, "--engine-args", "--disaggregation-mode agg", "--json", log=tmp_path / "log")
+    _, done = _conform(reference, "--engine-args", "--disaggregation-mode agg", "--json", "--examples", "0",
+                       log=tmp_path / "log")
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
     report = json.loads(done.stdout)
     under_dynamo = {check["failure"]: check["kit"] for check in report["checks"] if check["status"] == "failed"}
     assert under_dynamo == {str(result.failure): str(result.kit) for result in default.failures()}
     assert set(under_dynamo) == failures
     assert report["failed_by_kit"] == default.as_dict()["failed_by_kit"]
+
+
+def test_the_property_phase_under_the_real_runtime_finds_a_fault_no_fixed_probe_reaches(tmp_path: Path) -> None:
+    """The drawn schedules are played under Dynamo's Worker too: an engine that ignores stops only in short
+    requests passes every fixed probe, and fails ScheduleFailed with the schedule that shows it and the check
+    whose meaning it breaks."""
+    require_dynamo()
+    _, done = _conform("broken_dynamo_engines:ShortRequestsIgnoreStops", "--engine-args",
+                       "--disaggregation-mode agg", "--json", "--examples", "10", "--cancel-deadline", "1",
+                       log=tmp_path / "log")
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    failed = {check["failure"]: check["reason"] for check in report["checks"] if check["status"] == "failed"}
+    assert list(failed) == ["ScheduleFailed"], failed
+    assert failed["ScheduleFailed"].startswith("schedule [request 1: ")
+    assert "broke MidStreamCancellationIgnored" in failed["ScheduleFailed"]
 
 
 def test_ctrl_c_ends_the_workers_by_pid_and_gives_the_terminal_back(tmp_path: Path) -> None:

@@ -71,3 +71,19 @@ def test_a_one_chunk_stream_finishing_on_the_stop_finished_first_which_is_allowe
 
 def test_a_stream_that_ended_before_its_stop_showed_was_not_ignoring_it() -> None:
     assert _classified(_item("terminal:length", 2), END, STOP, ABORT) is AfterStop.FINISHED_FIRST
+
+
+def test_a_stop_racing_the_last_token_is_judged_by_the_tokens_the_engine_yielded_not_those_the_client_got() -> None:
+    """Dynamo stops forwarding a stopped stream, so the client of a short request may lack its last token; the
+    finish that came as the very next item was due (the engine's items reached max_tokens) and is allowed,
+    where the same finish short of the limit is the stop ignored."""
+    def classified(max_tokens: int) -> AfterStop | None:
+        lines: list[Line] = [{"obs": "engine.generate", "mode": "agg"}, {"obs": "engine.setup"},
+                 {"obs": "engine.item", "item": "token_chunk", "n": 1, "tokens": 1}, STOP, ABORT,
+                 {"obs": "engine.item", "item": "terminal:length+tokens", "n": 2, "tokens": 1}, READ, END]
+        recorded = [json.dumps({"request": "r", "t": float(t), **line}) for t, line in enumerate(lines)]
+        return after_stop(by_request(recorded)["r"], ClientRun("r", [{"token_ids": [1]}]), Mode.AGGREGATED,
+                          max_tokens)
+
+    assert classified(max_tokens=2) is AfterStop.FINISHED_FIRST
+    assert classified(max_tokens=3) is AfterStop.FINISHED_AS_IF_NOT_STOPPED
