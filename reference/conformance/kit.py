@@ -56,6 +56,7 @@ from dynamo_backend_protocol.reference.conformance.kv_events import OPTIONAL_HOO
 from dynamo_backend_protocol.reference.conformance.late_abort import probe_abort_after_terminal
 from dynamo_backend_protocol.reference.conformance.recording import RecordingEngine
 from dynamo_backend_protocol.reference.conformance.report import CheckResult, CheckStatus, ConformanceReport, one_line
+from dynamo_backend_protocol.reference.conformance.run_loop import run_abandoning
 from dynamo_backend_protocol.reference.conformance.session import (
     EngineFactory,
     EngineFactoryError,
@@ -229,8 +230,13 @@ def assert_conforms(factory: EngineFactory, **options: object) -> None:
     else:
         raise RuntimeError("assert_conforms cannot run inside an event loop; "
                            "use (await run_conformance(factory)).raise_for_failures()")
-    report = asyncio.run(run_conformance(factory, **options))  # type: ignore[arg-type]
-    report.raise_for_failures()
+    # Not asyncio.run: an engine that blocks the loop or swallows the end's cancellation would hold the caller
+    # for ever; run_abandoning bounds both, as it does for the CLI.
+    outcome = run_abandoning(run_conformance(factory, **options),  # type: ignore[arg-type]
+                             error_prefix="assert_conforms: ")
+    if outcome.interrupted:
+        raise KeyboardInterrupt
+    outcome.result().raise_for_failures()
 
 
 class _Run:

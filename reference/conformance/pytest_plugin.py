@@ -39,6 +39,7 @@ from dynamo_backend_protocol.model import DynamoError, Mode
 from dynamo_backend_protocol.model.exceptions import ProtocolError
 from dynamo_backend_protocol.reference.conformance.checks import CHECKS, CheckSpec, Failure
 from dynamo_backend_protocol.reference.conformance.report import CheckResult, ConformanceReport
+from dynamo_backend_protocol.reference.conformance.run_loop import loop_watched
 from dynamo_backend_protocol.reference.conformance.session import EngineFactory, EngineFactoryError
 
 if TYPE_CHECKING:
@@ -158,7 +159,9 @@ def _run_until(loop: asyncio.AbstractEventLoop, arrived: asyncio.Future[None], t
     task.add_done_callback(resolve)
     timer = None if timeout is None else loop.call_later(timeout, resolve)
     try:
-        loop.run_until_complete(arrived)
+        # Engine code that blocks the loop is interrupted at its bound, as in the CLI, instead of hanging pytest.
+        with loop_watched(loop, "pytest --dbp-engine: "):
+            loop.run_until_complete(arrived)
     finally:
         task.remove_done_callback(resolve)
         if timer is not None:

@@ -84,19 +84,14 @@ def run_abandoning(main: Coroutine[Any, Any, T], flush_at_exit: Sequence[Flushab
     loop.set_default_executor(executor)
     before = set(threading.enumerate())
     task = loop.create_task(main)
-    monitor = LoopMonitor(loop, _interrupt_blocked_call, functools.partial(_end_stuck_run, error_prefix))
     interrupted = threading.Event()
     _flushed_at_exit[:] = flush_at_exit
     try:
-        with _signals_handled(loop, task, monitor, interrupted) as handled:
-            if handled:
-                # Only with our handlers in place: the monitor interrupts the main thread with SIGUSR1.
-                monitor.start()
-            _run_to_the_end(loop, task)
-            monitor.stop()
+        with _interrupt_handled(loop, task, interrupted):
+            with loop_watched(loop, error_prefix):
+                _run_to_the_end(loop, task)
             _shut_down(loop, executor)
     finally:
-        monitor.stop()
         if not loop.is_closed():
             _shut_down(loop, executor)
         _flushed_at_exit.clear()
@@ -128,12 +123,36 @@ def _run_to_the_end(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) ->
 
 
 @contextlib.contextmanager
-def _signals_handled(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], monitor: LoopMonitor,
-                     interrupted: threading.Event) -> Iterator[bool]:
-    """Ctrl-C and the monitor's interruption, handled while the run lasts; yields whether they are (only
-    the main thread of a POSIX process can take signals)."""
+def loop_watched(loop: asyncio.AbstractEventLoop, error_prefix: str = "error: ") -> Iterator[None]:
+    """While ``loop`` runs inside: engine code that blocks it past the bound of the wait in progress is
+    interrupted with :class:`.watchdog.BlockedLoop`, and if it still holds the loop the process ends with
+    one line starting ``error_prefix`` and exit status 1 (what was printed so far stands).  Only the main
+    thread of a POSIX process can be interrupted; elsewhere nothing is watched."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_kill"):
-        yield False
+        yield
+        return
+    monitor = LoopMonitor(loop, _interrupt_blocked_call, functools.partial(_end_stuck_run, error_prefix))
+
+    def on_blocked(_signum: int, _frame: FrameType | None) -> None:
+        # Only while the loop is still blocked: the signal may land just after the engine let go.
+        if monitor.loop_blocked_for() >= BLOCKED_GRACE:
+            raise BlockedLoop
+
+    previous = signal.signal(signal.SIGUSR1, on_blocked)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.stop()
+        signal.signal(signal.SIGUSR1, previous)
+
+
+@contextlib.contextmanager
+def _interrupt_handled(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any],
+                       interrupted: threading.Event) -> Iterator[None]:
+    """Ctrl-C, handled while the run lasts (only the main thread of a process can take signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
         return
     timers: list[threading.Timer] = []
 
@@ -148,18 +167,11 @@ def _signals_handled(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], m
         timer.start()
         timers.append(timer)
 
-    def on_blocked(_signum: int, _frame: FrameType | None) -> None:
-        # Only while the loop is still blocked: the signal may land just after the engine let go.
-        if monitor.loop_blocked_for() >= BLOCKED_GRACE:
-            raise BlockedLoop
-
-    previous_int = signal.signal(signal.SIGINT, on_sigint)
-    previous_usr = signal.signal(signal.SIGUSR1, on_blocked)
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        yield True
+        yield
     finally:
-        signal.signal(signal.SIGINT, previous_int)
-        signal.signal(signal.SIGUSR1, previous_usr)
+        signal.signal(signal.SIGINT, previous)
         for timer in timers:
             timer.cancel()
 

@@ -39,6 +39,7 @@ from dynamo_backend_protocol.reference.conformance.sample_engine import SampleEn
 from dynamo_backend_protocol.reference.conformance.session import KitSettings
 from dynamo_backend_protocol.reference.context import Context
 from misbehaving_engines import MARK
+from test_pytest_plugin import plugin_args
 
 HERE = Path(__file__).resolve().parent
 ENGINE = "misbehaving_engines:Engine"
@@ -335,3 +336,41 @@ def test_one_ctrl_c_ends_a_run_whose_engine_swallows_cancellation_or_holds_the_l
 for _name, _test in list(globals().items()):
     if _name.startswith("test_") and callable(_test):
         globals()[_name] = bounded(_test)
+
+
+def _child(fault: str, argv: list[str], cwd: Path) -> tuple[int, str, str, float]:
+    """``python argv`` in a child process with ``fault`` planted, the misbehaving engines importable; its exit
+    status, stdout, stderr and wall time (killed past CHILD_WAIT)."""
+    started = time.monotonic()
+    env = {**os.environ, "MISBEHAVE": fault, "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
+    try:
+        done = subprocess.run([sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True,
+                              timeout=CHILD_WAIT, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the run was still going after {CHILD_WAIT:g} s")
+    return done.returncode, done.stdout, done.stderr, time.monotonic() - started
+
+
+def test_assert_conforms_bounds_an_engine_that_blocks_the_loop_as_the_cli_does(tmp_path: Path) -> None:
+    """FAULT-KIT-BOUNDED: assert_conforms ran the kit under a plain asyncio.run, so time.sleep(3600) in start()
+    held the caller's test for ever; it must fail StartFailed at its bound."""
+    code, _out, err, seconds = _child("start-blocks-forever", ["-c", (
+        "import misbehaving_engines\n"
+        "from dynamo_backend_protocol.reference.conformance import assert_conforms\n"
+        "assert_conforms(misbehaving_engines.Engine, start_timeout=1, stream_timeout=1, cleanup_timeout=1,\n"
+        "                cancel_deadline=1, examples=0)\n")], tmp_path)
+    assert code == 1
+    assert "ConformanceFailure" in err and "StartFailed: start did not finish within 1 s" in err, err[-2000:]
+    assert seconds < BOUND + SLACK + CHILD_START
+
+
+def test_the_pytest_plugin_bounds_an_engine_that_blocks_the_loop(tmp_path: Path) -> None:
+    """FAULT-KIT-BOUNDED: under ``pytest --dbp-engine`` the same engine hung the session; its StartFailed item
+    must fail at the bound and the session end."""
+    code, out, _err, seconds = _child("start-blocks-forever", [
+        "-m", "pytest", "-p", "no:cacheprovider", *plugin_args(), "--dbp-engine", ENGINE,
+        "--dbp-examples", "0", "--dbp-deadline", "1", "--dbp-start-timeout", "1", "--dbp-stream-timeout", "1",
+        "--dbp-cleanup-timeout", "1", "-rf"], tmp_path)
+    assert code == 1, out[-2000:]
+    assert "FAILED misbehaving_engines.py::StartFailed" in out, out[-2000:]
+    assert seconds < BOUND + SLACK + CHILD_START
