@@ -568,12 +568,10 @@ def _stops(side: _Sides, mode: Mode) -> tuple[Verdicts, dict[Failure, str]]:
             f"{said}: after abort() the stream was left waiting for ever (Dynamo's runtime reads on with no "
             "timeout); wake whatever the stream waits on and end it with a 'cancelled' terminal")
     killed = _outcome(side, "leave", mode)
-    if killed is None:
-        unjudged[F.KILL_NOT_HANDLED_LIKE_STOP] = UNREAD.format("kill")
-    elif stopped is None and not killed.honoured:
-        unjudged[F.KILL_NOT_HANDLED_LIKE_STOP] = "how a stop at the same point ends is not shown (" + (
-            UNREAD.format("stop") + ")")
-    else:
+    why = _not_comparable(killed, stopped, "kill", "a stop at the same point")
+    if why is not None:
+        unjudged[F.KILL_NOT_HANDLED_LIKE_STOP] = why
+    elif killed is not None:  # always, when comparable
         verdicts[F.KILL_NOT_HANDLED_LIKE_STOP] = None if stopped is None or not kill_handled_worse(killed, stopped) \
             else (f"{_said(side, 'leave', 'a kill (its client left)', killed)}, whereas after a stop at the same "
                   "point it ended 'cancelled'; a kill is also a stop (context.is_stopped() is true): handle it "
@@ -586,12 +584,10 @@ def _stops(side: _Sides, mode: Mode) -> tuple[Verdicts, dict[Failure, str]]:
             + (" (in decode it defers the abort to the first token)" if mode is Mode.DECODE else ""))
         return verdicts, unjudged
     early = _outcome(side, "cancel", mode)
-    if early is None:
-        unjudged[F.ABORT_BEFORE_FIRST_READ_LOST] = UNREAD.format("stop")
-    elif stopped is None and not early.honoured:
-        unjudged[F.ABORT_BEFORE_FIRST_READ_LOST] = "how a stop on a live stream ends is not shown (" + (
-            UNREAD.format("stop") + ")")
-    else:
+    why = _not_comparable(early, stopped, "stop", "a stop on a live stream")
+    if why is not None:
+        unjudged[F.ABORT_BEFORE_FIRST_READ_LOST] = why
+    elif early is not None:  # always, when comparable
         lost = stopped is not None and abort_before_first_read_lost(early, stopped)
         verdicts[F.ABORT_BEFORE_FIRST_READ_LOST] = None if not lost else (
             f"{_said(side, 'cancel', 'a stop sent with the request, aborted before its first item', early)}, "
@@ -605,6 +601,16 @@ SILENT_AFTER_ABORT = ("the stopped stream went silent once the runtime called ab
                       "calls abort(), so whether the engine ends a stopped stream by itself is not shown (a stream "
                       "left silent after abort() is AbortedStreamNotEnded's to name)")
 UNREAD = "the runtime stopped reading the stream after the {} before it ended, so how it ends is not shown"
+
+
+def _not_comparable(outcome: AfterStop | None, stopped: AfterStop | None, signal: str, live_stop: str) -> str | None:
+    """Why a probe judged against the live stop's outcome cannot be: its own end is not shown, or it was not
+    honoured and the live stop's end is not shown either (None: it can be judged)."""
+    if outcome is None:
+        return UNREAD.format(signal)
+    if stopped is None and not outcome.honoured:
+        return f"how {live_stop} ends is not shown ({UNREAD.format('stop')})"
+    return None
 
 
 def _outcome(side: _Sides, probe: str, mode: Mode) -> AfterStop | None:
