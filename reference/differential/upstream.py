@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import gc
 import importlib
 import importlib.util
 import json
@@ -31,6 +30,7 @@ from typing import Any
 from dynamo_backend_protocol.model import Mode
 from dynamo_backend_protocol.model.exceptions import ProtocolError
 from dynamo_backend_protocol.reference.bounded import awaited_within
+from dynamo_backend_protocol.reference.differential.dynamo_client import Act, exchange
 from dynamo_backend_protocol.reference.differential.plays import PLANNED_SETUP_ERROR, ClientEnd, Item, Play
 from dynamo_backend_protocol.reference.differential.scripted_engine import Record
 from dynamo_backend_protocol.reference.differential.surface import ReleaseSurface, installed_release, surface
@@ -355,54 +355,27 @@ class UpstreamClient:
         failed = self.worker.failure()
         if failed is not None:
             raise UpstreamUnavailable(failed)
-        context = self._core.Context()
-        pending = list(play.client)
-        request = self._request(play.script())
-        if pending and pending[0].after_items < 0:
-            pending.pop(0)
-            context.stop_generating()
-        try:
-            stream = await awaited_within(self._client.round_robin(request, context=context), ITEM_TIMEOUT)
-        except Exception as error:
-            refused = _setup_or_error(error)
-            if refused == "setup_error":
-                await self._after_setup_error(refused)
-                await self._barrier(play.name)
-            return (), refused
-        items: list[Item] = []
-        end: ClientEnd = "no_terminal"
-        while True:
-            if pending and pending[0].after_items == len(items):
-                step = pending.pop(0)
-                if step.op == "disconnect":
-                    del stream
-                    gc.collect()
-                    end = "left"
-                    break
-                context.stop_generating()
-            try:
-                annotated = await awaited_within(stream.__anext__(), ITEM_TIMEOUT)
-            except StopAsyncIteration:
-                break
-            except TimeoutError:
-                items.append(Item(error="client timed out waiting for an item"))
-                end = "error"
-                break
-            except Exception as error:
-                if not items and PLANNED_SETUP_ERROR in str(error):
-                    await self._after_setup_error("setup_error")
-                    await self._barrier(play.name)
-                    return (), "setup_error"
-                items.append(Item(error=type(error).__name__))
-                end = "error"
-                break
-            data = annotated.data() if callable(getattr(annotated, "data", None)) else annotated.data
-            item = Item(tuple(data.get("token_ids") or ()), data.get("finish_reason"))
-            items.append(item)
-            if item.finish is not None:
-                end = "terminal"
-        if end != "left":
-            self._finished_streams.append(stream)
+        acts: list[tuple[int, Act]] = [(step.after_items, "leave" if step.op == "disconnect" else "stop")
+                                       for step in play.client]
+        seen = await exchange(self._client, self._core.Context(), self._request(play.script()), acts, ITEM_TIMEOUT)
+        items = [Item(tuple(data.get("token_ids") or ()), data.get("finish_reason")) for data in seen.data]
+        if seen.ended in ("not_sent", "failed") and not items and PLANNED_SETUP_ERROR in str(seen.error):
+            await self._after_setup_error("setup_error")
+            await self._barrier(play.name)
+            return (), "setup_error"
+        if seen.ended == "not_sent":
+            return (), "error"
+        end: ClientEnd = "terminal" if any(item.finish is not None for item in items) else "no_terminal"
+        if seen.ended == "left":
+            end = "left"
+        elif seen.ended == "timed_out":
+            items.append(Item(error="client timed out waiting for an item"))
+            end = "error"
+        elif seen.ended == "failed":
+            items.append(Item(error=type(seen.error).__name__))
+            end = "error"
+        if seen.stream is not None:
+            self._finished_streams.append(seen.stream)
         await self._barrier(play.name)
         return tuple(items), end
 
@@ -452,7 +425,3 @@ def _request(script: dict[str, Any]) -> dict[str, Any]:
         "output_options": {},
         "extra_args": {"differential": script},
     }
-
-
-def _setup_or_error(error: BaseException) -> ClientEnd:
-    return "setup_error" if PLANNED_SETUP_ERROR in str(error) else "error"

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 from typing import Any, Literal
 
-from dynamo_backend_protocol.reference.bounded import awaited_within
+from dynamo_backend_protocol.reference.differential.dynamo_client import exchange
 
 Action = Literal["stop", "leave"]
 ClientEnd = Literal["terminal", "no_terminal", "setup_error", "error", "left", "timed_out"]
@@ -51,42 +50,23 @@ class Plan:
 
 async def send(client: Any, core: Any, plan: Plan, timeout: float) -> ClientRun:
     """Play ``plan``: send its request, act when due, read until the stream ends (each read bounded)."""
-    run = ClientRun(plan.name)
-    context = core.Context(id=plan.name)
-    if plan.action == "stop" and plan.after_items < 0:
-        context.stop_generating()
-    try:
-        stream = await awaited_within(client.round_robin(plan.request, context=context), timeout)
-    except TimeoutError:
+    acts = [] if plan.action is None else [(plan.after_items, plan.action)]
+    seen = await exchange(client, core.Context(id=plan.name), plan.request, acts, timeout)
+    run = ClientRun(plan.name, [dict(data) if isinstance(data, dict) else {"data": data} for data in seen.data],
+                    held=seen.stream)
+    if seen.ended == "ended":
+        run.end = "terminal" if run.terminal() is not None else "no_terminal"
+    elif seen.ended == "left":
+        run.end = "left"
+    elif seen.ended == "not_sent" and isinstance(seen.error, TimeoutError):
         run.end, run.error = "timed_out", f"the request was not accepted within {timeout:g} s"
-        return run
-    except Exception as error:
-        run.end, run.error = "setup_error", f"{type(error).__name__}: {error}"
-        return run
-    run.held = stream
-    while True:
-        if plan.action is not None and plan.after_items == len(run.items):
-            if plan.action == "leave":
-                run.held = None
-                del stream
-                gc.collect()  # the stream is gone now, not whenever the collector gets to it
-                run.end = "left"
-                return run
-            context.stop_generating()
-        try:
-            annotated = await awaited_within(stream.__anext__(), timeout)
-        except StopAsyncIteration:
-            return run
-        except TimeoutError:
-            run.end, run.error = "timed_out", f"no item within {timeout:g} s"
-            return run
-        except Exception as error:
-            run.end, run.error = "error", f"{type(error).__name__}: {error}"
-            return run
-        data = annotated.data() if callable(getattr(annotated, "data", None)) else annotated.data
-        run.items.append(dict(data) if isinstance(data, dict) else {"data": data})
-        if run.items[-1].get("finish_reason") is not None:
-            run.end = "terminal"
+    elif seen.ended == "not_sent":
+        run.end, run.error = "setup_error", f"{type(seen.error).__name__}: {seen.error}"
+    elif seen.ended == "timed_out":
+        run.end, run.error = "timed_out", f"no item within {timeout:g} s"
+    else:
+        run.end, run.error = "error", f"{type(seen.error).__name__}: {seen.error}"
+    return run
 
 
 async def send_all(client: Any, core: Any, plans: list[Plan], timeout: float) -> list[ClientRun]:
