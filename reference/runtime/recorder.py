@@ -44,8 +44,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
-from dynamo_backend_protocol.model import DynamoError, Mode
+from dynamo_backend_protocol.model import Mode
+from dynamo_backend_protocol.model.faults import error_name, stream_fault
 from dynamo_backend_protocol.model.traces.observed import item_name
+from dynamo_backend_protocol.reference.context import cancelled_by_consumer
 
 Sink = Callable[[dict[str, Any]], None]
 """Takes one observation line as a JSON-able dict."""
@@ -203,7 +205,7 @@ class RecordedEngine:
         try:
             produced = self.engine.generate(request, context)
         except BaseException as exc:
-            log.note("engine.setup_failed", error=_describe(exc))
+            log.note("engine.setup_failed", error=error_name(exc))
             raise
         if inspect.isawaitable(produced):
             return self._set_up_later(produced, log, context)
@@ -213,7 +215,7 @@ class RecordedEngine:
         try:
             result = await produced
         except BaseException as exc:
-            log.note("engine.setup_failed", error=_describe(exc))
+            log.note("engine.setup_failed", error=error_name(exc))
             raise
         return self._stream(result, log, context)
 
@@ -238,7 +240,7 @@ class RecordedEngine:
                 await result
         except Exception as exc:
             if log is not None:
-                log.note("engine.abort_raised", error=_describe(exc))
+                log.note("engine.abort_raised", error=error_name(exc))
             raise
 
     def _open(self, context: Any) -> RequestLog:
@@ -301,15 +303,16 @@ class RecordedStream:
             log.signals(self._context)
             log.note("engine.end")
             raise
-        except asyncio.CancelledError:
-            log.note("engine.cancel")
-            raise
-        except (Exception, GeneratorExit) as exc:
-            log.signals(self._context)
-            log.note("engine.raise", error=_describe(exc))
-            raise
         except BaseException as exc:
-            log.note("engine.interrupt", error=type(exc).__name__)
+            # The model says what the exception is to the request, as for the adapter's own observers.
+            fault = stream_fault(exc, asyncio.CancelledError, cancelled_by_consumer())
+            if fault is None:
+                log.note("engine.cancel")
+            elif not fault.propagates:
+                log.signals(self._context)
+                log.note("engine.raise", error=error_name(exc))
+            else:
+                log.note("engine.interrupt", error=type(exc).__name__)
             raise
         finally:
             log.reading = False
@@ -335,12 +338,6 @@ def _context_id(context: Any) -> str:
         return str(context.id())
     except Exception:
         return f"context-{id(context)}"
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, DynamoError):
-        return f"Backend{exc.kind.name.title().replace('_', '')}"
-    return type(exc).__name__
 
 
 def _token_count(item: object) -> int:
