@@ -75,6 +75,51 @@ def test_the_engines_errors_pass_through_unchanged_and_are_recorded() -> None:
     assert lines[0]["mode"] == "decode"  # the engine's own disaggregation_mode
 
 
+class CancelsItself(ListEngine):
+    """Raises CancelledError from its own stream, with nobody cancelling the reader."""
+
+    async def generate(self, request: dict[str, Any], context: Any) -> AsyncIterator[dict[str, Any]]:
+        yield CHUNKS[0]
+        raise asyncio.CancelledError
+
+
+def test_a_cancellation_the_engine_raised_itself_is_its_stream_failing_not_a_cancelled_read() -> None:
+    """As the model's stream_fault says (and the adapter's own observers record it): the runtime cancelling a
+    read is engine.cancel; an engine raising CancelledError on its own is engine.raise."""
+    lines: list[dict[str, Any]] = []
+
+    async def read_it() -> None:
+        with pytest.raises(asyncio.CancelledError):
+            await _read(record(CancelsItself(), lines.append, Mode.AGGREGATED), "own")
+
+    asyncio.run(read_it())
+    assert lines[-1]["obs"] == "engine.raise" and lines[-1]["error"] == "CancelledError"
+
+
+def test_the_runtime_cancelling_a_read_is_recorded_as_a_cancelled_read() -> None:
+    """The reading task cancelled while it waits for the next item: the consumer went away, engine.cancel."""
+    lines: list[dict[str, Any]] = []
+
+    class Stalls(ListEngine):
+        async def generate(self, request: dict[str, Any], context: Any) -> AsyncIterator[dict[str, Any]]:
+            yield CHUNKS[0]
+            await asyncio.Event().wait()
+            yield CHUNKS[1]
+
+    async def cancel_the_reader() -> None:
+        reader = asyncio.ensure_future(_read(record(Stalls(), lines.append, Mode.AGGREGATED), "stalled"))
+        for _ in range(1000):  # the first item comes within a few turns of the loop
+            if any(line["obs"] == "engine.item" for line in lines):
+                break
+            await asyncio.sleep(0)
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+
+    asyncio.run(cancel_the_reader())
+    assert lines[-1]["obs"] == "engine.cancel"
+
+
 def test_a_raising_abort_still_raises_and_is_recorded_after_the_abort() -> None:
     lines: list[dict[str, Any]] = []
     recorded = record(ListEngine(abort_raises=True), lines.append, Mode.AGGREGATED)
