@@ -24,6 +24,9 @@ SAMPLE = "dynamo.common.backend.sample_engine:SampleLLMEngine"
 HERE = Path(__file__).parent
 WAIT = 180.0
 """Seconds one command may take (it bounds its own waits far below this)."""
+DEADLINE = 1.0
+"""The broken engines' cancel deadline: each answers a stop within milliseconds, or never (StrandedByAbort's
+drain is 0.2 s), so 1 s tells them apart as the default 2 s does, in half the wait."""
 
 
 def _conform(*args: str, log: Path) -> tuple[int, subprocess.CompletedProcess[str]]:
@@ -102,9 +105,9 @@ def test_a_broken_engine_fails_the_same_checks_with_and_without_the_real_runtime
     reference = f"broken_dynamo_engines:{engine}"
     monkeypatch.chdir(HERE)
     default = asyncio.run(run_conformance(load_engine_factory(reference), engine_args="--disaggregation-mode agg",
-                                          examples=0, label=reference))
+                                          examples=0, label=reference, cancel_deadline=DEADLINE))
     _, done = _conform(reference, "--engine-args", "--disaggregation-mode agg", "--json", "--examples", "0",
-                       log=tmp_path / "log")
+                       "--cancel-deadline", str(DEADLINE), log=tmp_path / "log")
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
     report = json.loads(done.stdout)
     under_dynamo = {check["failure"]: check["kit"] for check in report["checks"] if check["status"] == "failed"}
