@@ -116,9 +116,10 @@ async def run_schedule(settings: KitSettings, schedule: Schedule) -> list[Findin
     return findings
 
 
-def late_stops() -> st.SearchStrategy[RequestPlan]:
+def late_stops(while_waiting: bool = True) -> st.SearchStrategy[RequestPlan]:
     """One long request, stopped or killed after a drawn number of chunks: an engine that only looks at
-    ``context.is_stopped()`` early in the stream (or only while it waits) is caught at a later point."""
+    ``context.is_stopped()`` early in the stream (or only while it waits) is caught at a later point.
+    ``while_waiting``: also drawn, acting while the client waits for the next chunk."""
     from hypothesis import strategies as st
 
     return st.builds(
@@ -126,7 +127,7 @@ def late_stops() -> st.SearchStrategy[RequestPlan]:
         action=st.sampled_from([Action.STOP, Action.KILL]),
         after_chunks=st.integers(0, MAX_CHUNKS_BEFORE_LATE_STOP),
         max_tokens=st.just(CANCEL_MAX_TOKENS),
-        while_waiting=st.booleans(),
+        while_waiting=st.booleans() if while_waiting else st.just(False),
     )
 
 

@@ -55,7 +55,7 @@ from dynamo_backend_protocol.reference.conformance.upstream import completion_to
 from dynamo_backend_protocol.reference.runtime.engine_side import EngineRequest, by_request, describe_ending
 from dynamo_backend_protocol.reference.runtime.launcher import RuntimeSession, RuntimeUnavailable, RuntimeWorker
 from dynamo_backend_protocol.reference.runtime.probes import ClientRun, Plan, send, send_all
-from dynamo_backend_protocol.reference.runtime.schedules import RuntimeSearch, schedule_verdict
+from dynamo_backend_protocol.reference.runtime.schedules import RuntimeSearch, late_stop_verdict, schedule_verdict
 from dynamo_backend_protocol.reference.runtime.stops import after_stop
 
 F = Failure
@@ -100,7 +100,6 @@ PROBE_OF: dict[Failure, str] = {
     F.ABORT_BEFORE_FIRST_TOKEN: "early-stop",
     F.MID_STREAM_CANCELLATION_IGNORED: "stop",
     F.ABORT_BEFORE_FIRST_READ_LOST: "cancel",
-    F.SCHEDULE_FAILED: "schedules",
 }
 """The probe whose time a check reports (checks judged from the whole run or the lifecycle report none)."""
 
@@ -166,15 +165,19 @@ async def run_runtime_conformance(factory: EngineFactory, options: RuntimeOption
             await worker.settled(_names(runs), options.cancel_deadline + SETTLE_GRACE)
             # Judged as the probes left the engine: the shutdown then cancels whatever still runs.
             served = by_request(worker.request_lines())
-            took["schedules"], schedule_failed = await _schedules(worker, client, session.core, shape, options)
+            phase = await _property_phase(worker, client, session.core, shape, options)
             worker.stop(options.cleanup_timeout)  # the Worker's shutdown runs the engine's cleanup
             lines = worker.request_lines()
             judged.serving(worker, runs, served, by_request(lines), shape, options)
+            judged.took = {failure: took.get(probe, 0.0) for failure, probe in PROBE_OF.items()}
             if options.examples:
-                judged.verdicts[F.SCHEDULE_FAILED] = schedule_failed
+                judged.verdicts[F.SCHEDULE_FAILED] = phase.schedule_failed
+                judged.took[F.SCHEDULE_FAILED] = phase.schedule_seconds
+                judged.took[F.MID_STREAM_CANCELLATION_IGNORED] += phase.late_stop_seconds
             else:
                 judged.not_judged(F.SCHEDULE_FAILED, "property-based phase turned off (0 examples)")
-            judged.took = {failure: took.get(probe, 0.0) for failure, probe in PROBE_OF.items()}
+            if phase.late_stop_ignored is not None and judged.verdicts.get(F.MID_STREAM_CANCELLATION_IGNORED) is None:
+                judged.verdicts[F.MID_STREAM_CANCELLATION_IGNORED] = phase.late_stop_ignored
         # The worker's start: the process, Dynamo's runtime, the engine's build and start(), its registration.
         judged.took[F.START_FAILED] = judged.took[F.EMPTY_MODEL_IN_CONFIG] = start_seconds
         judged.cleanup(worker)
@@ -307,16 +310,28 @@ async def _probe(worker: RuntimeWorker, client: Any, core: Any, shape: RequestSh
     return runs, took
 
 
-async def _schedules(worker: RuntimeWorker, client: Any, core: Any, shape: RequestShape,
-                     options: RuntimeOptions) -> tuple[float, str | None]:
-    """The property-based phase's seconds and verdict (None: passed, or not run)."""
+@dataclasses.dataclass(frozen=True)
+class _PropertyPhase:
+    """The property-based phase's verdicts (None: passed, or not run) and the seconds each search took."""
+
+    schedule_failed: str | None = None
+    schedule_seconds: float = 0.0
+    late_stop_ignored: str | None = None
+    late_stop_seconds: float = 0.0
+
+
+async def _property_phase(worker: RuntimeWorker, client: Any, core: Any, shape: RequestShape,
+                          options: RuntimeOptions) -> _PropertyPhase:
+    """The late stops (MidStreamCancellationIgnored's drawn part), then the schedules (ScheduleFailed)."""
     if not options.examples:
-        return 0.0, None
-    started = time.perf_counter()
+        return _PropertyPhase()
     search = RuntimeSearch(worker, client, core, shape, options.examples, options.stream_timeout,
                            options.cancel_deadline, options.fuzz_budget)
-    verdict = await schedule_verdict(search)
-    return time.perf_counter() - started, verdict
+    started = time.perf_counter()
+    late = await late_stop_verdict(search)
+    late_seconds = time.perf_counter() - started
+    failed = await schedule_verdict(search)
+    return _PropertyPhase(failed, time.perf_counter() - started - late_seconds, late, late_seconds)
 
 
 def _names(runs: Runs) -> list[str]:

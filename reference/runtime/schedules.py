@@ -39,12 +39,18 @@ from dynamo_backend_protocol.model.traces.engine_side import EngineSideRun
 from dynamo_backend_protocol.model.traces.observed import ObservationDivergence
 from dynamo_backend_protocol.reference.conformance.checks import Failure
 from dynamo_backend_protocol.reference.conformance.drive import Action, RequestPlan, RequestShape
-from dynamo_backend_protocol.reference.conformance.fuzz import Schedule, schedules, search
+from dynamo_backend_protocol.reference.conformance.fuzz import (
+    Schedule,
+    late_stop_examples,
+    late_stops,
+    schedules,
+    search,
+)
 from dynamo_backend_protocol.reference.conformance.rules import Finding
 from dynamo_backend_protocol.reference.runtime.engine_side import EngineRequest, by_request, describe_ending
 from dynamo_backend_protocol.reference.runtime.launcher import RuntimeWorker
 from dynamo_backend_protocol.reference.runtime.probes import Action as ClientAction
-from dynamo_backend_protocol.reference.runtime.probes import ClientRun, Plan, send_all
+from dynamo_backend_protocol.reference.runtime.probes import ClientRun, Plan, send, send_all
 from dynamo_backend_protocol.reference.runtime.stops import after_stop
 
 DRAWN = (Action.FINISH, Action.STOP, Action.KILL)
@@ -81,6 +87,31 @@ async def schedule_verdict(run: RuntimeSearch) -> str | None:
     schedule, findings = found
     first = findings[0]
     return f"schedule [{schedule.describe()}] broke {first.rule}: {first.reason}"
+
+
+async def late_stop_verdict(run: RuntimeSearch) -> str | None:
+    """MidStreamCancellationIgnored's property-based part, as in the default run: one long request stopped or
+    left at a drawn later point (between items: a client cannot choose to act mid-await).  None: none ignored."""
+    found = await search(run, late_stops(while_waiting=False), play_late_stop, late_stop_examples(run.examples),
+                         lambda plan: (plan.after_chunks, plan.action is Action.KILL))
+    if found is None:
+        return None
+    plan, findings = found
+    return (f"{plan.describe()}: {findings[0].reason}; check context.is_stopped() before every token, or make "
+            "abort() end the request, and end with a 'cancelled' terminal")
+
+
+async def play_late_stop(run: RuntimeSearch, plan: RequestPlan) -> list[Finding]:
+    """Send one late stop, wait (bounded) for the engine's side to show its answer; a finding if it ignored the
+    stop (a stream left waiting is AbortedStreamNotEnded's, other endings the schedules')."""
+    run.played += 1
+    name = f"conform-late-stop-{run.played}"
+    client = await send(run.client, run.core, Plan(name, run.shape.request(plan.max_tokens), PLAYED_AS[plan.action],
+                                                   plan.after_chunks), run.stream_timeout)
+    await run.worker.settled([name], run.cancel_deadline + SETTLE_GRACE, EngineRequest.finished_showing)
+    engine = by_request(run.worker.request_lines()).get(name) or EngineRequest(name)
+    return [finding for finding in request_findings(plan, client, engine, run.shape.mode)
+            if finding.rule is Failure.MID_STREAM_CANCELLATION_IGNORED]
 
 
 async def play_schedule(run: RuntimeSearch, schedule: Schedule) -> list[Finding]:

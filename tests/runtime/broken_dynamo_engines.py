@@ -31,6 +31,8 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
 class TinyEngine(LLMEngine):
     """Streams ``max_tokens`` tokens, checking for a stop before each; ends with one terminal."""
 
+    step = STEP
+
     def __init__(self, mode: DisaggregationMode) -> None:
         self.disaggregation_mode = mode
 
@@ -54,7 +56,7 @@ class TinyEngine(LLMEngine):
                 yield {"token_ids": [], "index": 0, "finish_reason": "cancelled",
                        "completion_usage": _usage(prompt, produced)}
                 return
-            await asyncio.sleep(STEP)
+            await asyncio.sleep(self.step)
             if produced == limit - 1:
                 yield {"token_ids": [produced], "index": 0, "finish_reason": "length",
                        "completion_usage": _usage(prompt, limit)}
@@ -167,3 +169,23 @@ class ShortRequestsIgnoreStops(TinyEngine):
 
     def notices_stop(self, context: Context) -> bool:
         return context.is_stopped() and context.id() not in self.short  # BUG: a short request is stopped too
+
+
+LATE = 12
+"""Tokens after which IgnoresLateStops stops looking at the context (the kit's fixed stop acts after one)."""
+
+
+class IgnoresLateStops(TinyEngine):
+    """Looks at the context only in its first tokens, as an engine that checks for stops while it prefills:
+    only a stop at a drawn later point reaches the fault.  Its tokens are slow enough (20 ms) that the fixed
+    stop and kill, after one item, reach it well before its twelfth, however late the runtime hears a kill."""
+
+    step = 10 * STEP
+
+    def __init__(self, mode: DisaggregationMode) -> None:
+        super().__init__(mode)
+        self.looks: dict[str, int] = {}
+
+    def notices_stop(self, context: Context) -> bool:
+        looked = self.looks[context.id()] = self.looks.get(context.id(), 0) + 1
+        return looked <= LATE and context.is_stopped()  # BUG: a stop after the first tokens is never seen

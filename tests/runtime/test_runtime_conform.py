@@ -132,6 +132,22 @@ def test_the_property_phase_under_the_real_runtime_finds_a_fault_no_fixed_probe_
     assert "broke MidStreamCancellationIgnored" in failed["ScheduleFailed"]
 
 
+def test_a_stop_ignored_only_late_in_a_stream_is_found_at_a_drawn_point_under_the_real_runtime(
+    tmp_path: Path
+) -> None:
+    """The default run's late stops are drawn under Dynamo's Worker too: an engine that looks for stops only in
+    its first tokens passes the fixed stop (after one item) and fails MidStreamCancellationIgnored at the
+    drawn point that shows it, named in the reason."""
+    require_dynamo()
+    _, done = _conform("broken_dynamo_engines:IgnoresLateStops", "--engine-args", "--disaggregation-mode agg",
+                       "--json", "--cancel-deadline", "1", log=tmp_path / "log")
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    failed = {check["failure"]: check["reason"] for check in report["checks"] if check["status"] == "failed"}
+    assert list(failed) == ["MidStreamCancellationIgnored"], failed
+    assert failed["MidStreamCancellationIgnored"].startswith(("stop after", "kill after")), failed
+
+
 def test_ctrl_c_ends_the_workers_by_pid_and_gives_the_terminal_back(tmp_path: Path) -> None:
     require_dynamo()
     command = [sys.executable, "-m", "dynamo_backend_protocol", "conform", "broken_dynamo_engines:IgnoresStops",
