@@ -36,7 +36,6 @@ from typing import Any, TypeVar
 
 from dynamo_backend_protocol.model import Mode
 from dynamo_backend_protocol.model.stopped import AfterStop
-from dynamo_backend_protocol.model.traces.check import RequestSummary, TraceChecker
 from dynamo_backend_protocol.reference.conformance.checks import CHECKS, SPECS, CheckSpec, Failure, Verdicts
 from dynamo_backend_protocol.reference.conformance.construction import (
     declared_mode,
@@ -52,7 +51,7 @@ from dynamo_backend_protocol.reference.conformance.report import CheckResult, Ch
 from dynamo_backend_protocol.reference.conformance.rules import abort_before_first_read_lost, kill_handled_worse
 from dynamo_backend_protocol.reference.conformance.session import FUZZ_BUDGET, EngineFactory, make_engine
 from dynamo_backend_protocol.reference.conformance.upstream import completion_tokens_problem
-from dynamo_backend_protocol.reference.runtime.engine_side import EngineRequest, by_request, describe_ending
+from dynamo_backend_protocol.reference.runtime.engine_side import EngineRequest, by_request, describe_ending, refused
 from dynamo_backend_protocol.reference.runtime.launcher import RuntimeSession, RuntimeUnavailable, RuntimeWorker
 from dynamo_backend_protocol.reference.runtime.probes import ClientRun, Plan, send, send_all
 from dynamo_backend_protocol.reference.runtime.schedules import RuntimeSearch, late_stop_verdict, schedule_verdict
@@ -658,28 +657,17 @@ def _abort_failed(engine: dict[str, EngineRequest]) -> str | None:
 
 
 def _malformed(engine: dict[str, EngineRequest]) -> str | None:
-    for request in engine.values():
-        for item in request.items():
-            if item["item"] == "malformed":
-                return f"{request.name}: item #{item['n']} is not a well-formed chunk for the mode"
-    return None
+    return next((why for request in engine.values() if (why := request.malformed()) is not None), None)
 
 
 def _abort_rules(lines: list[str]) -> Verdicts:
     """ABORT-ONCE, ABORT-NEEDS-CANCEL and DECODE-DEFER, as ``trace`` infers them from the engine's side."""
     found: dict[Failure, str] = {}
-
-    def heard(summary: RequestSummary) -> None:
-        divergence = summary.divergence
-        failure = ABORT_RULES.get(divergence.rule or "") if divergence is not None else None
-        if divergence is not None and failure is not None and failure not in found:
+    for summary, divergence in refused(lines):
+        failure = ABORT_RULES.get(divergence.rule or "")
+        if failure is not None and failure not in found:
             found[failure] = (f"{summary.request}: line {divergence.line}: {divergence.reason} "
                               f"(rule {divergence.rule})")
-
-    checker = TraceChecker(on_request=heard)
-    for number, text in enumerate(lines, start=1):
-        checker.feed(number, text)
-    checker.report()
     return {failure: found.get(failure) for failure in ABORT_RULES.values()}
 
 

@@ -1,4 +1,5 @@
-"""Reading the recorder's lines of one run back: per request, what the engine yielded and how it ended."""
+"""Reading the recorder's lines of one run back: per request, what the engine yielded and how it ended, and
+what ``trace``'s engine-side inference refuses in them."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import dataclasses
 import json
 from collections.abc import Iterable
 from typing import Any
+
+from dynamo_backend_protocol.model.traces.check import Divergence, RequestSummary, TraceChecker
+from dynamo_backend_protocol.model.traces.observed import ObservationDivergence
 
 ENDINGS = frozenset({"engine.end", "engine.raise", "engine.close", "engine.cancel", "engine.interrupt",
                      "engine.setup_failed"})
@@ -24,6 +28,11 @@ class EngineRequest:
     def tokens(self) -> int:
         """The tokens the engine's items carried (the recorder counts them)."""
         return sum(int(line.get("tokens") or 0) for line in self.items())
+
+    def malformed(self) -> str | None:
+        """Which item is the first that is not a well-formed chunk for the mode, or None."""
+        item = next((line for line in self.items() if line["item"] == "malformed"), None)
+        return None if item is None else f"{self.name}: item #{item['n']} is not a well-formed chunk for the mode"
 
     def terminal_position(self) -> int | None:
         """The index in :meth:`items` of the first terminal item."""
@@ -133,6 +142,21 @@ def describe_ending(line: dict[str, Any] | None) -> str:
             "engine.cancel": "had its read cancelled by the runtime", "engine.interrupt": "was interrupted",
             "engine.setup_failed": "never started (generate failed)"}.get(line["obs"], str(line["obs"]))
     return said
+
+
+def refused(lines: Iterable[str]) -> list[tuple[RequestSummary, Divergence | ObservationDivergence]]:
+    """Each request in ``lines`` that ``trace``'s engine-side inference refuses, with its first divergence."""
+    found: list[tuple[RequestSummary, Divergence | ObservationDivergence]] = []
+
+    def heard(summary: RequestSummary) -> None:
+        if summary.divergence is not None:
+            found.append((summary, summary.divergence))
+
+    checker = TraceChecker(on_request=heard)
+    for number, text in enumerate(lines, start=1):
+        checker.feed(number, text)
+    checker.report()
+    return found
 
 
 def by_request(lines: Iterable[str]) -> dict[str, EngineRequest]:

@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from dynamo_backend_protocol.model import Mode
 from dynamo_backend_protocol.model.stopped import AfterStop
-from dynamo_backend_protocol.model.traces.check import RequestSummary, TraceChecker
+from dynamo_backend_protocol.model.traces.check import RequestSummary
 from dynamo_backend_protocol.model.traces.engine_side import EngineSideRun
 from dynamo_backend_protocol.model.traces.observed import ObservationDivergence
 from dynamo_backend_protocol.reference.conformance.checks import Failure
@@ -47,10 +48,10 @@ from dynamo_backend_protocol.reference.conformance.fuzz import (
     search,
 )
 from dynamo_backend_protocol.reference.conformance.rules import Finding
-from dynamo_backend_protocol.reference.runtime.engine_side import EngineRequest, by_request, describe_ending
+from dynamo_backend_protocol.reference.runtime.engine_side import EngineRequest, by_request, describe_ending, refused
 from dynamo_backend_protocol.reference.runtime.launcher import RuntimeWorker
 from dynamo_backend_protocol.reference.runtime.probes import Action as ClientAction
-from dynamo_backend_protocol.reference.runtime.probes import ClientRun, Plan, send, send_all
+from dynamo_backend_protocol.reference.runtime.probes import ClientRun, Plan, send_all
 from dynamo_backend_protocol.reference.runtime.stops import after_stop
 
 DRAWN = (Action.FINISH, Action.STOP, Action.KILL)
@@ -102,52 +103,42 @@ async def late_stop_verdict(run: RuntimeSearch) -> str | None:
 
 
 async def play_late_stop(run: RuntimeSearch, plan: RequestPlan) -> list[Finding]:
-    """Send one late stop, wait (bounded) for the engine's side to show its answer; a finding if it ignored the
-    stop (a stream left waiting is AbortedStreamNotEnded's, other endings the schedules')."""
-    run.played += 1
-    name = f"conform-late-stop-{run.played}"
-    client = await send(run.client, run.core, Plan(name, run.shape.request(plan.max_tokens), PLAYED_AS[plan.action],
-                                                   plan.after_chunks), run.stream_timeout)
-    await run.worker.settled([name], run.cancel_deadline + SETTLE_GRACE, EngineRequest.finished_showing)
-    engine = by_request(run.worker.request_lines()).get(name) or EngineRequest(name)
-    return [finding for finding in request_findings(plan, client, engine, run.shape.mode)
+    """One late stop; a finding if it was ignored (a stream left waiting is AbortedStreamNotEnded's, other
+    endings the schedules')."""
+    return [finding for finding in await _played(run, (plan,), "conform-late-stop")
             if finding.rule is Failure.MID_STREAM_CANCELLATION_IGNORED]
 
 
 async def play_schedule(run: RuntimeSearch, schedule: Schedule) -> list[Finding]:
-    """Send ``schedule``'s requests at once, wait (bounded) for the engine's side of each to end, judge them."""
+    return await _played(run, schedule.plans, "conform-schedule")
+
+
+async def _played(run: RuntimeSearch, plans: Sequence[RequestPlan], prefix: str) -> list[Finding]:
+    """Send ``plans``' requests at once, wait (bounded) until the engine's side of each shows its answer, and
+    judge them."""
     run.played += 1
-    plans = [Plan(f"conform-schedule-{run.played}-{number}", run.shape.request(plan.max_tokens),
-                  PLAYED_AS[plan.action], plan.after_chunks)
-             for number, plan in enumerate(schedule.plans, start=1)]
-    clients = await send_all(run.client, run.core, plans, run.stream_timeout)
-    names = [plan.name for plan in plans]
+    sent = [Plan(f"{prefix}-{run.played}-{number}", run.shape.request(plan.max_tokens), PLAYED_AS[plan.action],
+                 plan.after_chunks)
+            for number, plan in enumerate(plans, start=1)]
+    clients = await send_all(run.client, run.core, sent, run.stream_timeout)
+    names = [plan.name for plan in sent]
     await run.worker.settled(names, run.cancel_deadline + SETTLE_GRACE, EngineRequest.finished_showing)
     lines = [text for text in run.worker.request_lines() if _request_of(text) in names]
     engine = by_request(lines)
     findings = engine_side_findings(lines)
-    for plan, client in zip(schedule.plans, clients, strict=True):
+    for plan, client in zip(plans, clients, strict=True):
         findings += request_findings(plan, client, engine.get(client.name) or EngineRequest(client.name),
                                      run.shape.mode)
     return findings
 
 
 def engine_side_findings(lines: list[str]) -> list[Finding]:
-    """What ``trace``'s engine-side inference refuses in ``lines``, but an abort owed and never made."""
-    found: list[Finding] = []
-
-    def heard(summary: RequestSummary) -> None:
-        divergence = summary.divergence
-        if not isinstance(divergence, ObservationDivergence) or divergence == _unpaid(summary):
-            return  # conforms (an engine-side trace diverges only by observations), or the runtime's debt
-        found.append(Finding(divergence.rule or "STREAM-EVENT-ORDER",
-                             f"{summary.request}: {divergence.reason}; observed {divergence.observed}"))
-
-    checker = TraceChecker(on_request=heard)
-    for number, text in enumerate(lines, start=1):
-        checker.feed(number, text)
-    checker.report()
-    return found
+    """What ``trace``'s engine-side inference refuses in ``lines``, but an abort owed and never made (the
+    runtime's debt; an engine-side trace diverges only by observations)."""
+    return [Finding(divergence.rule or "STREAM-EVENT-ORDER",
+                    f"{summary.request}: {divergence.reason}; observed {divergence.observed}")
+            for summary, divergence in refused(lines)
+            if isinstance(divergence, ObservationDivergence) and divergence != _unpaid(summary)]
 
 
 def request_findings(plan: RequestPlan, client: ClientRun, engine: EngineRequest, mode: Mode) -> list[Finding]:
@@ -159,10 +150,9 @@ def request_findings(plan: RequestPlan, client: ClientRun, engine: EngineRequest
     if failed is not None:
         return [Finding(Failure.GENERATE_FAILED, f"{who}: generate raised {failed.get('error')}")]
     found: list[Finding] = []
-    malformed = next((item for item in engine.items() if item["item"] == "malformed"), None)
+    malformed = engine.malformed()
     if malformed is not None:
-        found.append(Finding(Failure.MALFORMED_CHUNK, f"{who}: item #{malformed['n']} is not a well-formed chunk "
-                                                      "for the mode"))
+        found.append(Finding(Failure.MALFORMED_CHUNK, malformed))
     raised = engine.first("engine.raise")
     if raised is not None:
         found.append(Finding(Failure.STREAM_YIELDED_ERROR, f"{who}: the stream raised {raised.get('error')}"))
